@@ -1,0 +1,269 @@
+//! Writing `.mscl` files.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::{
+    align_up, keys, Dtype, Layout, TensorId, HEADER_BYTES, MAGIC, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    TENSOR_ENTRY_BYTES, VERSION_MAJOR, VERSION_MINOR,
+};
+use crate::config::{AttentionKind, TileClassifierKind};
+use crate::error::{Error, Result};
+use crate::kernels::pack_panels;
+use crate::weights::ModelWeights;
+
+/// Builds the bytes of a `.mscl` file from [`ModelWeights`] and metadata.
+///
+/// ```
+/// use msclam_engine::{format::ModelWriter, ModelConfig, ModelSize, ModelWeights};
+/// let weights = ModelWeights::zeros(ModelConfig::ms_clam(ModelSize::Tiny));
+/// let bytes = ModelWriter::new(&weights)
+///     .metadata("embedder.name", "resnet50_trunc").unwrap()
+///     .to_bytes().unwrap();
+/// let model = msclam_engine::Model::from_bytes(&bytes).unwrap();
+/// assert_eq!(model.metadata().get("embedder.name"), Some("resnet50_trunc"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ModelWriter<'a> {
+    weights: &'a ModelWeights,
+    metadata: Vec<(String, String)>,
+    matrix_dtype: Dtype,
+    matrix_layout: Layout,
+}
+
+struct PlannedTensor {
+    id: TensorId,
+    dtype: Dtype,
+    layout: Layout,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+    offset: usize,
+}
+
+impl<'a> ModelWriter<'a> {
+    /// A writer for `weights` with f32 matrices in the packed layout and a `tool.version` entry.
+    pub fn new(weights: &'a ModelWeights) -> Self {
+        ModelWriter {
+            weights,
+            metadata: vec![(
+                keys::TOOL_VERSION.to_owned(),
+                concat!("msclam-engine ", env!("CARGO_PKG_VERSION")).to_owned(),
+            )],
+            matrix_dtype: Dtype::F32,
+            matrix_layout: Layout::Panel16,
+        }
+    }
+
+    /// Adds (or replaces) a metadata entry. Keys are 1 to 255 bytes, values at most 16 MiB.
+    pub fn metadata(mut self, key: &str, value: &str) -> Result<Self> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::invalid_argument(format!(
+                "metadata key {key:?} must be 1 to {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(Error::invalid_argument(format!(
+                "metadata value for {key:?} is {} bytes; at most {MAX_VALUE_BYTES}",
+                value.len()
+            )));
+        }
+        let full = self.metadata.len() >= super::MAX_METADATA_ENTRIES;
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.to_owned(),
+            None if full => {
+                return Err(Error::invalid_argument(format!(
+                    "at most {} metadata entries",
+                    super::MAX_METADATA_ENTRIES
+                )))
+            }
+            None => self.metadata.push((key.to_owned(), value.to_owned())),
+        }
+        Ok(self)
+    }
+
+    /// Element type of the three large matrices (`fc`, `attention_a`, `attention_b`); the
+    /// vectors and small matrices are always f32. Default f32.
+    pub fn matrix_dtype(mut self, dtype: Dtype) -> Self {
+        self.matrix_dtype = dtype;
+        self
+    }
+
+    /// Layout of the three large matrices. Default [`Layout::Panel16`] (used in place at load);
+    /// [`Layout::RowMajor`] files are valid too and are packed when loaded.
+    pub fn matrix_layout(mut self, layout: Layout) -> Self {
+        self.matrix_layout = layout;
+        self
+    }
+
+    /// The complete file image.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let w = self.weights;
+        w.validate()?;
+        let config = &w.config;
+
+        // Plan every tensor's bytes.
+        let mut tensors: Vec<PlannedTensor> = Vec::new();
+        for (id, (name, data, (rows, cols))) in TensorId::ALL
+            .iter()
+            .filter(|id| id.shape(config).is_some())
+            .zip(w.tensors())
+        {
+            debug_assert_eq!(id.name(), name);
+            let (dtype, layout) = if id.is_large_matrix() {
+                (self.matrix_dtype, self.matrix_layout)
+            } else {
+                (Dtype::F32, Layout::RowMajor)
+            };
+            let ordered = match layout {
+                Layout::RowMajor => data.to_vec(),
+                Layout::Panel16 => pack_panels(data, rows, cols),
+            };
+            let bytes = encode(&ordered, dtype);
+            if dtype != Dtype::F32 && decode_has_non_finite(&bytes, dtype) {
+                return Err(Error::invalid_argument(format!(
+                    "{name} has values outside the range of {dtype:?}; store it as F32"
+                )));
+            }
+            tensors.push(PlannedTensor {
+                id: *id,
+                dtype,
+                layout,
+                rows,
+                cols,
+                data: bytes,
+                offset: 0,
+            });
+        }
+
+        // Lay out the sections.
+        let table_offset = HEADER_BYTES;
+        let metadata_offset = align_up(table_offset + tensors.len() * TENSOR_ENTRY_BYTES);
+        let mut metadata = Vec::new();
+        for (k, v) in &self.metadata {
+            metadata.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            metadata.extend_from_slice(k.as_bytes());
+            metadata.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            metadata.extend_from_slice(v.as_bytes());
+        }
+        let mut cursor = align_up(metadata_offset + metadata.len());
+        for t in &mut tensors {
+            t.offset = cursor;
+            cursor = align_up(cursor + t.data.len());
+        }
+        let file_bytes = tensors
+            .last()
+            .map_or(metadata_offset + metadata.len(), |t| {
+                t.offset + t.data.len()
+            });
+
+        let mut out = vec![0u8; file_bytes];
+        // Header.
+        out[0..8].copy_from_slice(&MAGIC);
+        put_u16(&mut out, 8, VERSION_MAJOR);
+        put_u16(&mut out, 10, VERSION_MINOR);
+        put_u32(&mut out, 12, HEADER_BYTES as u32);
+        put_u64(&mut out, 16, file_bytes as u64);
+        // 24..28 checksum, written last; 28..32 flags = 0.
+        put_u32(&mut out, 32, config.input_dim as u32);
+        put_u32(&mut out, 36, config.hidden_dim as u32);
+        put_u32(&mut out, 40, config.attention_dim as u32);
+        put_u16(&mut out, 44, config.num_classes as u16);
+        put_u16(&mut out, 46, config.tumor_class as u16);
+        out[48] = match config.attention {
+            AttentionKind::Plain => 0,
+            AttentionKind::Gated => 1,
+        };
+        out[49] = match config.tile_classifier {
+            TileClassifierKind::SingleBinary => 0,
+            TileClassifierKind::PerClass => 1,
+        };
+        out[52..56].copy_from_slice(&config.threshold.to_le_bytes());
+        put_u32(&mut out, 56, tensors.len() as u32);
+        put_u32(&mut out, 60, self.metadata.len() as u32);
+        put_u64(&mut out, 64, table_offset as u64);
+        put_u64(&mut out, 72, metadata_offset as u64);
+        put_u64(&mut out, 80, metadata.len() as u64);
+
+        // Tensor table.
+        for (i, t) in tensors.iter().enumerate() {
+            let e = table_offset + i * TENSOR_ENTRY_BYTES;
+            put_u16(&mut out, e, t.id as u16);
+            out[e + 2] = t.dtype.code();
+            out[e + 3] = t.layout.code();
+            put_u32(&mut out, e + 4, t.rows as u32);
+            put_u32(&mut out, e + 8, t.cols as u32);
+            put_u64(&mut out, e + 16, t.offset as u64);
+            put_u64(&mut out, e + 24, t.data.len() as u64);
+            // 32..48: scale offset and bytes (zero: no dtype in use has scales); 48..64 reserved.
+        }
+        out[metadata_offset..metadata_offset + metadata.len()].copy_from_slice(&metadata);
+        for t in &tensors {
+            out[t.offset..t.offset + t.data.len()].copy_from_slice(&t.data);
+        }
+        super::reseal(&mut out);
+        Ok(out)
+    }
+
+    /// Writes the file atomically: to a temporary file beside `path`, flushed to disk, then
+    /// renamed over `path`. A reader never sees a half-written model.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = self.to_bytes()?;
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp_name);
+        let result = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(io_err)?;
+        log::info!("wrote model {} ({} bytes)", path.display(), bytes.len());
+        Ok(())
+    }
+}
+
+fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    match dtype {
+        Dtype::F32 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Dtype::F16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        Dtype::Bf16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+    }
+    out
+}
+
+fn decode_has_non_finite(bytes: &[u8], dtype: Dtype) -> bool {
+    bytes.chunks_exact(2).any(|c| {
+        let raw = [c[0], c[1]];
+        match dtype {
+            Dtype::F16 => !half::f16::from_le_bytes(raw).is_finite(),
+            _ => !half::bf16::from_le_bytes(raw).is_finite(),
+        }
+    })
+}
+
+fn put_u16(out: &mut [u8], at: usize, v: u16) {
+    out[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u32(out: &mut [u8], at: usize, v: u32) {
+    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u64(out: &mut [u8], at: usize, v: u64) {
+    out[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}

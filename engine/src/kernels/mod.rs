@@ -1,0 +1,143 @@
+//! Linear-algebra kernels: the only code that touches packed weights element by element.
+//!
+//! The session logic calls [`dense`] (a blocked matrix product over packed weights) and the
+//! row-wise helpers in [`rows`]; which instruction set runs is chosen at run time ([`Isa`]),
+//! never at build time, so one binary runs at its best on AVX2 and AVX-512 machines alike.
+//!
+//! Determinism: for a given [`Isa`], every output row is computed by the same sequence of
+//! floating-point operations whatever the number of rows in the call, so a tile's results do
+//! not depend on how the slide was cut into strips.
+
+mod dense;
+pub mod rows;
+
+pub use dense::dense;
+
+/// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.
+pub const PANEL_WIDTH: usize = 16;
+
+/// Instruction set a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Plain Rust, vectorised by the compiler for the build target's baseline (SSE2 on x86-64).
+    /// Uses separate multiply and add (no fused multiply-add).
+    Portable,
+    /// x86-64 AVX2 with fused multiply-add.
+    Avx2Fma,
+    /// x86-64 AVX-512F (with AVX2 and FMA).
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if Isa::Avx512.is_supported() {
+                return Isa::Avx512;
+            }
+            if Isa::Avx2Fma.is_supported() {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Whether this CPU can run kernels built for `self`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every instruction set this CPU supports, portable first.
+    pub fn all_supported() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
+    }
+
+    /// Short lower-case name (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Number of panels for `rows` output rows.
+pub fn panel_count(rows: usize) -> usize {
+    rows.div_ceil(PANEL_WIDTH)
+}
+
+/// Rounds a row count up to whole panels.
+pub fn padded_rows(rows: usize) -> usize {
+    panel_count(rows) * PANEL_WIDTH
+}
+
+/// Packs a row-major `rows x cols` matrix (PyTorch `Linear.weight`, `out x in`) into panels:
+/// panel `p` holds, for each input `i` in order, the 16 weights `W[16p + j][i]`, `j = 0..16`,
+/// with zeros where `16p + j >= rows`.
+pub fn pack_panels(row_major: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; padded_rows(rows) * cols];
+    for (p, panel) in packed
+        .chunks_exact_mut(PANEL_WIDTH * cols.max(1))
+        .enumerate()
+    {
+        for i in 0..cols {
+            for j in 0..PANEL_WIDTH {
+                let row = p * PANEL_WIDTH + j;
+                if row < rows {
+                    panel[i * PANEL_WIDTH + j] = row_major[row * cols + i];
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// Inverse of [`pack_panels`]: back to row-major `rows x cols`.
+pub fn unpack_panels(packed: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * cols];
+    for row in 0..rows {
+        let (p, j) = (row / PANEL_WIDTH, row % PANEL_WIDTH);
+        for i in 0..cols {
+            out[row * cols + i] = packed[(p * cols + i) * PANEL_WIDTH + j];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_then_unpack_is_identity_for_ragged_shapes() {
+        for (rows, cols) in [(1, 1), (16, 3), (17, 5), (33, 2), (5, 16)] {
+            let m: Vec<f32> = (0..rows * cols).map(|v| v as f32 + 0.5).collect();
+            let packed = pack_panels(&m, rows, cols);
+            assert_eq!(packed.len(), padded_rows(rows) * cols);
+            assert_eq!(unpack_panels(&packed, rows, cols), m);
+        }
+    }
+
+    #[test]
+    fn detected_isa_is_supported() {
+        assert!(Isa::detect().is_supported());
+        assert!(Isa::all_supported().contains(&Isa::detect()));
+    }
+}

@@ -1,0 +1,361 @@
+//! A loaded model: validated weights, used in place where the bytes allow it.
+
+use std::ops::Range;
+use std::path::Path;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::format::{self, Dtype, Layout, ParsedFile, TensorEntry, TensorId};
+use crate::kernels::pack_panels;
+
+/// 64 bytes with 64-byte alignment: the unit of owned model storage.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Block64([u8; 64]);
+
+/// Where the file's bytes live.
+enum Storage {
+    /// A read-only memory map of the file.
+    Mapped(memmap2::Mmap),
+    /// A 64-byte-aligned copy owned by the model.
+    Owned { blocks: Vec<Block64>, len: usize },
+    /// Bytes owned by someone else that outlive the model (flash, a static, a caller's buffer).
+    Borrowed(&'static [u8]),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(map) => map,
+            Storage::Owned { blocks, len } => &bytemuck::cast_slice::<Block64, u8>(blocks)[..*len],
+            Storage::Borrowed(bytes) => bytes,
+        }
+    }
+
+    fn owned_copy(bytes: &[u8]) -> Storage {
+        let mut blocks = vec![Block64([0; 64]); bytes.len().div_ceil(64)];
+        bytemuck::cast_slice_mut::<Block64, u8>(&mut blocks)[..bytes.len()].copy_from_slice(bytes);
+        Storage::Owned {
+            blocks,
+            len: bytes.len(),
+        }
+    }
+}
+
+/// Where one tensor's f32 values live.
+#[derive(Debug, Clone)]
+enum TensorLoc {
+    /// In place in the file's bytes (byte range).
+    InPlace(Range<usize>),
+    /// In the model's own arena (element range): converted from f16/bf16 or packed at load.
+    Arena(Range<usize>),
+}
+
+/// How the model's memory is split between borrowed (mapped or caller-owned) bytes and memory
+/// the model allocated itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelMemory {
+    /// Bytes of the file (mapped, borrowed or copied).
+    pub file_bytes: usize,
+    /// Bytes of weights used in place from the file's bytes.
+    pub in_place_bytes: usize,
+    /// Bytes the model allocated for weights it had to convert or re-layout.
+    pub converted_bytes: usize,
+    /// Whether the file's bytes were copied into memory owned by the model.
+    pub file_copied: bool,
+}
+
+/// A validated MS-CLAM model, ready for [`crate::SlideSession`]s.
+///
+/// `Model` is `Send + Sync` and immutable: share it between threads with an `Arc`, one
+/// session per thread.
+pub struct Model {
+    storage: Storage,
+    arena: Vec<f32>,
+    tensors: [Option<TensorLoc>; TensorId::ALL.len()],
+    parsed: ParsedFile,
+    memory: ModelMemory,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.parsed.config)
+            .field("version", &self.parsed.version)
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The weights as the kernels use them (large matrices panel-packed, the rest row-major).
+pub(crate) struct WeightViews<'a> {
+    pub fc_weight: &'a [f32],
+    pub fc_bias: &'a [f32],
+    pub attention_a_weight: &'a [f32],
+    pub attention_a_bias: &'a [f32],
+    pub attention_b: Option<(&'a [f32], &'a [f32])>,
+    pub attention_c_weight: &'a [f32],
+    pub attention_c_bias: f32,
+    pub classifier_weight: &'a [f32],
+    pub classifier_bias: &'a [f32],
+    /// The tumor tile classifier's "not tumor" and "tumor" rows and biases.
+    pub tile_not_tumor: (&'a [f32], f32),
+    pub tile_tumor: (&'a [f32], f32),
+}
+
+impl Model {
+    /// Memory-maps a `.mscl` file and validates it. Weights stored as f32 in the packed layout
+    /// are used in place from the map. The file must not be modified while the model lives.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let storage = if len == 0 {
+            // Mapping an empty file fails on some systems; let the parser report it.
+            Storage::owned_copy(&[])
+        } else {
+            // SAFETY: the map is read-only and private to this model. Another process
+            // truncating or rewriting the file while it is mapped would change the bytes under
+            // us; the documented contract is that model files are replaced by rename (as
+            // `ModelWriter::write` does), never rewritten in place.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+            Storage::Mapped(map)
+        };
+        let model = Self::from_storage(storage)?;
+        log::info!(
+            "loaded model {} ({} bytes, {} in place, {} converted)",
+            path.display(),
+            model.memory.file_bytes,
+            model.memory.in_place_bytes,
+            model.memory.converted_bytes
+        );
+        Ok(model)
+    }
+
+    /// Reads a `.mscl` file into memory owned by the model (no memory map).
+    pub fn read(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Validates a file image and copies it into aligned memory owned by the model.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Self::from_storage(Storage::owned_copy(bytes))
+    }
+
+    /// Uses a file image that lives for the whole program (e.g. `include_bytes!` or firmware
+    /// flash) without copying it: f32 weights in the packed layout are used in place when the
+    /// bytes are 4-byte aligned.
+    pub fn from_static(bytes: &'static [u8]) -> Result<Model> {
+        Self::from_storage(Storage::Borrowed(bytes))
+    }
+
+    /// Like [`Model::from_static`] for bytes owned by the caller.
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and unmodified until the returned model (and every clone of an
+    /// `Arc` holding it) is dropped.
+    pub unsafe fn from_borrowed_bytes(bytes: &[u8]) -> Result<Model> {
+        // SAFETY: the caller guarantees the bytes outlive the model; the 'static lifetime never
+        // escapes the model (all accessors borrow from `&self`).
+        let bytes: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+        Self::from_storage(Storage::Borrowed(bytes))
+    }
+
+    fn from_storage(storage: Storage) -> Result<Model> {
+        let bytes = storage.bytes();
+        let parsed = format::parse(bytes)?;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>());
+        let mut arena: Vec<f32> = Vec::new();
+        let mut in_place_bytes = 0;
+        let mut tensors: [Option<TensorLoc>; TensorId::ALL.len()] = Default::default();
+        for entry in parsed.tensors.iter().flatten() {
+            let usable_in_place = entry.dtype == Dtype::F32
+                && aligned
+                && cfg!(target_endian = "little")
+                && (entry.layout == Layout::Panel16 || !entry.id.is_large_matrix());
+            tensors[entry.id.index()] = Some(if usable_in_place {
+                in_place_bytes += entry.data.len();
+                TensorLoc::InPlace(entry.data.clone())
+            } else {
+                let values = decode(&bytes[entry.data.clone()], entry.dtype);
+                let values = if entry.id.is_large_matrix() && entry.layout == Layout::RowMajor {
+                    pack_panels(&values, entry.rows, entry.cols)
+                } else {
+                    values
+                };
+                let start = arena.len();
+                arena.extend_from_slice(&values);
+                TensorLoc::Arena(start..arena.len())
+            });
+        }
+        arena.shrink_to_fit();
+        if !aligned {
+            log::debug!("model bytes are not 4-byte aligned: weights were copied");
+        }
+        let memory = ModelMemory {
+            file_bytes: bytes.len(),
+            in_place_bytes,
+            converted_bytes: arena.len() * 4,
+            file_copied: matches!(storage, Storage::Owned { .. }),
+        };
+        Ok(Model {
+            storage,
+            arena,
+            tensors,
+            parsed,
+            memory,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.parsed.config
+    }
+
+    /// `(major, minor)` format version of the file.
+    pub fn format_version(&self) -> (u16, u16) {
+        self.parsed.version
+    }
+
+    /// The tile probability at or above which a tile is in the tumor mask.
+    pub fn threshold(&self) -> f32 {
+        self.parsed.config.threshold
+    }
+
+    /// The file's metadata.
+    pub fn metadata(&self) -> Metadata<'_> {
+        Metadata { model: self }
+    }
+
+    /// Where the model's memory is.
+    pub fn memory(&self) -> ModelMemory {
+        self.memory
+    }
+
+    /// A tensor's structure (dtype, layout, shape) as stored in the file.
+    pub fn tensor_entry(&self, id: TensorId) -> Option<&TensorEntry> {
+        self.parsed.tensor(id)
+    }
+
+    /// A tensor's f32 values as the engine uses them (large matrices in panel layout).
+    pub fn tensor_values(&self, id: TensorId) -> Option<&[f32]> {
+        match self.tensors[id.index()].as_ref()? {
+            TensorLoc::InPlace(range) => {
+                Some(bytemuck::cast_slice(&self.storage.bytes()[range.clone()]))
+            }
+            TensorLoc::Arena(range) => Some(&self.arena[range.clone()]),
+        }
+    }
+
+    pub(crate) fn weights(&self) -> WeightViews<'_> {
+        // Every required tensor was checked present by the parser; an absent one yields an
+        // empty slice, which the session never reaches (shapes were validated).
+        let get = |id| self.tensor_values(id).unwrap_or(&[]);
+        let config = &self.parsed.config;
+        let h = config.hidden_dim;
+        let t = config.tumor_tile_classifier();
+        let tile_w = get(TensorId::TileClassifierWeight);
+        let tile_b = get(TensorId::TileClassifierBias);
+        let attention_b = match (
+            self.tensor_values(TensorId::AttentionBWeight),
+            self.tensor_values(TensorId::AttentionBBias),
+        ) {
+            (Some(w), Some(b)) => Some((w, b)),
+            _ => None,
+        };
+        WeightViews {
+            fc_weight: get(TensorId::FcWeight),
+            fc_bias: get(TensorId::FcBias),
+            attention_a_weight: get(TensorId::AttentionAWeight),
+            attention_a_bias: get(TensorId::AttentionABias),
+            attention_b,
+            attention_c_weight: get(TensorId::AttentionCWeight),
+            attention_c_bias: get(TensorId::AttentionCBias)
+                .first()
+                .copied()
+                .unwrap_or(0.0),
+            classifier_weight: get(TensorId::ClassifierWeight),
+            classifier_bias: get(TensorId::ClassifierBias),
+            tile_not_tumor: (
+                tile_w.get(2 * t * h..(2 * t + 1) * h).unwrap_or(&[]),
+                tile_b.get(2 * t).copied().unwrap_or(0.0),
+            ),
+            tile_tumor: (
+                tile_w.get((2 * t + 1) * h..(2 * t + 2) * h).unwrap_or(&[]),
+                tile_b.get(2 * t + 1).copied().unwrap_or(0.0),
+            ),
+        }
+    }
+}
+
+fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    }
+}
+
+/// Read access to a model's key/value metadata.
+#[derive(Clone, Copy)]
+pub struct Metadata<'a> {
+    model: &'a Model,
+}
+
+impl<'a> Metadata<'a> {
+    fn text(&self, range: &Range<usize>) -> &'a str {
+        // Validated as UTF-8 by the parser.
+        std::str::from_utf8(&self.model.storage.bytes()[range.clone()]).unwrap_or("")
+    }
+
+    /// The value stored under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        self.model
+            .parsed
+            .metadata
+            .iter()
+            .find(|(k, _)| self.text(k) == key)
+            .map(|(_, v)| self.text(v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.model.parsed.metadata.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th entry as `(key, value)`, in file order.
+    pub fn entry(&self, i: usize) -> Option<(&'a str, &'a str)> {
+        let (k, v) = self.model.parsed.metadata.get(i)?;
+        Some((self.text(k), self.text(v)))
+    }
+
+    /// All entries, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let this = *self;
+        (0..self.len()).filter_map(move |i| this.entry(i))
+    }
+}

@@ -1,0 +1,720 @@
+//! Incremental scoring of one slide at a time: push strips of tile embeddings, read the current
+//! slide score after each, finalize for the attention map and the tumor mask.
+//!
+//! A session's memory is one region, sized once from the model and the tile capacity
+//! ([`SlideSession::memory_bytes`]) and carved into typed buffers. Nothing is allocated after
+//! creation: pushes, reads, [`SlideSession::finalize`] and [`SlideSession::reset`] only write
+//! into that region. The region is either allocated by the session ([`SlideSession::new`]) or
+//! provided by the caller ([`SlideSession::in_buffer`], for firmware without a heap).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ndarray::ArrayView2;
+
+use crate::config::AttentionKind;
+use crate::error::{Error, Result};
+use crate::kernels::{self, padded_rows, rows, Isa};
+use crate::model::Model;
+
+/// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
+pub const BLOCK_TILES: usize = 64;
+/// Alignment of the session's memory region and of each buffer in it.
+pub const SESSION_ALIGNMENT: usize = 64;
+
+/// Byte ranges of each buffer inside the session's region, in region order.
+#[derive(Debug, Clone)]
+struct Plan {
+    // f64 buffers first.
+    acc: Range<usize>,
+    snapshot: Range<usize>,
+    // f32 scratch.
+    hidden: Range<usize>,
+    att_a: Range<usize>,
+    att_b: Range<usize>,
+    slide_logits: Range<usize>,
+    slide_probs: Range<usize>,
+    // Per tile.
+    logits: Range<usize>,
+    probs: Range<usize>,
+    attention: Range<usize>,
+    coords: Range<usize>,
+    mask: Range<usize>,
+    total: usize,
+}
+
+impl Plan {
+    fn new(model: &Model, capacity: usize) -> Option<Plan> {
+        let c = model.config();
+        let (h, k, nc) = (c.hidden_dim, c.attention_dim, c.num_classes);
+        let gated = c.attention == AttentionKind::Gated;
+        let mut cursor = 0usize;
+        let mut take = |bytes: Option<usize>| -> Option<Range<usize>> {
+            let start = cursor;
+            let end = start.checked_add(bytes?)?;
+            cursor =
+                end.checked_add(SESSION_ALIGNMENT - 1)? / SESSION_ALIGNMENT * SESSION_ALIGNMENT;
+            Some(start..end)
+        };
+        let per_tile = |size: usize| capacity.checked_mul(size);
+        Some(Plan {
+            acc: take(Some(h * 8))?,
+            snapshot: take(Some(h * 8))?,
+            hidden: take(Some(BLOCK_TILES * padded_rows(h) * 4))?,
+            att_a: take(Some(BLOCK_TILES * padded_rows(k) * 4))?,
+            att_b: take(Some(if gated {
+                BLOCK_TILES * padded_rows(k) * 4
+            } else {
+                0
+            }))?,
+            slide_logits: take(Some(nc * 4))?,
+            slide_probs: take(Some(nc * 4))?,
+            logits: take(per_tile(4))?,
+            probs: take(per_tile(4))?,
+            attention: take(per_tile(4))?,
+            coords: take(per_tile(8))?,
+            mask: take(per_tile(1))?,
+            total: cursor,
+        })
+    }
+}
+
+/// Splits `bytes` into the disjoint, increasing `ranges` as separate mutable slices.
+fn split_disjoint<'b, const N: usize>(
+    mut bytes: &'b mut [u8],
+    ranges: [&Range<usize>; N],
+) -> [&'b mut [u8]; N] {
+    let mut consumed = 0;
+    let mut parts: [&'b mut [u8]; N] = std::array::from_fn(|_| <&mut [u8]>::default());
+    for (part, range) in parts.iter_mut().zip(ranges) {
+        let (_, rest) = std::mem::take(&mut bytes).split_at_mut(range.start - consumed);
+        let (mine, rest) = rest.split_at_mut(range.len());
+        *part = mine;
+        bytes = rest;
+        consumed = range.end;
+    }
+    parts
+}
+
+/// 64 bytes with 64-byte alignment: the unit of session-owned memory.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Block64([u8; 64]);
+
+enum Region<'m> {
+    Owned(Vec<Block64>),
+    Borrowed(&'m mut [u8]),
+}
+
+impl Region<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Region::Owned(blocks) => bytemuck::cast_slice(blocks),
+            Region::Borrowed(bytes) => bytes,
+        }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Region::Owned(blocks) => bytemuck::cast_slice_mut(blocks),
+            Region::Borrowed(bytes) => bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coordinates {
+    NotYetKnown,
+    Present,
+    Absent,
+}
+
+/// What one push did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PushSummary {
+    /// Index (in the slide) of the first tile of this push.
+    pub first_tile: usize,
+    /// Number of tiles pushed.
+    pub tiles: usize,
+    /// Current probability of the tumor slide class, over every tile pushed so far.
+    pub slide_tumor_probability: f32,
+}
+
+/// The result of a slide, borrowed from its session (valid until the next push or reset).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlideResult<'s> {
+    /// Slide class logits (C).
+    pub slide_logits: &'s [f32],
+    /// Slide class probabilities (softmax of the logits).
+    pub slide_probabilities: &'s [f32],
+    /// Index of the most probable class (lowest index on ties).
+    pub predicted_class: usize,
+    /// Probability of the tumor class.
+    pub tumor_probability: f32,
+    /// Normalised attention of every tile (softmax over the slide; sums to 1).
+    pub attention: &'s [f32],
+    /// Raw attention logit of every tile.
+    pub attention_logits: &'s [f32],
+    /// Tumor probability of every tile.
+    pub tile_probabilities: &'s [f32],
+    /// Tumor mask: 1 where the tile probability is at or above the model's threshold, else 0.
+    pub tile_mask: &'s [u8],
+    /// Number of tiles in the mask.
+    pub tumor_tiles: usize,
+    /// Tile coordinates, if they were pushed.
+    pub coordinates: Option<&'s [[u32; 2]]>,
+}
+
+/// Scores one slide at a time, incrementally. Create once, then for each slide: push strips,
+/// read, finalize, reset. Used by one thread at a time (it is `Send`, not shared).
+pub struct SlideSession<'m> {
+    model: Arc<Model>,
+    isa: Isa,
+    capacity: usize,
+    plan: Plan,
+    region: Region<'m>,
+    len: usize,
+    max_logit: f64,
+    weight_sum: f64,
+    coordinates: Coordinates,
+    finalized: bool,
+}
+
+impl std::fmt::Debug for SlideSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlideSession")
+            .field("isa", &self.isa)
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .field("memory_bytes", &self.plan.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlideSession<'static> {
+    /// A session for up to `capacity` tiles per slide, with memory it allocates now (and never
+    /// again) and the best kernels for this CPU.
+    pub fn new(model: Arc<Model>, capacity: usize) -> Result<Self> {
+        Self::with_isa(model, capacity, Isa::detect())
+    }
+
+    /// Like [`SlideSession::new`] with a chosen instruction set (e.g. [`Isa::Portable`] for
+    /// results that are identical on every x86-64 machine). Errors if this CPU lacks it.
+    pub fn with_isa(model: Arc<Model>, capacity: usize, isa: Isa) -> Result<Self> {
+        let plan = Self::plan(&model, capacity)?;
+        let region = Region::Owned(vec![Block64([0; 64]); plan.total.div_ceil(64)]);
+        Self::build(model, capacity, isa, plan, region)
+    }
+}
+
+impl<'m> SlideSession<'m> {
+    /// Bytes of memory a session for `capacity` tiles needs with this model:
+    ///
+    /// `21 * capacity` (attention logit, tile probability and normalised attention as f32,
+    /// coordinates as two u32, mask as u8) `+ 16 * H` (the f64 slide accumulator and its
+    /// rollback copy) `+ 256 * (H16 + K16 * g)` (scratch for 64 tiles of hidden and attention
+    /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 8 * C`, each buffer
+    /// rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
+    /// not 64-byte aligned.
+    pub fn memory_bytes(model: &Model, capacity: usize) -> Result<usize> {
+        Ok(Self::plan(model, capacity)?.total)
+    }
+
+    fn plan(model: &Model, capacity: usize) -> Result<Plan> {
+        if capacity == 0 {
+            return Err(Error::invalid_argument(
+                "a session needs a capacity of at least 1 tile",
+            ));
+        }
+        Plan::new(model, capacity).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "capacity {capacity} tiles overflows the address space"
+            ))
+        })
+    }
+
+    /// A session living entirely in `buffer` (no heap allocation at all), for firmware. The
+    /// buffer needs [`SlideSession::memory_bytes`] bytes after aligning its start to 64 bytes.
+    pub fn in_buffer(model: Arc<Model>, capacity: usize, buffer: &'m mut [u8]) -> Result<Self> {
+        Self::in_buffer_with_isa(model, capacity, buffer, Isa::detect())
+    }
+
+    /// [`SlideSession::in_buffer`] with a chosen instruction set.
+    pub fn in_buffer_with_isa(
+        model: Arc<Model>,
+        capacity: usize,
+        buffer: &'m mut [u8],
+        isa: Isa,
+    ) -> Result<Self> {
+        let plan = Self::plan(&model, capacity)?;
+        let skip = buffer
+            .as_ptr()
+            .align_offset(SESSION_ALIGNMENT)
+            .min(buffer.len());
+        let given = buffer.len();
+        let buffer = &mut buffer[skip..];
+        if buffer.len() < plan.total {
+            return Err(Error::BufferTooSmall {
+                needed: plan.total + skip,
+                given,
+                unit: "bytes",
+            });
+        }
+        let region = Region::Borrowed(&mut buffer[..plan.total]);
+        Self::build(model, capacity, isa, plan, region)
+    }
+
+    fn build(
+        model: Arc<Model>,
+        capacity: usize,
+        isa: Isa,
+        plan: Plan,
+        region: Region<'m>,
+    ) -> Result<Self> {
+        if !isa.is_supported() {
+            return Err(Error::invalid_argument(format!(
+                "this CPU does not support the {} kernels",
+                isa.name()
+            )));
+        }
+        let mut session = SlideSession {
+            model,
+            isa,
+            capacity,
+            plan,
+            region,
+            len: 0,
+            max_logit: f64::NEG_INFINITY,
+            weight_sum: 0.0,
+            coordinates: Coordinates::NotYetKnown,
+            finalized: false,
+        };
+        session.reset();
+        log::debug!("{session:?} created");
+        Ok(session)
+    }
+
+    /// The model this session scores with.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The instruction set of the kernels in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Maximum number of tiles per slide.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of tiles pushed so far for the current slide.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no tile has been pushed for the current slide.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory this session uses (see [`SlideSession::memory_bytes`]).
+    pub fn memory_used(&self) -> usize {
+        self.plan.total
+    }
+
+    fn f32s(&self, range: &Range<usize>) -> &[f32] {
+        bytemuck::cast_slice(&self.region.bytes()[range.clone()])
+    }
+
+    /// Tumor probability of each tile pushed so far, in push order.
+    pub fn tile_probabilities(&self) -> &[f32] {
+        &self.f32s(&self.plan.probs)[..self.len]
+    }
+
+    /// Raw attention logit of each tile pushed so far, in push order.
+    pub fn attention_logits(&self) -> &[f32] {
+        &self.f32s(&self.plan.logits)[..self.len]
+    }
+
+    /// Coordinates of the tiles pushed so far, if they were given.
+    pub fn coordinates(&self) -> Option<&[[u32; 2]]> {
+        (self.coordinates == Coordinates::Present).then(|| {
+            &bytemuck::cast_slice(&self.region.bytes()[self.plan.coords.clone()])[..self.len]
+        })
+    }
+
+    /// Current slide class probabilities over every tile pushed so far.
+    pub fn slide_probabilities(&self) -> Result<&[f32]> {
+        if self.len == 0 {
+            return Err(Error::EmptySession);
+        }
+        Ok(self.f32s(&self.plan.slide_probs))
+    }
+
+    /// Current slide class logits over every tile pushed so far.
+    pub fn slide_logits(&self) -> Result<&[f32]> {
+        if self.len == 0 {
+            return Err(Error::EmptySession);
+        }
+        Ok(self.f32s(&self.plan.slide_logits))
+    }
+
+    /// Current probability of the tumor class.
+    pub fn tumor_probability(&self) -> Result<f32> {
+        let tumor = self.model.config().tumor_class;
+        Ok(self.slide_probabilities()?[tumor])
+    }
+
+    /// Pushes `n` tiles: `embeddings` is `n x D` row-major, `coordinates` (optional) one
+    /// `[x, y]` pair per tile. Either every push of a slide has coordinates or none has.
+    ///
+    /// On error nothing changes: the tiles pushed before are kept as they were.
+    pub fn push(
+        &mut self,
+        embeddings: &[f32],
+        coordinates: Option<&[[u32; 2]]>,
+    ) -> Result<PushSummary> {
+        let d = self.model.config().input_dim;
+        if !embeddings.len().is_multiple_of(d) {
+            return Err(Error::EmbeddingLength {
+                len: embeddings.len(),
+                dim: d,
+            });
+        }
+        self.push_rows(embeddings, embeddings.len() / d, d, coordinates)
+    }
+
+    /// [`SlideSession::push`] for an `n x D` array view. Rows may be strided (e.g. a slice of
+    /// a larger array); each row's features must be contiguous.
+    pub fn push_array(
+        &mut self,
+        embeddings: ArrayView2<'_, f32>,
+        coordinates: Option<ArrayView2<'_, u32>>,
+    ) -> Result<PushSummary> {
+        let (n, d) = embeddings.dim();
+        if d != self.model.config().input_dim {
+            return Err(Error::EmbeddingLength {
+                len: n * d,
+                dim: self.model.config().input_dim,
+            });
+        }
+        let coords: Option<&[[u32; 2]]> = match coordinates {
+            None => None,
+            Some(c) => {
+                if c.ncols() != 2 {
+                    return Err(Error::invalid_argument(format!(
+                        "coordinates must be an n x 2 array, got {} columns",
+                        c.ncols()
+                    )));
+                }
+                let flat = c.to_slice().ok_or_else(|| {
+                    Error::invalid_argument("coordinates must be a contiguous row-major array")
+                })?;
+                Some(bytemuck::cast_slice(flat))
+            }
+        };
+        if n == 0 {
+            return self.push_rows(&[], 0, d, coords);
+        }
+        let strides = embeddings.strides();
+        if d > 1 && strides[1] != 1 || strides[0] < d as isize {
+            return Err(Error::invalid_argument(
+                "embedding rows must have contiguous features and non-overlapping, \
+                 increasing rows (use .as_standard_layout())",
+            ));
+        }
+        let row_stride = strides[0] as usize;
+        let len = (n - 1) * row_stride + d;
+        // SAFETY: the view's rows start `row_stride` elements apart (checked above) and each
+        // holds `d` contiguous elements, so `len` elements from its first element are all
+        // inside the view's underlying allocation and borrowed for the view's lifetime.
+        let flat = unsafe { std::slice::from_raw_parts(embeddings.as_ptr(), len) };
+        self.push_rows(flat, n, row_stride, coords)
+    }
+
+    fn push_rows(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        stride: usize,
+        coords: Option<&[[u32; 2]]>,
+    ) -> Result<PushSummary> {
+        let config = *self.model.config();
+        let d = config.input_dim;
+        // Validate everything before touching any state.
+        if let Some(c) = coords {
+            if c.len() != n {
+                return Err(Error::CoordinateCount {
+                    coords: c.len(),
+                    tiles: n,
+                });
+            }
+        }
+        match (self.coordinates, coords.is_some()) {
+            (Coordinates::Present, false) if n > 0 => {
+                return Err(Error::CoordinatesInconsistent { had: "had" })
+            }
+            (Coordinates::Absent, true) => {
+                return Err(Error::CoordinatesInconsistent { had: "had no" })
+            }
+            _ => {}
+        }
+        if n > self.capacity - self.len {
+            return Err(Error::CapacityExceeded {
+                capacity: self.capacity,
+                len: self.len,
+                requested: n,
+            });
+        }
+        for tile in 0..n {
+            let row = &x[tile * stride..tile * stride + d];
+            if let Some(feature) = row.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFiniteInput {
+                    tile,
+                    feature,
+                    value: row[feature],
+                });
+            }
+        }
+        let summary_first = self.len;
+        if n == 0 {
+            return Ok(PushSummary {
+                first_tile: summary_first,
+                tiles: 0,
+                slide_tumor_probability: self.tumor_probability().unwrap_or(f32::NAN),
+            });
+        }
+
+        let saved = (self.max_logit, self.weight_sum);
+        match self.score_tiles(x, n, stride) {
+            Ok(()) => {}
+            Err(e) => {
+                // Roll back the aggregate; per-tile buffers beyond `len` are not observable.
+                (self.max_logit, self.weight_sum) = saved;
+                let plan = self.plan.clone();
+                let [acc, snapshot] =
+                    split_disjoint(self.region.bytes_mut(), [&plan.acc, &plan.snapshot]);
+                acc.copy_from_slice(snapshot);
+                return Err(e);
+            }
+        }
+        if let Some(c) = coords {
+            let plan = self.plan.clone();
+            let all: &mut [[u32; 2]] =
+                bytemuck::cast_slice_mut(&mut self.region.bytes_mut()[plan.coords]);
+            all[self.len..self.len + n].copy_from_slice(c);
+        }
+        self.coordinates = if coords.is_some() {
+            Coordinates::Present
+        } else {
+            Coordinates::Absent
+        };
+        self.len += n;
+        self.finalized = false;
+        self.update_slide_outputs();
+        Ok(PushSummary {
+            first_tile: summary_first,
+            tiles: n,
+            slide_tumor_probability: self.f32s(&self.plan.slide_probs)[config.tumor_class],
+        })
+    }
+
+    /// Runs the network over `n` validated tiles, writing their logits and probabilities after
+    /// the current `len` and folding them into the aggregate. Saves the aggregate first.
+    fn score_tiles(&mut self, x: &[f32], n: usize, stride: usize) -> Result<()> {
+        let model = Arc::clone(&self.model);
+        let config = model.config();
+        let w = model.weights();
+        let (d, h, k) = (config.input_dim, config.hidden_dim, config.attention_dim);
+        let (h16, k16) = (padded_rows(h), padded_rows(k));
+        let plan = self.plan.clone();
+        let [acc, snapshot, hidden, att_a, att_b, logits, probs] = split_disjoint(
+            self.region.bytes_mut(),
+            [
+                &plan.acc,
+                &plan.snapshot,
+                &plan.hidden,
+                &plan.att_a,
+                &plan.att_b,
+                &plan.logits,
+                &plan.probs,
+            ],
+        );
+        snapshot.copy_from_slice(acc);
+        let acc: &mut [f64] = bytemuck::cast_slice_mut(acc);
+        let hidden: &mut [f32] = bytemuck::cast_slice_mut(hidden);
+        let att_a: &mut [f32] = bytemuck::cast_slice_mut(att_a);
+        let att_b: &mut [f32] = bytemuck::cast_slice_mut(att_b);
+        let logits: &mut [f32] = bytemuck::cast_slice_mut(logits);
+        let probs: &mut [f32] = bytemuck::cast_slice_mut(probs);
+
+        let mut start = 0;
+        while start < n {
+            let nb = BLOCK_TILES.min(n - start);
+            let xb = &x[start * stride..];
+            kernels::dense(
+                self.isa,
+                xb,
+                nb,
+                d,
+                stride,
+                w.fc_weight,
+                h,
+                w.fc_bias,
+                hidden,
+                h16,
+            );
+            rows::relu_in_place(&mut hidden[..nb * h16]);
+            kernels::dense(
+                self.isa,
+                hidden,
+                nb,
+                h,
+                h16,
+                w.attention_a_weight,
+                k,
+                w.attention_a_bias,
+                att_a,
+                k16,
+            );
+            if let Some((gw, gb)) = w.attention_b {
+                kernels::dense(self.isa, hidden, nb, h, h16, gw, k, gb, att_b, k16);
+            }
+            let base = self.len + start;
+            let mut block_max = f64::NEG_INFINITY;
+            for r in 0..nb {
+                let hr = &hidden[r * h16..r * h16 + h];
+                let gate = w.attention_b.map(|_| &att_b[r * k16..r * k16 + k]);
+                let s = rows::attention_logit(
+                    &att_a[r * k16..r * k16 + k],
+                    gate,
+                    w.attention_c_weight,
+                    w.attention_c_bias,
+                );
+                let z = rows::dot_f64(hr, w.tile_tumor.0, w.tile_tumor.1 as f64)
+                    - rows::dot_f64(hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
+                let s32 = s as f32;
+                if !s32.is_finite() || !z.is_finite() {
+                    return Err(Error::NumericalOverflow { tile: start + r });
+                }
+                logits[base + r] = s32;
+                probs[base + r] = rows::sigmoid(z) as f32;
+                block_max = block_max.max(s32 as f64);
+            }
+            // Online softmax: rescale the aggregate to the new maximum, then add the block.
+            if block_max > self.max_logit {
+                let scale = (self.max_logit - block_max).exp();
+                self.weight_sum *= scale;
+                acc.iter_mut().for_each(|a| *a *= scale);
+                self.max_logit = block_max;
+            }
+            for r in 0..nb {
+                let weight = (logits[base + r] as f64 - self.max_logit).exp();
+                self.weight_sum += weight;
+                rows::axpy_f64(acc, weight, &hidden[r * h16..r * h16 + h]);
+            }
+            start += nb;
+        }
+        if !acc.iter().all(|v| v.is_finite()) {
+            return Err(Error::NumericalOverflow { tile: n - 1 });
+        }
+        Ok(())
+    }
+
+    /// Recomputes the slide logits and probabilities from the aggregate (len > 0).
+    fn update_slide_outputs(&mut self) {
+        let model = Arc::clone(&self.model);
+        let w = model.weights();
+        let h = model.config().hidden_dim;
+        let plan = self.plan.clone();
+        let [acc, logits_out, probs_out] = split_disjoint(
+            self.region.bytes_mut(),
+            [&plan.acc, &plan.slide_logits, &plan.slide_probs],
+        );
+        let acc: &[f64] = bytemuck::cast_slice(acc);
+        let logits_out: &mut [f32] = bytemuck::cast_slice_mut(logits_out);
+        let probs_out: &mut [f32] = bytemuck::cast_slice_mut(probs_out);
+        let inv = 1.0 / self.weight_sum;
+        let mut max = f64::NEG_INFINITY;
+        for (c, out) in logits_out.iter_mut().enumerate() {
+            let row = &w.classifier_weight[c * h..(c + 1) * h];
+            let z = w.classifier_bias[c] as f64
+                + inv * row.iter().zip(acc).map(|(w, a)| *w as f64 * a).sum::<f64>();
+            max = max.max(z);
+            *out = z as f32;
+        }
+        let mut sum = 0.0;
+        for (p, z) in probs_out.iter_mut().zip(logits_out.iter()) {
+            let e = (*z as f64 - max).exp();
+            *p = e as f32;
+            sum += e;
+        }
+        for p in probs_out.iter_mut() {
+            *p = (*p as f64 / sum) as f32;
+        }
+    }
+
+    /// The slide's result over every tile pushed so far: slide probabilities, predicted class,
+    /// normalised attention, tile probabilities and the tumor mask. Does not end the slide:
+    /// more tiles may be pushed afterwards (and `finalize` called again).
+    pub fn finalize(&mut self) -> Result<SlideResult<'_>> {
+        if self.len == 0 {
+            return Err(Error::EmptySession);
+        }
+        if !self.finalized {
+            let threshold = self.model.threshold();
+            let plan = self.plan.clone();
+            let [logits, probs, attention, mask] = split_disjoint(
+                self.region.bytes_mut(),
+                [&plan.logits, &plan.probs, &plan.attention, &plan.mask],
+            );
+            let logits: &[f32] = bytemuck::cast_slice(logits);
+            let probs: &[f32] = bytemuck::cast_slice(probs);
+            let attention: &mut [f32] = bytemuck::cast_slice_mut(attention);
+            let inv = 1.0 / self.weight_sum;
+            for i in 0..self.len {
+                attention[i] = ((logits[i] as f64 - self.max_logit).exp() * inv) as f32;
+                mask[i] = u8::from(probs[i] >= threshold);
+            }
+            self.finalized = true;
+        }
+        Ok(self.result())
+    }
+
+    fn result(&self) -> SlideResult<'_> {
+        let n = self.len;
+        let bytes = self.region.bytes();
+        let slide_probabilities = self.f32s(&self.plan.slide_probs);
+        let mut predicted_class = 0;
+        for (c, p) in slide_probabilities.iter().enumerate() {
+            if *p > slide_probabilities[predicted_class] {
+                predicted_class = c;
+            }
+        }
+        let tile_mask = &bytes[self.plan.mask.clone()][..n];
+        SlideResult {
+            slide_logits: self.f32s(&self.plan.slide_logits),
+            slide_probabilities,
+            predicted_class,
+            tumor_probability: slide_probabilities[self.model.config().tumor_class],
+            attention: &self.f32s(&self.plan.attention)[..n],
+            attention_logits: self.attention_logits(),
+            tile_probabilities: self.tile_probabilities(),
+            tile_mask,
+            tumor_tiles: tile_mask.iter().filter(|m| **m != 0).count(),
+            coordinates: self.coordinates(),
+        }
+    }
+
+    /// Forgets the current slide and starts the next one, keeping all memory.
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.max_logit = f64::NEG_INFINITY;
+        self.weight_sum = 0.0;
+        self.coordinates = Coordinates::NotYetKnown;
+        self.finalized = false;
+        let plan = self.plan.clone();
+        bytemuck::cast_slice_mut::<u8, f64>(&mut self.region.bytes_mut()[plan.acc]).fill(0.0);
+    }
+}

@@ -1,0 +1,84 @@
+//! Shared helpers for msclam's cross-crate tests, benchmarks and examples: seeded random
+//! networks (Xavier-normal, as the trainer initialises them) and synthetic slides whose
+//! embeddings look like post-ReLU CNN features.
+
+use msclam_engine::{AttentionKind, ModelConfig, ModelWeights};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+/// Xavier-normal weights (std = sqrt(2 / (fan_in + fan_out))) with small random biases, so
+/// that every bias path is exercised. Deterministic for a seed.
+pub fn random_weights(config: ModelConfig, seed: u64) -> ModelWeights {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut w = ModelWeights::zeros(config);
+    let xavier = |values: &mut Vec<f32>, fan_out: usize, fan_in: usize, rng: &mut StdRng| {
+        let std = (2.0 / (fan_in + fan_out) as f64).sqrt();
+        let normal = Normal::new(0.0, std).expect("std is positive and finite");
+        values
+            .iter_mut()
+            .for_each(|v| *v = normal.sample(rng) as f32);
+    };
+    let c = config;
+    let (d, h, k, nc) = (c.input_dim, c.hidden_dim, c.attention_dim, c.num_classes);
+    xavier(&mut w.fc_weight, h, d, &mut rng);
+    xavier(&mut w.attention_a_weight, k, h, &mut rng);
+    if c.attention == AttentionKind::Gated {
+        xavier(&mut w.attention_b_weight, k, h, &mut rng);
+    }
+    xavier(&mut w.attention_c_weight, 1, k, &mut rng);
+    xavier(&mut w.classifier_weight, nc, h, &mut rng);
+    xavier(&mut w.tile_classifier_weight, 2, h, &mut rng);
+    for bias in [
+        &mut w.fc_bias,
+        &mut w.attention_a_bias,
+        &mut w.attention_b_bias,
+        &mut w.attention_c_bias,
+        &mut w.classifier_bias,
+        &mut w.tile_classifier_bias,
+    ] {
+        bias.iter_mut()
+            .for_each(|b| *b = rng.random_range(-0.1..0.1));
+    }
+    w
+}
+
+/// A synthetic slide: `n` tiles on a roughly square grid, embeddings of dimension `dim` that
+/// are non-negative and correlated (a shared slide profile plus per-tile variation, through a
+/// ReLU), some tiles with a "tumor" direction added. Returns (embeddings `n x dim`,
+/// coordinates in pixels with 256-pixel tiles, tumor tile flags).
+pub fn synthetic_slide(
+    dim: usize,
+    n: usize,
+    tumor_fraction: f64,
+    seed: u64,
+) -> (Vec<f32>, Vec<[u32; 2]>, Vec<bool>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let unit = Normal::new(0.0f32, 1.0).expect("valid normal");
+    let profile: Vec<f32> = (0..dim)
+        .map(|_| unit.sample(&mut rng) * 0.5 + 0.3)
+        .collect();
+    let tumor_dir: Vec<f32> = (0..dim).map(|_| unit.sample(&mut rng).abs()).collect();
+    let side = (n as f64).sqrt().ceil().max(1.0) as u32;
+    let centre = (rng.random_range(0..side), rng.random_range(0..side));
+    let radius2 = (tumor_fraction * (side * side) as f64 / std::f64::consts::PI).max(0.0);
+    let mut embeddings = Vec::with_capacity(n * dim);
+    let mut coords = Vec::with_capacity(n);
+    let mut tumor = Vec::with_capacity(n);
+    for i in 0..n as u32 {
+        let (gx, gy) = (i % side, i / side);
+        let dx = gx as f64 - centre.0 as f64;
+        let dy = gy as f64 - centre.1 as f64;
+        let is_tumor = tumor_fraction > 0.0 && dx * dx + dy * dy <= radius2;
+        let tile_gain: f32 = rng.random_range(0.7..1.3);
+        for j in 0..dim {
+            let mut v = profile[j] * tile_gain + unit.sample(&mut rng) * 0.4;
+            if is_tumor {
+                v += 0.8 * tumor_dir[j];
+            }
+            embeddings.push(v.max(0.0));
+        }
+        coords.push([gx * 256, gy * 256]);
+        tumor.push(is_tumor);
+    }
+    (embeddings, coords, tumor)
+}

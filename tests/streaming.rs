@@ -1,0 +1,394 @@
+//! The streaming session against the plain f64 reference: correctness, chunking and
+//! permutation invariance, extreme attention, single tiles, determinism, every model size and
+//! every instruction set this CPU has.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_rel, model_of, random_model, strips};
+use msclam::{random_weights, synthetic_slide};
+use msclam_engine::{
+    reference, AttentionKind, Isa, Model, ModelConfig, ModelSize, SlideSession, TileClassifierKind,
+};
+use proptest::prelude::*;
+
+const REL: f64 = 1e-5;
+
+fn arb_config() -> impl Strategy<Value = ModelConfig> {
+    (
+        1usize..48,
+        1usize..40,
+        1usize..24,
+        2usize..5,
+        any::<bool>(),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(d, h, k, c, gated, per_class, tumor)| ModelConfig {
+            input_dim: d,
+            hidden_dim: h,
+            attention_dim: k,
+            attention: if gated {
+                AttentionKind::Gated
+            } else {
+                AttentionKind::Plain
+            },
+            num_classes: c,
+            tile_classifier: if per_class {
+                TileClassifierKind::PerClass
+            } else {
+                TileClassifierKind::SingleBinary
+            },
+            tumor_class: tumor.index(c),
+            threshold: 0.5,
+        })
+}
+
+/// Streams `emb` in `sizes`-strips, checking after each push that the current slide
+/// probabilities equal the reference over the prefix, then checks every final output.
+fn check_streaming(config: ModelConfig, seed: u64, n: usize, sizes: &[usize], isa: Isa) {
+    let (weights, model) = random_model(config, seed);
+    let d = config.input_dim;
+    let (emb, coords, _) = synthetic_slide(d, n, 0.2, seed ^ 0x5eed);
+    let mut session = SlideSession::with_isa(model, n, isa).unwrap();
+    for strip in strips(n, sizes) {
+        let pushed = session
+            .push(
+                &emb[strip.start * d..strip.end * d],
+                Some(&coords[strip.clone()]),
+            )
+            .unwrap();
+        assert_eq!(
+            (pushed.first_tile, pushed.tiles),
+            (strip.start, strip.len())
+        );
+        let prefix = reference::forward(&weights, &emb[..strip.end * d]);
+        let current = session.slide_probabilities().unwrap();
+        for (c, want) in prefix.slide_probabilities.iter().enumerate() {
+            assert_rel(
+                current[c] as f64,
+                *want,
+                REL,
+                &format!("slide prob {c} after {} tiles", strip.end),
+            );
+        }
+        assert_eq!(pushed.slide_tumor_probability, current[config.tumor_class]);
+    }
+    let want = reference::forward(&weights, &emb);
+    let result = session.finalize().unwrap();
+    for i in 0..n {
+        assert_rel(
+            result.tile_probabilities[i] as f64,
+            want.tile_probabilities[i],
+            REL,
+            &format!("tile {i} prob"),
+        );
+        assert_rel(
+            result.attention[i] as f64,
+            want.attention[i],
+            REL,
+            &format!("tile {i} attention"),
+        );
+        // Logits can sit near zero (cancellation): bound them absolutely, relatively when large.
+        let (got, want_logit) = (result.attention_logits[i] as f64, want.attention_logits[i]);
+        assert!(
+            (got - want_logit).abs() <= 1e-5 * (1.0 + want_logit.abs()),
+            "tile {i} logit {got} vs {want_logit}"
+        );
+        assert_eq!(
+            result.tile_mask[i],
+            u8::from(result.tile_probabilities[i] >= config.threshold)
+        );
+    }
+    for (c, want) in want.slide_logits.iter().enumerate() {
+        assert!(
+            (result.slide_logits[c] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "slide logit {c}"
+        );
+    }
+    assert_eq!(result.coordinates.unwrap(), &coords[..]);
+    let sum: f64 = result.attention.iter().map(|a| *a as f64).sum();
+    assert!((sum - 1.0).abs() < 1e-5, "attention sums to {sum}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn streaming_equals_reference_for_any_dims_weights_and_chunking(
+        config in arb_config(),
+        seed in any::<u64>(),
+        n in 1usize..140,
+        sizes in prop::collection::vec(1usize..70, 1..6),
+    ) {
+        check_streaming(config, seed, n, &sizes, Isa::detect());
+    }
+
+    #[test]
+    fn chunking_changes_nothing_beyond_rounding(
+        config in arb_config(),
+        seed in any::<u64>(),
+        n in 1usize..200,
+        sizes_a in prop::collection::vec(1usize..90, 1..5),
+        sizes_b in prop::collection::vec(1usize..90, 1..5),
+    ) {
+        let (_, model) = random_model(config, seed);
+        let d = config.input_dim;
+        let (emb, _, _) = synthetic_slide(d, n, 0.1, seed);
+        let run = |sizes: &[usize]| {
+            let mut s = SlideSession::new(model.clone(), n).unwrap();
+            for strip in strips(n, sizes) {
+                s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
+            }
+            let r = s.finalize().unwrap();
+            (r.tile_probabilities.to_vec(), r.attention_logits.to_vec(), r.attention.to_vec(), r.slide_probabilities.to_vec())
+        };
+        let (pa, la, aa, sa) = run(&sizes_a);
+        let (pb, lb, ab, sb) = run(&sizes_b);
+        // Per-tile outputs do not depend on the strip a tile came in: bit-identical.
+        prop_assert_eq!(pa, pb);
+        prop_assert_eq!(la, lb);
+        // The aggregate differs only by the order of f64 rescaling: far below f32 resolution.
+        for (a, b) in aa.iter().zip(&ab) { assert_rel(*a as f64, *b as f64, 1e-6, "attention"); }
+        for (a, b) in sa.iter().zip(&sb) { assert_rel(*a as f64, *b as f64, 1e-6, "slide prob"); }
+    }
+
+    #[test]
+    fn permuting_tiles_keeps_the_slide_score(
+        config in arb_config(),
+        seed in any::<u64>(),
+        n in 1usize..150,
+        chunk in 1usize..40,
+    ) {
+        let (_, model) = random_model(config, seed);
+        let d = config.input_dim;
+        let (emb, _, _) = synthetic_slide(d, n, 0.3, seed);
+        // A deterministic permutation: reverse, then rotate.
+        let order: Vec<usize> = (0..n).rev().cycle().skip(seed as usize % n).take(n).collect();
+        let permuted: Vec<f32> = order.iter().flat_map(|&i| emb[i * d..(i + 1) * d].iter().copied()).collect();
+        let score = |e: &[f32]| {
+            let mut s = SlideSession::new(model.clone(), n).unwrap();
+            for strip in strips(n, &[chunk]) {
+                s.push(&e[strip.start * d..strip.end * d], None).unwrap();
+            }
+            let r = s.finalize().unwrap();
+            (r.slide_probabilities.to_vec(), r.attention.to_vec(), r.tile_probabilities.to_vec())
+        };
+        let (sp, sa, st) = score(&emb);
+        let (pp, pa, pt) = score(&permuted);
+        for (a, b) in sp.iter().zip(&pp) { assert_rel(*a as f64, *b as f64, 1e-6, "slide prob"); }
+        for (j, &i) in order.iter().enumerate() {
+            prop_assert_eq!(st[i], pt[j]);
+            assert_rel(sa[i] as f64, pa[j] as f64, 1e-6, "attention");
+        }
+    }
+}
+
+#[test]
+fn every_model_size_and_variant_matches_the_reference() {
+    let mut configs = Vec::new();
+    for size in [ModelSize::Small, ModelSize::Big, ModelSize::Tiny] {
+        configs.push(ModelConfig::ms_clam(size));
+        configs.push(ModelConfig::clam_sb(size));
+    }
+    configs.push(ModelConfig::ms_clam(ModelSize::Small).with_input_dim(1536));
+    configs.push(ModelConfig {
+        attention: AttentionKind::Plain,
+        ..ModelConfig::ms_clam(ModelSize::Small)
+    });
+    for (i, config) in configs.into_iter().enumerate() {
+        check_streaming(config, 100 + i as u64, 150, &[1, 7, 64, 33], Isa::detect());
+    }
+}
+
+#[test]
+fn every_instruction_set_of_this_cpu_matches_the_reference() {
+    for isa in Isa::all_supported() {
+        check_streaming(
+            ModelConfig::ms_clam(ModelSize::Tiny),
+            7,
+            200,
+            &[13, 64, 1],
+            isa,
+        );
+        check_streaming(
+            ModelConfig::clam_sb(ModelSize::Tiny).with_input_dim(77),
+            8,
+            90,
+            &[90],
+            isa,
+        );
+    }
+}
+
+#[test]
+fn attention_logits_of_ten_thousand_stay_finite_and_correct() {
+    let config = ModelConfig::ms_clam(ModelSize::Tiny);
+    let mut weights = random_weights(config, 3);
+    // Scale the attention output so logits span about +-1e4.
+    let d = config.input_dim;
+    let (emb, _, _) = synthetic_slide(d, 120, 0.2, 4);
+    let probe = reference::forward(&weights, &emb);
+    let spread = probe
+        .attention_logits
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let scale = (1e4 / spread) as f32;
+    weights
+        .attention_c_weight
+        .iter_mut()
+        .for_each(|w| *w *= scale);
+    let model = model_of(&weights);
+    let want = reference::forward(&weights, &emb);
+    let max_logit = want
+        .attention_logits
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(max_logit > 5e3, "logits reach {max_logit}");
+    // Increasing then decreasing order exercises both rescaling directions.
+    for sizes in [[1usize, 5, 17], [64, 64, 64]] {
+        let mut session = SlideSession::new(model.clone(), 120).unwrap();
+        for strip in strips(120, &sizes) {
+            session
+                .push(&emb[strip.start * d..strip.end * d], None)
+                .unwrap();
+        }
+        let r = session.finalize().unwrap();
+        assert!(
+            r.attention.iter().all(|a| a.is_finite())
+                && r.slide_probabilities.iter().all(|p| p.is_finite())
+        );
+        for i in 0..120 {
+            assert!(
+                (r.attention[i] as f64 - want.attention[i]).abs() < 1e-6,
+                "attention {i}"
+            );
+        }
+        for (c, p) in want.slide_probabilities.iter().enumerate() {
+            assert!(
+                (r.slide_probabilities[c] as f64 - p).abs() < 1e-5,
+                "slide prob {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_single_tile_slide_works() {
+    let config = ModelConfig::ms_clam(ModelSize::Tiny);
+    let (weights, model) = random_model(config, 11);
+    let (emb, _, _) = synthetic_slide(config.input_dim, 1, 0.0, 12);
+    let mut session = SlideSession::new(model, 1).unwrap();
+    session.push(&emb, None).unwrap();
+    let want = reference::forward(&weights, &emb);
+    let r = session.finalize().unwrap();
+    assert_eq!(r.attention, &[1.0]);
+    assert_rel(
+        r.tile_probabilities[0] as f64,
+        want.tile_probabilities[0],
+        REL,
+        "tile prob",
+    );
+    assert_rel(
+        r.slide_probabilities[1] as f64,
+        want.slide_probabilities[1],
+        REL,
+        "slide prob",
+    );
+}
+
+#[test]
+fn same_inputs_give_bit_identical_outputs_run_after_run() {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let bytes_a = msclam_engine::format::ModelWriter::new(&random_weights(config, 5))
+        .to_bytes()
+        .unwrap();
+    let bytes_b = msclam_engine::format::ModelWriter::new(&random_weights(config, 5))
+        .to_bytes()
+        .unwrap();
+    assert_eq!(bytes_a, bytes_b, "the writer is deterministic");
+    let (emb, _, _) = synthetic_slide(config.input_dim, 300, 0.1, 6);
+    let run = || {
+        let model = Arc::new(Model::from_bytes(&bytes_a).unwrap());
+        let mut s = SlideSession::new(model, 300).unwrap();
+        let mut after_each = Vec::new();
+        for strip in strips(300, &[1, 7, 64, 100]) {
+            after_each.push(
+                s.push(&emb[strip.start * 1024..strip.end * 1024], None)
+                    .unwrap()
+                    .slide_tumor_probability
+                    .to_bits(),
+            );
+        }
+        let r = s.finalize().unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (
+            after_each,
+            bits(r.slide_logits),
+            bits(r.attention),
+            bits(r.tile_probabilities),
+        )
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert_eq!(run(), first);
+    }
+}
+
+#[test]
+fn reset_starts_a_clean_slide_in_the_same_memory() {
+    let config = ModelConfig::clam_sb(ModelSize::Tiny);
+    let (_, model) = random_model(config, 21);
+    let d = config.input_dim;
+    let (a, ca, _) = synthetic_slide(d, 50, 0.2, 22);
+    let (b, _, _) = synthetic_slide(d, 70, 0.4, 23);
+    let mut fresh = SlideSession::new(model.clone(), 100).unwrap();
+    fresh.push(&b, None).unwrap();
+    let want = fresh.finalize().unwrap().slide_probabilities.to_vec();
+    let mut reused = SlideSession::new(model, 100).unwrap();
+    reused.push(&a, Some(&ca)).unwrap();
+    reused.finalize().unwrap();
+    reused.reset();
+    assert!(reused.is_empty() && reused.coordinates().is_none());
+    reused.push(&b, None).unwrap(); // no coordinates is fine on the new slide
+    assert_eq!(reused.finalize().unwrap().slide_probabilities, &want[..]);
+}
+
+#[test]
+fn pushing_array_views_equals_pushing_slices() {
+    use ndarray::{s, Array2};
+    let config = ModelConfig::ms_clam(ModelSize::Tiny);
+    let (_, model) = random_model(config, 31);
+    let d = config.input_dim;
+    let (emb, coords, _) = synthetic_slide(d, 40, 0.2, 32);
+    let mut by_slice = SlideSession::new(model.clone(), 40).unwrap();
+    by_slice.push(&emb, Some(&coords)).unwrap();
+    // A wider array viewed through a column slice gives strided rows.
+    let mut wide = Array2::<f32>::zeros((40, d + 5));
+    wide.slice_mut(s![.., ..d])
+        .assign(&ndarray::ArrayView2::from_shape((40, d), &emb).unwrap());
+    let coord_array =
+        Array2::from_shape_vec((40, 2), coords.iter().flatten().copied().collect()).unwrap();
+    let mut by_view = SlideSession::new(model, 40).unwrap();
+    by_view
+        .push_array(
+            wide.slice(s![..25, ..d]),
+            Some(coord_array.slice(s![..25, ..])),
+        )
+        .unwrap();
+    by_view
+        .push_array(
+            wide.slice(s![25.., ..d]),
+            Some(coord_array.slice(s![25.., ..])),
+        )
+        .unwrap();
+    let a = by_slice.finalize().unwrap().tile_probabilities.to_vec();
+    let r = by_view.finalize().unwrap();
+    assert_eq!(r.tile_probabilities, &a[..]);
+    assert_eq!(r.coordinates.unwrap(), &coords[..]);
+    // Column-major views are refused with a clear error, not copied behind the caller's back.
+    let t = wide.t();
+    let err = by_view.push_array(t.slice(s![..d, ..3]).reversed_axes(), None);
+    assert!(err.is_err() || d == 1);
+}
