@@ -1,0 +1,345 @@
+//! Model handles: loading, architecture and metadata queries, freeing.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Arc;
+
+use msclam_engine::{AttentionKind, Model as EngineModel, TileClassifierKind};
+
+use crate::boundary::{
+    guard, reference, reference_mut, slice_in, slice_out, write_optional, FfiError,
+};
+use crate::status::Status;
+
+/// A loaded, validated model (opaque). Immutable: any number of threads may use one model at
+/// once. Sessions keep their model alive, so a model may be freed before its sessions.
+pub struct Model {
+    pub(crate) inner: Arc<EngineModel>,
+}
+
+/// Values of `msclam_model_info.attention`: plain attention.
+pub const MSCLAM_ATTENTION_PLAIN: u32 = 0;
+/// Values of `msclam_model_info.attention`: gated attention (CLAM's default).
+pub const MSCLAM_ATTENTION_GATED: u32 = 1;
+/// Values of `msclam_model_info.tile_classifier`: one binary tile classifier (MS-CLAM).
+pub const MSCLAM_TILE_CLASSIFIER_SINGLE: u32 = 0;
+/// Values of `msclam_model_info.tile_classifier`: one binary classifier per class (CLAM).
+pub const MSCLAM_TILE_CLASSIFIER_PER_CLASS: u32 = 1;
+
+/// A model's architecture and memory use. Set `struct_size` to `sizeof(msclam_model_info)`
+/// (msclam_model_info_init() does) before calling msclam_model_get_info(); the library fills
+/// only the fields that fit in `struct_size`, so programs built against an older header keep
+/// working with a newer library.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelInfo {
+    /// Size of this struct as the caller knows it, in bytes.
+    pub struct_size: u32,
+    /// Tile embedding dimension D: floats per tile in msclam_session_push().
+    pub input_dim: u32,
+    /// Hidden dimension H.
+    pub hidden_dim: u32,
+    /// Attention dimension K.
+    pub attention_dim: u32,
+    /// Number of slide classes C.
+    pub num_classes: u32,
+    /// Index of the tumor class.
+    pub tumor_class: u32,
+    /// MSCLAM_ATTENTION_PLAIN or MSCLAM_ATTENTION_GATED.
+    pub attention: u32,
+    /// MSCLAM_TILE_CLASSIFIER_SINGLE or MSCLAM_TILE_CLASSIFIER_PER_CLASS.
+    pub tile_classifier: u32,
+    /// Tile probability at or above which a tile is in the tumor mask.
+    pub threshold: f32,
+    /// Format version of the file, major.
+    pub format_version_major: u16,
+    /// Format version of the file, minor.
+    pub format_version_minor: u16,
+    /// Number of metadata entries.
+    pub metadata_count: u32,
+    /// Padding; always 0.
+    pub reserved: u32,
+    /// Size of the model file in bytes.
+    pub file_bytes: usize,
+    /// Bytes of weights used in place from the file's memory (map or caller buffer).
+    pub in_place_bytes: usize,
+    /// Bytes of weights the library converted into memory it allocated.
+    pub converted_bytes: usize,
+}
+
+/// A msclam_model_info with `struct_size` set and every other field zero.
+#[no_mangle]
+pub extern "C" fn msclam_model_info_init() -> ModelInfo {
+    ModelInfo {
+        struct_size: std::mem::size_of::<ModelInfo>() as u32,
+        input_dim: 0,
+        hidden_dim: 0,
+        attention_dim: 0,
+        num_classes: 0,
+        tumor_class: 0,
+        attention: 0,
+        tile_classifier: 0,
+        threshold: 0.0,
+        format_version_major: 0,
+        format_version_minor: 0,
+        metadata_count: 0,
+        reserved: 0,
+        file_bytes: 0,
+        in_place_bytes: 0,
+        converted_bytes: 0,
+    }
+}
+
+fn publish(model: EngineModel, out_model: &mut *mut Model) {
+    *out_model = Box::into_raw(Box::new(Model {
+        inner: Arc::new(model),
+    }));
+}
+
+/// Loads a .mscl model file by memory-mapping it (weights are used in place from the map) and
+/// validates it completely (checksum, structure, finite weights).
+///
+/// `path` is a NUL-terminated file path. On success `*out_model` receives a new model to
+/// release with msclam_model_free(); on failure it is left untouched. The file must not be
+/// modified while the model is loaded (replace model files by renaming a new file over them).
+///
+/// # Safety
+/// `path` must be a valid NUL-terminated string; `out_model` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_load(
+    path: *const c_char,
+    out_model: *mut *mut Model,
+) -> Status {
+    guard("msclam_model_load", || {
+        if path.is_null() {
+            return Err(FfiError::Null("path"));
+        }
+        // SAFETY: non-NULL and NUL-terminated per the contract.
+        let path = unsafe { CStr::from_ptr(path) };
+        // SAFETY: out_model is valid for writing per the contract.
+        let out = unsafe { reference_mut(out_model, "out_model") }?;
+        let path = path
+            .to_str()
+            .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))?;
+        publish(EngineModel::load(path)?, out);
+        Ok(())
+    })
+}
+
+/// Loads a model from `len` bytes at `data`, copying them: the caller may free or reuse its
+/// buffer as soon as this returns.
+///
+/// # Safety
+/// `data` must point to `len` readable bytes; `out_model` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_load_from_buffer(
+    data: *const c_void,
+    len: usize,
+    out_model: *mut *mut Model,
+) -> Status {
+    guard("msclam_model_load_from_buffer", || {
+        // SAFETY: data points to len readable bytes per the contract.
+        let bytes = unsafe { slice_in(data.cast::<u8>(), len, "data") }?;
+        // SAFETY: out_model is valid for writing per the contract.
+        let out = unsafe { reference_mut(out_model, "out_model") }?;
+        publish(EngineModel::from_bytes(bytes)?, out);
+        Ok(())
+    })
+}
+
+/// Loads a model from `len` bytes at `data` WITHOUT copying them (firmware: a model in flash
+/// or a static array). f32 weights are used in place when `data` is 4-byte aligned (otherwise
+/// they are copied). The caller must keep the bytes valid and unchanged until the model and
+/// every session created from it are freed.
+///
+/// Heap use: one allocation for the model handle and its bookkeeping (a few hundred bytes),
+/// one for the metadata index (32 bytes per metadata entry) if the file has metadata, and none
+/// for weights when they are f32 and aligned (msclam_model_info.converted_bytes says).
+///
+/// # Safety
+/// `data` must point to `len` readable bytes that outlive the model and its sessions;
+/// `out_model` must be valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_load_from_borrowed_buffer(
+    data: *const c_void,
+    len: usize,
+    out_model: *mut *mut Model,
+) -> Status {
+    guard("msclam_model_load_from_borrowed_buffer", || {
+        // SAFETY: data points to len readable bytes per the contract.
+        let bytes = unsafe { slice_in(data.cast::<u8>(), len, "data") }?;
+        // SAFETY: out_model is valid for writing per the contract.
+        let out = unsafe { reference_mut(out_model, "out_model") }?;
+        // SAFETY: the caller keeps the bytes alive and unchanged for the model's lifetime.
+        let model = unsafe { EngineModel::from_borrowed_bytes(bytes) }?;
+        publish(model, out);
+        Ok(())
+    })
+}
+
+/// Releases a model. Sessions created from it stay valid (they keep the model's weights
+/// alive until they are freed). NULL is a no-op.
+///
+/// # Safety
+/// `model` must be NULL or a model from msclam_model_load*() not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_free(model: *mut Model) {
+    let _ = guard("msclam_model_free", || {
+        if !model.is_null() {
+            // SAFETY: created by Box::into_raw in `publish` and not freed yet (contract).
+            drop(unsafe { Box::from_raw(model) });
+        }
+        Ok(())
+    });
+}
+
+/// Fills `*out_info` with the model's architecture (only the fields within
+/// `out_info->struct_size`, which must be at least 8).
+///
+/// # Safety
+/// `model` must be a live model; `out_info` must be valid for reading and writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_get_info(
+    model: *const Model,
+    out_info: *mut ModelInfo,
+) -> Status {
+    guard("msclam_model_get_info", || {
+        // SAFETY: live model per the contract.
+        let model = unsafe { reference(model, "model") }?;
+        if out_info.is_null() {
+            return Err(FfiError::Null("out_info"));
+        }
+        // SAFETY: out_info is valid for reading its first field per the contract.
+        let size = unsafe { std::ptr::addr_of!((*out_info).struct_size).read_unaligned() } as usize;
+        if size < 8 {
+            return Err(FfiError::Invalid(
+                "out_info->struct_size must be set to sizeof(msclam_model_info)",
+            ));
+        }
+        let m = &model.inner;
+        let c = m.config();
+        let memory = m.memory();
+        let (major, minor) = m.format_version();
+        let info = ModelInfo {
+            struct_size: size.min(std::mem::size_of::<ModelInfo>()) as u32,
+            input_dim: c.input_dim as u32,
+            hidden_dim: c.hidden_dim as u32,
+            attention_dim: c.attention_dim as u32,
+            num_classes: c.num_classes as u32,
+            tumor_class: c.tumor_class as u32,
+            attention: match c.attention {
+                AttentionKind::Plain => MSCLAM_ATTENTION_PLAIN,
+                AttentionKind::Gated => MSCLAM_ATTENTION_GATED,
+            },
+            tile_classifier: match c.tile_classifier {
+                TileClassifierKind::SingleBinary => MSCLAM_TILE_CLASSIFIER_SINGLE,
+                TileClassifierKind::PerClass => MSCLAM_TILE_CLASSIFIER_PER_CLASS,
+            },
+            threshold: c.threshold,
+            format_version_major: major,
+            format_version_minor: minor,
+            metadata_count: m.metadata().len() as u32,
+            reserved: 0,
+            file_bytes: memory.file_bytes,
+            in_place_bytes: memory.in_place_bytes,
+            converted_bytes: memory.converted_bytes,
+        };
+        let n = size.min(std::mem::size_of::<ModelInfo>());
+        // SAFETY: out_info is valid for `struct_size` bytes (the caller's struct) and n is at
+        // most that; source and destination do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&info as *const ModelInfo).cast::<u8>(),
+                out_info.cast::<u8>(),
+                n,
+            )
+        };
+        Ok(())
+    })
+}
+
+/// Copies `text` plus a NUL into `out` (capacity bytes); `*out_len` (may be NULL) receives
+/// the text's length without the NUL, also when the buffer is too small.
+fn copy_text(
+    text: &str,
+    out: &mut [u8],
+    out_len: *mut usize,
+    what: &'static str,
+) -> Result<(), FfiError> {
+    // SAFETY: out_len is NULL or valid for writing per the callers' contracts.
+    unsafe { write_optional(out_len, text.len()) };
+    if out.len() < text.len() + 1 {
+        return Err(FfiError::TooSmall {
+            what,
+            needed: text.len() + 1,
+            given: out.len(),
+        });
+    }
+    out[..text.len()].copy_from_slice(text.as_bytes());
+    out[text.len()] = 0;
+    Ok(())
+}
+
+/// Copies the metadata value stored under `key` (e.g. "embedder.name", "embedder.dim",
+/// "tile.size_px", "tile.magnification", "training.summary", "tool.version") into `out`, NUL
+/// terminated. `*out_len` (may be NULL) receives the value's length in bytes without the NUL,
+/// also when `capacity` is too small (MSCLAM_STATUS_BUFFER_TOO_SMALL; `out` may be NULL when
+/// `capacity` is 0, to ask for the length). MSCLAM_STATUS_NOT_FOUND if there is no such key.
+///
+/// # Safety
+/// `model` live; `key` NUL-terminated; `out` valid for `capacity` bytes; `out_len` NULL or
+/// valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_metadata_get(
+    model: *const Model,
+    key: *const c_char,
+    out: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+) -> Status {
+    guard("msclam_model_metadata_get", || {
+        // SAFETY: per the contract.
+        let model = unsafe { reference(model, "model") }?;
+        if key.is_null() {
+            return Err(FfiError::Null("key"));
+        }
+        // SAFETY: NUL-terminated per the contract.
+        let key = unsafe { CStr::from_ptr(key) }
+            .to_str()
+            .map_err(|_| FfiError::Invalid("key is not UTF-8"))?;
+        // SAFETY: valid for capacity bytes per the contract.
+        let out = unsafe { slice_out(out.cast::<u8>(), capacity, "out") }?;
+        let value = model
+            .inner
+            .metadata()
+            .get(key)
+            .ok_or(FfiError::NotFound("metadata key"))?;
+        copy_text(value, out, out_len, "out")
+    })
+}
+
+/// Copies the key of metadata entry `index` (0 to metadata_count - 1, file order) into
+/// `out`, like msclam_model_metadata_get(). MSCLAM_STATUS_NOT_FOUND past the last entry.
+///
+/// # Safety
+/// As msclam_model_metadata_get().
+#[no_mangle]
+pub unsafe extern "C" fn msclam_model_metadata_key(
+    model: *const Model,
+    index: usize,
+    out: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+) -> Status {
+    guard("msclam_model_metadata_key", || {
+        // SAFETY: per the contract.
+        let model = unsafe { reference(model, "model") }?;
+        // SAFETY: valid for capacity bytes per the contract.
+        let out = unsafe { slice_out(out.cast::<u8>(), capacity, "out") }?;
+        let (key, _) = model
+            .inner
+            .metadata()
+            .entry(index)
+            .ok_or(FfiError::NotFound("metadata index"))?;
+        copy_text(key, out, out_len, "out")
+    })
+}

@@ -1,0 +1,670 @@
+//! Session handles: creation (heap or caller arena), pushing strips, reading results.
+
+use msclam_engine::{Isa, SlideSession, SESSION_ALIGNMENT};
+
+use crate::boundary::{
+    guard, reference, reference_mut, slice_in, slice_out, write_optional, FfiError,
+};
+use crate::model::Model;
+use crate::status::Status;
+
+/// A slide session (opaque): scores one slide at a time, incrementally. Use it from one
+/// thread at a time; it may move between threads.
+pub struct Session {
+    inner: SlideSession<'static>,
+    in_arena: bool,
+}
+
+/// `msclam_session_options.isa`: the best kernels this CPU supports (default).
+pub const MSCLAM_ISA_AUTO: u32 = 0;
+/// `msclam_session_options.isa`: portable kernels; results identical on every x86-64 CPU.
+pub const MSCLAM_ISA_PORTABLE: u32 = 1;
+/// `msclam_session_options.isa`: AVX2 + FMA kernels (error if the CPU lacks them).
+pub const MSCLAM_ISA_AVX2: u32 = 2;
+/// `msclam_session_options.isa`: AVX-512 kernels (error if the CPU lacks them).
+pub const MSCLAM_ISA_AVX512: u32 = 3;
+/// Alignment, in bytes, that msclam_session_create_in_arena() requires of its arena.
+pub const MSCLAM_ARENA_ALIGNMENT: usize = 64;
+
+/// How to create a session. Get one from msclam_session_options_default() and change fields;
+/// `struct_size` lets later versions add fields without breaking programs built today.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// sizeof(msclam_session_options), set by msclam_session_options_default().
+    pub struct_size: u32,
+    /// Kernels to use: MSCLAM_ISA_AUTO (default), _PORTABLE, _AVX2 or _AVX512.
+    pub isa: u32,
+    /// Maximum number of tiles per slide (default 100000). Memory grows by 21 bytes per tile.
+    pub max_tiles: usize,
+}
+
+/// Default session options: automatic kernels, 100000 tiles per slide.
+#[no_mangle]
+pub extern "C" fn msclam_session_options_default() -> SessionOptions {
+    SessionOptions {
+        struct_size: std::mem::size_of::<SessionOptions>() as u32,
+        isa: MSCLAM_ISA_AUTO,
+        max_tiles: 100_000,
+    }
+}
+
+/// Results of a slide from msclam_session_finalize(). Set `struct_size` (use
+/// msclam_slide_result_init()); only the fields within it are written.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlideResult {
+    /// Size of this struct as the caller knows it, in bytes.
+    pub struct_size: u32,
+    /// Most probable slide class (lowest index on ties).
+    pub predicted_class: u32,
+    /// Probability of the tumor class.
+    pub tumor_probability: f32,
+    /// Number of slide classes (entries of msclam_session_copy_slide_probabilities()).
+    pub num_classes: u32,
+    /// Number of tiles in the slide.
+    pub num_tiles: usize,
+    /// Number of tiles in the tumor mask (tile probability >= the model's threshold).
+    pub tumor_tiles: usize,
+}
+
+/// A msclam_slide_result with `struct_size` set and every other field zero.
+#[no_mangle]
+pub extern "C" fn msclam_slide_result_init() -> SlideResult {
+    SlideResult {
+        struct_size: std::mem::size_of::<SlideResult>() as u32,
+        predicted_class: 0,
+        tumor_probability: 0.0,
+        num_classes: 0,
+        num_tiles: 0,
+        tumor_tiles: 0,
+    }
+}
+
+/// Reads options (NULL means defaults; only fields within `struct_size` are read).
+///
+/// # Safety
+/// `options` must be NULL or valid for reading `struct_size` bytes.
+unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa), FfiError> {
+    let mut opts = msclam_session_options_default();
+    if !options.is_null() {
+        // SAFETY: valid for reading its first field per the contract.
+        let size = unsafe { std::ptr::addr_of!((*options).struct_size).read_unaligned() } as usize;
+        if size < 8 {
+            return Err(FfiError::Invalid(
+                "options->struct_size must be sizeof(msclam_session_options)",
+            ));
+        }
+        let n = size.min(std::mem::size_of::<SessionOptions>());
+        // SAFETY: the caller's struct holds at least `size >= n` bytes; no overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                options.cast::<u8>(),
+                (&mut opts as *mut SessionOptions).cast::<u8>(),
+                n,
+            )
+        };
+    }
+    let isa = match opts.isa {
+        MSCLAM_ISA_AUTO => Isa::detect(),
+        MSCLAM_ISA_PORTABLE => Isa::Portable,
+        MSCLAM_ISA_AVX2 => Isa::Avx2Fma,
+        MSCLAM_ISA_AVX512 => Isa::Avx512,
+        _ => {
+            return Err(FfiError::Invalid(
+                "options->isa is not one of the MSCLAM_ISA_* values",
+            ))
+        }
+    };
+    if !isa.is_supported() {
+        return Err(FfiError::Invalid(
+            "options->isa names kernels this CPU does not support",
+        ));
+    }
+    Ok((opts.max_tiles, isa))
+}
+
+/// Bytes before the session's memory region in an arena: the handle, rounded up.
+const ARENA_HEADER: usize =
+    std::mem::size_of::<Session>().div_ceil(SESSION_ALIGNMENT) * SESSION_ALIGNMENT;
+
+/// Creates a session for `model` in memory the library allocates now, once: pushes, reads,
+/// finalize and reset allocate nothing afterwards. `options` may be NULL (defaults).
+/// `*out_session` receives the session; release it with msclam_session_free().
+///
+/// # Safety
+/// `model` live; `options` NULL or valid; `out_session` valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_create(
+    model: *const Model,
+    options: *const SessionOptions,
+    out_session: *mut *mut Session,
+) -> Status {
+    guard("msclam_session_create", || {
+        // SAFETY: per the contract.
+        let model = unsafe { reference(model, "model") }?;
+        // SAFETY: per the contract.
+        let (max_tiles, isa) = unsafe { read_options(options) }?;
+        // SAFETY: per the contract.
+        let out = unsafe { reference_mut(out_session, "out_session") }?;
+        let inner = SlideSession::with_isa(model.inner.clone(), max_tiles, isa)?;
+        *out = Box::into_raw(Box::new(Session {
+            inner,
+            in_arena: false,
+        }));
+        Ok(())
+    })
+}
+
+/// The exact number of bytes of arena msclam_session_create_in_arena() needs for this model
+/// and options (`options` may be NULL). The formula: a fixed part (the handle, scratch for 64
+/// tiles, the slide accumulator) plus 21 bytes per tile of `max_tiles`.
+///
+/// # Safety
+/// `model` live; `options` NULL or valid; `out_bytes` valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_arena_size(
+    model: *const Model,
+    options: *const SessionOptions,
+    out_bytes: *mut usize,
+) -> Status {
+    guard("msclam_session_arena_size", || {
+        // SAFETY: per the contract.
+        let model = unsafe { reference(model, "model") }?;
+        // SAFETY: per the contract.
+        let (max_tiles, _) = unsafe { read_options(options) }?;
+        // SAFETY: per the contract.
+        let out = unsafe { reference_mut(out_bytes, "out_bytes") }?;
+        *out = ARENA_HEADER + SlideSession::memory_bytes(&model.inner, max_tiles)?;
+        Ok(())
+    })
+}
+
+/// Creates a session entirely inside `arena` (no heap allocation at all, now or later), for
+/// firmware. `arena` must be aligned to MSCLAM_ARENA_ALIGNMENT (64) bytes and hold at least
+/// msclam_session_arena_size() bytes; it must stay valid, and be used for nothing else, until
+/// msclam_session_free() is called on the session (which does not free the arena).
+///
+/// # Safety
+/// `model` live; `options` NULL or valid; `arena` valid for `arena_bytes` bytes as described;
+/// `out_session` valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_create_in_arena(
+    model: *const Model,
+    options: *const SessionOptions,
+    arena: *mut std::ffi::c_void,
+    arena_bytes: usize,
+    out_session: *mut *mut Session,
+) -> Status {
+    guard("msclam_session_create_in_arena", || {
+        // SAFETY: per the contract.
+        let model = unsafe { reference(model, "model") }?;
+        // SAFETY: per the contract.
+        let (max_tiles, isa) = unsafe { read_options(options) }?;
+        // SAFETY: per the contract.
+        let out = unsafe { reference_mut(out_session, "out_session") }?;
+        if arena.is_null() {
+            return Err(FfiError::Null("arena"));
+        }
+        if !(arena as usize).is_multiple_of(MSCLAM_ARENA_ALIGNMENT) {
+            return Err(FfiError::Invalid(
+                "arena must be aligned to MSCLAM_ARENA_ALIGNMENT (64) bytes",
+            ));
+        }
+        let needed = ARENA_HEADER + SlideSession::memory_bytes(&model.inner, max_tiles)?;
+        if arena_bytes < needed {
+            return Err(FfiError::TooSmall {
+                what: "arena",
+                needed,
+                given: arena_bytes,
+            });
+        }
+        let base = arena.cast::<u8>();
+        // SAFETY: the arena holds arena_bytes >= needed > ARENA_HEADER bytes, stays valid and
+        // unused by others until the session is freed (contract); the region after the
+        // header is disjoint from the handle's slot.
+        let region: &'static mut [u8] = unsafe {
+            std::slice::from_raw_parts_mut(base.add(ARENA_HEADER), arena_bytes - ARENA_HEADER)
+        };
+        let inner = SlideSession::in_buffer_with_isa(model.inner.clone(), max_tiles, region, isa)?;
+        let slot = base.cast::<Session>();
+        // SAFETY: the slot is 64-byte aligned (>= align_of Session), ARENA_HEADER >= its size,
+        // and writable per the contract.
+        unsafe {
+            slot.write(Session {
+                inner,
+                in_arena: true,
+            })
+        };
+        *out = slot;
+        Ok(())
+    })
+}
+
+/// Releases a session (an arena session is ended in place; the arena itself is the caller's).
+/// NULL is a no-op.
+///
+/// # Safety
+/// `session` must be NULL or a live session, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_free(session: *mut Session) {
+    let _ = guard("msclam_session_free", || {
+        if session.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a live session per the contract.
+        let in_arena = unsafe { (*session).in_arena };
+        if in_arena {
+            // SAFETY: written in place by msclam_session_create_in_arena; dropped once.
+            unsafe { std::ptr::drop_in_place(session) };
+        } else {
+            // SAFETY: created by Box::into_raw in msclam_session_create; freed once.
+            drop(unsafe { Box::from_raw(session) });
+        }
+        Ok(())
+    });
+}
+
+/// Pushes a strip of `n_tiles` tiles and scores them.
+///
+/// - `embeddings`: `n_tiles * embedding_dim` floats, tile after tile; `embedding_dim` must
+///   equal the model's input_dim (else MSCLAM_STATUS_DIMENSION_MISMATCH). May be NULL only if
+///   `n_tiles` is 0.
+/// - `coords`: may be NULL; else `2 * n_tiles` values, (x, y) per tile. Give coordinates for
+///   every push of a slide or for none.
+/// - `out_tile_probabilities`, `out_attention_logits`: may be NULL; else room for `n_tiles`
+///   floats: this strip's tumor probabilities and raw attention logits.
+/// - `out_slide_tumor_probability`: may be NULL; else receives the slide's tumor probability
+///   over every tile pushed so far.
+///
+/// Errors (NaN/Inf input, capacity exceeded, dimension mismatch) reject the whole strip and
+/// leave the session exactly as it was. No allocation.
+///
+/// # Safety
+/// Every non-NULL pointer must be valid for the sizes above; `session` live and not used by
+/// another thread during the call.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn msclam_session_push(
+    session: *mut Session,
+    embeddings: *const f32,
+    n_tiles: usize,
+    embedding_dim: usize,
+    coords: *const u32,
+    out_tile_probabilities: *mut f32,
+    out_attention_logits: *mut f32,
+    out_slide_tumor_probability: *mut f32,
+) -> Status {
+    guard("msclam_session_push", || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference_mut(session, "session") }?;
+        let expected = session.inner.model().config().input_dim;
+        if embedding_dim != expected {
+            return Err(FfiError::Dimension {
+                given: embedding_dim,
+                expected,
+            });
+        }
+        let values = n_tiles
+            .checked_mul(embedding_dim)
+            .ok_or(FfiError::Invalid("n_tiles * embedding_dim overflows"))?;
+        // SAFETY: valid for `values` floats per the contract.
+        let embeddings = unsafe { slice_in(embeddings, values, "embeddings") }?;
+        let coords: Option<&[[u32; 2]]> = if coords.is_null() {
+            None
+        } else {
+            // SAFETY: valid for 2 * n_tiles u32 per the contract; [u32; 2] has u32's alignment.
+            Some(unsafe { slice_in(coords.cast::<[u32; 2]>(), n_tiles, "coords") }?)
+        };
+        let probs_out = if out_tile_probabilities.is_null() {
+            None
+        } else {
+            // SAFETY: room for n_tiles floats per the contract.
+            Some(unsafe { slice_out(out_tile_probabilities, n_tiles, "out_tile_probabilities") }?)
+        };
+        let logits_out = if out_attention_logits.is_null() {
+            None
+        } else {
+            // SAFETY: room for n_tiles floats per the contract.
+            Some(unsafe { slice_out(out_attention_logits, n_tiles, "out_attention_logits") }?)
+        };
+        let pushed = session.inner.push(embeddings, coords)?;
+        let strip = pushed.first_tile..pushed.first_tile + pushed.tiles;
+        if let Some(out) = probs_out {
+            out.copy_from_slice(&session.inner.tile_probabilities()[strip.clone()]);
+        }
+        if let Some(out) = logits_out {
+            out.copy_from_slice(&session.inner.attention_logits()[strip]);
+        }
+        // SAFETY: NULL or valid for writing per the contract.
+        unsafe { write_optional(out_slide_tumor_probability, pushed.slide_tumor_probability) };
+        Ok(())
+    })
+}
+
+/// Number of tiles pushed for the current slide (0 for NULL).
+///
+/// # Safety
+/// `session` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_tile_count(session: *const Session) -> usize {
+    // SAFETY: NULL or live per the contract.
+    unsafe { session.as_ref() }.map_or(0, |s| s.inner.len())
+}
+
+/// Maximum number of tiles per slide (0 for NULL).
+///
+/// # Safety
+/// `session` NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_capacity(session: *const Session) -> usize {
+    // SAFETY: NULL or live per the contract.
+    unsafe { session.as_ref() }.map_or(0, |s| s.inner.capacity())
+}
+
+/// The slide's current tumor probability over every tile pushed so far
+/// (MSCLAM_STATUS_EMPTY_SESSION before the first tile).
+///
+/// # Safety
+/// `session` live; `out_probability` valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_tumor_probability(
+    session: *const Session,
+    out_probability: *mut f32,
+) -> Status {
+    guard("msclam_session_tumor_probability", || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference(session, "session") }?;
+        // SAFETY: per the contract.
+        let out = unsafe { reference_mut(out_probability, "out_probability") }?;
+        *out = session.inner.tumor_probability()?;
+        Ok(())
+    })
+}
+
+/// Computes the slide's result over every tile pushed so far (class, tumor probability,
+/// attention map and tumor mask, the latter two read with the copy functions). The slide is
+/// not closed: more strips may be pushed and finalize called again. No allocation.
+///
+/// # Safety
+/// `session` live; `out_result` valid, with `struct_size` set (msclam_slide_result_init()).
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_finalize(
+    session: *mut Session,
+    out_result: *mut SlideResult,
+) -> Status {
+    guard("msclam_session_finalize", || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference_mut(session, "session") }?;
+        if out_result.is_null() {
+            return Err(FfiError::Null("out_result"));
+        }
+        // SAFETY: valid for reading its first field per the contract.
+        let size =
+            unsafe { std::ptr::addr_of!((*out_result).struct_size).read_unaligned() } as usize;
+        if size < 8 {
+            return Err(FfiError::Invalid(
+                "out_result->struct_size must be sizeof(msclam_slide_result)",
+            ));
+        }
+        let r = session.inner.finalize()?;
+        let result = SlideResult {
+            struct_size: size.min(std::mem::size_of::<SlideResult>()) as u32,
+            predicted_class: r.predicted_class as u32,
+            tumor_probability: r.tumor_probability,
+            num_classes: r.slide_probabilities.len() as u32,
+            num_tiles: r.tile_probabilities.len(),
+            tumor_tiles: r.tumor_tiles,
+        };
+        let n = size.min(std::mem::size_of::<SlideResult>());
+        // SAFETY: the caller's struct holds `size >= n` bytes; no overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&result as *const SlideResult).cast::<u8>(),
+                out_result.cast::<u8>(),
+                n,
+            )
+        };
+        Ok(())
+    })
+}
+
+/// Copies `values` into the caller's buffer after checking its capacity.
+///
+/// # Safety
+/// `out` valid for `capacity` elements; `out_count` NULL or valid for writing.
+unsafe fn copy_out<T: Copy>(
+    values: &[T],
+    out: *mut T,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Result<(), FfiError> {
+    // SAFETY: per the contract.
+    unsafe { write_optional(out_count, values.len()) };
+    if capacity < values.len() {
+        return Err(FfiError::TooSmall {
+            what: "out",
+            needed: values.len(),
+            given: capacity,
+        });
+    }
+    // SAFETY: valid for `capacity >= values.len()` elements per the contract.
+    let out = unsafe { slice_out(out, values.len(), "out") }?;
+    out.copy_from_slice(values);
+    Ok(())
+}
+
+/// The body of a copy function over a shared session.
+///
+/// # Safety
+/// `session` NULL or live; `out` valid for `capacity` elements; `out_count` NULL or valid.
+unsafe fn copy_from_ref<T: Copy>(
+    function: &'static str,
+    session: *const Session,
+    out: *mut T,
+    capacity: usize,
+    out_count: *mut usize,
+    values: impl FnOnce(&Session) -> Result<&[T], FfiError>,
+) -> Status {
+    guard(function, || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference(session, "session") }?;
+        let values = values(session)?;
+        // SAFETY: per the contract.
+        unsafe { copy_out(values, out, capacity, out_count) }
+    })
+}
+
+/// The body of a copy function that may finalize the session first.
+///
+/// # Safety
+/// As [`copy_from_ref`], and `session` not used by another thread during the call.
+unsafe fn copy_from_mut<T: Copy>(
+    function: &'static str,
+    session: *mut Session,
+    out: *mut T,
+    capacity: usize,
+    out_count: *mut usize,
+    values: impl FnOnce(&mut Session) -> Result<&[T], FfiError>,
+) -> Status {
+    guard(function, || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference_mut(session, "session") }?;
+        let values = values(session)?;
+        // SAFETY: per the contract.
+        unsafe { copy_out(values, out, capacity, out_count) }
+    })
+}
+
+/// Copies the tumor probability of every tile pushed so far, in push order.
+///
+/// Like every msclam_session_copy_* function: `out` has room for `capacity` elements (it may
+/// be NULL if `capacity` is 0); `*out_count` (may be NULL) receives the number of elements,
+/// also when `capacity` is too small (then MSCLAM_STATUS_BUFFER_TOO_SMALL, nothing copied).
+///
+/// # Safety
+/// `session` live; `out` valid for `capacity` elements; `out_count` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_copy_tile_probabilities(
+    session: *const Session,
+    out: *mut f32,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        copy_from_ref(
+            "msclam_session_copy_tile_probabilities",
+            session,
+            out,
+            capacity,
+            out_count,
+            |s| Ok(s.inner.tile_probabilities()),
+        )
+    }
+}
+
+/// Copies the raw attention logit of every tile pushed so far, in push order.
+///
+/// # Safety
+/// As msclam_session_copy_tile_probabilities().
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_copy_attention_logits(
+    session: *const Session,
+    out: *mut f32,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        copy_from_ref(
+            "msclam_session_copy_attention_logits",
+            session,
+            out,
+            capacity,
+            out_count,
+            |s| Ok(s.inner.attention_logits()),
+        )
+    }
+}
+
+/// Copies the slide's current class probabilities (num_classes values).
+/// MSCLAM_STATUS_EMPTY_SESSION before the first tile.
+///
+/// # Safety
+/// As msclam_session_copy_tile_probabilities().
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_copy_slide_probabilities(
+    session: *const Session,
+    out: *mut f32,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        copy_from_ref(
+            "msclam_session_copy_slide_probabilities",
+            session,
+            out,
+            capacity,
+            out_count,
+            |s| Ok(s.inner.slide_probabilities()?),
+        )
+    }
+}
+
+/// Copies the (x, y) coordinates pushed with the tiles: 2 values per tile, so `capacity` and
+/// `*out_count` count values, not tiles. MSCLAM_STATUS_NOT_FOUND if the slide has none.
+///
+/// # Safety
+/// As msclam_session_copy_tile_probabilities().
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_copy_coordinates(
+    session: *const Session,
+    out: *mut u32,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        copy_from_ref(
+            "msclam_session_copy_coordinates",
+            session,
+            out,
+            capacity,
+            out_count,
+            |s| {
+                let pairs = s
+                    .inner
+                    .coordinates()
+                    .ok_or(FfiError::NotFound("coordinates"))?;
+                Ok(pairs.as_flattened())
+            },
+        )
+    }
+}
+
+/// Copies the normalised attention of every tile (softmax over the slide; sums to 1),
+/// finalizing the slide first if needed. MSCLAM_STATUS_EMPTY_SESSION before the first tile.
+///
+/// # Safety
+/// As msclam_session_copy_tile_probabilities(); `session` not used by another thread
+/// during the call.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_copy_attention(
+    session: *mut Session,
+    out: *mut f32,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        copy_from_mut(
+            "msclam_session_copy_attention",
+            session,
+            out,
+            capacity,
+            out_count,
+            |s| Ok(s.inner.finalize()?.attention),
+        )
+    }
+}
+
+/// Copies the tumor mask: 1 for every tile whose probability is at or above the model's
+/// threshold, else 0; finalizing the slide first if needed.
+///
+/// # Safety
+/// As msclam_session_copy_attention().
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_copy_tile_mask(
+    session: *mut Session,
+    out: *mut u8,
+    capacity: usize,
+    out_count: *mut usize,
+) -> Status {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        copy_from_mut(
+            "msclam_session_copy_tile_mask",
+            session,
+            out,
+            capacity,
+            out_count,
+            |s| Ok(s.inner.finalize()?.tile_mask),
+        )
+    }
+}
+
+/// Forgets the current slide and starts the next one in the same memory. No allocation.
+///
+/// # Safety
+/// `session` live and not used by another thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_reset(session: *mut Session) -> Status {
+    guard("msclam_session_reset", || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference_mut(session, "session") }?;
+        session.inner.reset();
+        Ok(())
+    })
+}

@@ -1,0 +1,326 @@
+/* The C API end to end: loading, metadata, streaming against the Rust engine's outputs, every
+ * error path, the arena variant, lifetimes. Usage: test_api <fixture dir> */
+#define _POSIX_C_SOURCE 200809L
+#include "check.h"
+
+static const double REL = 1e-5;
+
+/* Streams the fixture's slide in the fixture's strip sizes, checking each strip's outputs. */
+static void stream_and_compare(msclam_session *s, const fixture *fx, int exact_portable) {
+    const float *want_probs = exact_portable ? fx->portable_tile_probs : fx->tile_probs;
+    float *probs = (float *)malloc(fx->tiles * sizeof(float));
+    float *logits = (float *)malloc(fx->tiles * sizeof(float));
+    float slide_prob = -1.0f;
+    size_t start = 0, i = 0, bad_probs = 0, bad_logits = 0;
+    while (start < fx->tiles) {
+        size_t n = STRIPS[i++ % 4];
+        if (start + n > fx->tiles) n = fx->tiles - start;
+        CHECK_STATUS(msclam_session_push(s, fx->slide + start * fx->dim, n, fx->dim,
+                                         fx->coords + 2 * start, probs + start, logits + start,
+                                         &slide_prob),
+                     MSCLAM_STATUS_OK);
+        start += n;
+        CHECK(msclam_session_tile_count(s) == start, "tile count %zu", msclam_session_tile_count(s));
+    }
+    for (size_t t = 0; t < fx->tiles; t++) {
+        if (exact_portable ? probs[t] != want_probs[t] : !close_enough(probs[t], want_probs[t], REL)) bad_probs++;
+        if (fabsf(logits[t] - fx->attention_logits[t]) > 1e-5f * (1.0f + fabsf(fx->attention_logits[t]))) bad_logits++;
+    }
+    CHECK(bad_probs == 0, "%zu tile probabilities differ from the Rust engine's", bad_probs);
+    CHECK(bad_logits == 0, "%zu attention logits differ from the Rust engine's", bad_logits);
+    const float *want_slide = exact_portable ? fx->portable_slide_probs : fx->slide_probs;
+    CHECK(close_enough(slide_prob, want_slide[fx->tumor_class], REL), "slide prob %g vs %g",
+          slide_prob, want_slide[fx->tumor_class]);
+    float current = -1.0f;
+    CHECK_STATUS(msclam_session_tumor_probability(s, &current), MSCLAM_STATUS_OK);
+    CHECK(current == slide_prob, "current %g vs last push %g", current, slide_prob);
+    free(probs);
+    free(logits);
+}
+
+/* Finalizes and checks every slide-level output against the Rust engine's. */
+static void finalize_and_compare(msclam_session *s, const fixture *fx) {
+    msclam_slide_result r = msclam_slide_result_init();
+    CHECK_STATUS(msclam_session_finalize(s, &r), MSCLAM_STATUS_OK);
+    CHECK(r.num_tiles == fx->tiles && r.num_classes == fx->classes, "result sizes %zu %u", r.num_tiles, r.num_classes);
+    size_t want_class = fx->slide_probs[1] > fx->slide_probs[0] ? 1 : 0;
+    CHECK(r.predicted_class == want_class, "class %u", r.predicted_class);
+    CHECK(close_enough(r.tumor_probability, fx->slide_probs[fx->tumor_class], REL), "tumor prob %g", r.tumor_probability);
+
+    float slide[8];
+    size_t count = 0;
+    CHECK_STATUS(msclam_session_copy_slide_probabilities(s, slide, 8, &count), MSCLAM_STATUS_OK);
+    CHECK(count == fx->classes, "slide prob count %zu", count);
+    for (size_t c = 0; c < fx->classes; c++)
+        CHECK(close_enough(slide[c], fx->slide_probs[c], REL), "slide prob %zu: %g vs %g", c, slide[c], fx->slide_probs[c]);
+
+    float *attention = (float *)malloc(fx->tiles * sizeof(float));
+    uint8_t *mask = (uint8_t *)malloc(fx->tiles);
+    uint32_t *coords = (uint32_t *)malloc(2 * fx->tiles * sizeof(uint32_t));
+    CHECK_STATUS(msclam_session_copy_attention(s, attention, fx->tiles, &count), MSCLAM_STATUS_OK);
+    CHECK(count == fx->tiles, "attention count %zu", count);
+    double sum = 0;
+    size_t bad = 0, tumor = 0, bad_mask = 0;
+    for (size_t t = 0; t < fx->tiles; t++) {
+        sum += attention[t];
+        if (!close_enough(attention[t], fx->attention[t], REL)) bad++;
+    }
+    CHECK(bad == 0, "%zu attention values differ", bad);
+    CHECK(fabs(sum - 1.0) < 1e-5, "attention sums to %g", sum);
+    CHECK_STATUS(msclam_session_copy_tile_mask(s, mask, fx->tiles, &count), MSCLAM_STATUS_OK);
+    for (size_t t = 0; t < fx->tiles; t++) {
+        tumor += mask[t];
+        /* Tiles within rounding of the threshold may legitimately differ between ISAs. */
+        if (mask[t] != fx->mask[t] && fabsf(fx->tile_probs[t] - fx->threshold) > 1e-4f) bad_mask++;
+    }
+    CHECK(bad_mask == 0, "%zu mask entries differ", bad_mask);
+    CHECK(tumor == r.tumor_tiles, "mask has %zu tumor tiles, result says %zu", tumor, r.tumor_tiles);
+    CHECK_STATUS(msclam_session_copy_coordinates(s, coords, 2 * fx->tiles, &count), MSCLAM_STATUS_OK);
+    CHECK(count == 2 * fx->tiles && memcmp(coords, fx->coords, 2 * fx->tiles * sizeof(uint32_t)) == 0, "coordinates");
+    free(attention);
+    free(mask);
+    free(coords);
+}
+
+static void test_version_and_statuses(void) {
+    CHECK(msclam_version() == MSCLAM_VERSION, "library %u vs header %u", msclam_version(), (unsigned)MSCLAM_VERSION);
+    CHECK(strlen(msclam_version_string()) >= 5, "version string");
+    CHECK(strcmp(msclam_status_string(MSCLAM_STATUS_OK), "ok") == 0, "ok text");
+    for (int code = 1; code <= MSCLAM_STATUS_PANIC; code++)
+        CHECK(strcmp(msclam_status_string(code), "unknown status") != 0, "code %d has a text", code);
+    CHECK(strcmp(msclam_status_string(-1), "unknown status") == 0, "unknown code");
+    CHECK(strcmp(msclam_status_string(1000), "unknown status") == 0, "unknown code");
+}
+
+static void test_model_loading_and_metadata(const fixture *fx) {
+    msclam_model *model = NULL;
+    CHECK_STATUS(msclam_model_load(fx->model_path, &model), MSCLAM_STATUS_OK);
+    msclam_model_info info = msclam_model_info_init();
+    CHECK_STATUS(msclam_model_get_info(model, &info), MSCLAM_STATUS_OK);
+    CHECK(info.input_dim == fx->dim && info.hidden_dim == 512 && info.attention_dim == 256, "dims");
+    CHECK(info.num_classes == fx->classes && info.tumor_class == fx->tumor_class, "classes");
+    CHECK(info.attention == MSCLAM_ATTENTION_GATED && info.tile_classifier == MSCLAM_TILE_CLASSIFIER_SINGLE, "kinds");
+    CHECK(info.threshold == fx->threshold, "threshold %g", info.threshold);
+    CHECK(info.format_version_major == 1, "format major");
+    CHECK(info.in_place_bytes > 3000000 && info.converted_bytes == 0, "memory-mapped weights used in place");
+
+    char value[64];
+    size_t len = 0;
+    CHECK_STATUS(msclam_model_metadata_get(model, "embedder.name", value, sizeof value, &len), MSCLAM_STATUS_OK);
+    CHECK(strcmp(value, "resnet50_trunc") == 0 && len == 14, "embedder.name = %s", value);
+    CHECK_STATUS(msclam_model_metadata_get(model, "embedder.name", value, 5, &len), MSCLAM_STATUS_BUFFER_TOO_SMALL);
+    CHECK(len == 14, "length reported when too small: %zu", len);
+    CHECK_STATUS(msclam_model_metadata_get(model, "embedder.name", NULL, 0, &len), MSCLAM_STATUS_BUFFER_TOO_SMALL);
+    CHECK_STATUS(msclam_model_metadata_get(model, "no.such.key", value, sizeof value, &len), MSCLAM_STATUS_NOT_FOUND);
+    CHECK_STATUS(msclam_model_metadata_get(model, NULL, value, sizeof value, &len), MSCLAM_STATUS_NULL_ARGUMENT);
+    int saw_dim = 0;
+    for (size_t i = 0; i < info.metadata_count; i++) {
+        CHECK_STATUS(msclam_model_metadata_key(model, i, value, sizeof value, &len), MSCLAM_STATUS_OK);
+        if (strcmp(value, "embedder.dim") == 0) saw_dim = 1;
+    }
+    CHECK(saw_dim, "embedder.dim listed");
+    CHECK_STATUS(msclam_model_metadata_key(model, info.metadata_count, value, sizeof value, &len), MSCLAM_STATUS_NOT_FOUND);
+
+    /* An older caller's smaller info struct: only its fields are written. */
+    struct {
+        msclam_model_info info;
+        uint32_t guard;
+    } small;
+    memset(&small, 0xAB, sizeof small);
+    small.info.struct_size = 12;
+    CHECK_STATUS(msclam_model_get_info(model, &small.info), MSCLAM_STATUS_OK);
+    CHECK(small.info.input_dim == fx->dim && small.info.hidden_dim == 512, "first fields written");
+    CHECK(small.info.attention_dim == 0xABABABABu, "fields past struct_size untouched");
+    small.info.struct_size = 4;
+    CHECK_STATUS(msclam_model_get_info(model, &small.info), MSCLAM_STATUS_INVALID_ARGUMENT);
+    msclam_model_free(model);
+
+    /* From a buffer (copied) and from a borrowed buffer (in place). */
+    size_t file_len = 0;
+    unsigned char *bytes = (unsigned char *)read_file(fx->dir, "model.mscl", &file_len);
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_OK);
+    msclam_model_free(model);
+    CHECK_STATUS(msclam_model_load_from_borrowed_buffer(bytes, file_len, &model), MSCLAM_STATUS_OK);
+    info = msclam_model_info_init();
+    CHECK_STATUS(msclam_model_get_info(model, &info), MSCLAM_STATUS_OK);
+    CHECK(info.converted_bytes == 0 && info.in_place_bytes > 3000000, "borrowed weights used in place");
+    msclam_model_free(model);
+
+    /* Every way a model can be bad. */
+    model = (msclam_model *)0x1;
+    CHECK_STATUS(msclam_model_load(NULL, &model), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_model_load(fx->model_path, NULL), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_model_load("/nonexistent/model.mscl", &model), MSCLAM_STATUS_IO_ERROR);
+    CHECK(strstr(msclam_last_error_message(), "/nonexistent/model.mscl") != NULL, "message names the path");
+    CHECK(model == (msclam_model *)0x1, "output untouched on failure");
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len - 1, &model), MSCLAM_STATUS_INVALID_MODEL);
+    CHECK(strstr(msclam_last_error_message(), "truncated") != NULL, "truncation explained: %s", msclam_last_error_message());
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, 100, &model), MSCLAM_STATUS_INVALID_MODEL);
+    CHECK_STATUS(msclam_model_load_from_buffer(NULL, 10, &model), MSCLAM_STATUS_NULL_ARGUMENT);
+    bytes[file_len / 2] ^= 0x20;
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_CHECKSUM_MISMATCH);
+    bytes[file_len / 2] ^= 0x20;
+    bytes[0] = 'X';
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_INVALID_MODEL);
+    bytes[0] = 0x89;
+    bytes[8] = 2; /* format major version 2 */
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_UNSUPPORTED_VERSION);
+    bytes[8] = 1;
+    CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_OK);
+    msclam_model_free(model);
+    free(bytes);
+    msclam_model_free(NULL);
+}
+
+static void test_streaming(const fixture *fx, msclam_model *model) {
+    msclam_session_options opts = msclam_session_options_default();
+    opts.max_tiles = fx->tiles;
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    CHECK(msclam_session_capacity(s) == fx->tiles, "capacity");
+    for (int slide = 0; slide < 2; slide++) { /* the second slide reuses the session */
+        stream_and_compare(s, fx, 0);
+        finalize_and_compare(s, fx);
+        CHECK_STATUS(msclam_session_reset(s), MSCLAM_STATUS_OK);
+        CHECK(msclam_session_tile_count(s) == 0, "reset empties the session");
+    }
+    msclam_session_free(s);
+
+    /* Portable kernels: bit-identical to the Rust engine's portable run, on any x86-64 CPU. */
+    opts.isa = MSCLAM_ISA_PORTABLE;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    stream_and_compare(s, fx, 1);
+    msclam_session_free(s);
+
+    /* NULL options mean defaults. */
+    CHECK_STATUS(msclam_session_create(model, NULL, &s), MSCLAM_STATUS_OK);
+    CHECK(msclam_session_capacity(s) == 100000, "default capacity");
+    msclam_session_free(s);
+}
+
+static void test_session_errors(const fixture *fx, msclam_model *model) {
+    msclam_session_options opts = msclam_session_options_default();
+    opts.max_tiles = 10;
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create(NULL, &opts, &s), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_session_create(model, &opts, NULL), MSCLAM_STATUS_NULL_ARGUMENT);
+    opts.isa = 99;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    opts.isa = MSCLAM_ISA_AUTO;
+    opts.max_tiles = 0;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    opts.max_tiles = 10;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+
+    float out[16];
+    size_t count = 99;
+    msclam_slide_result r = msclam_slide_result_init();
+    CHECK_STATUS(msclam_session_finalize(s, &r), MSCLAM_STATUS_EMPTY_SESSION);
+    CHECK_STATUS(msclam_session_tumor_probability(s, out), MSCLAM_STATUS_EMPTY_SESSION);
+    CHECK_STATUS(msclam_session_copy_attention(s, out, 16, &count), MSCLAM_STATUS_EMPTY_SESSION);
+    CHECK_STATUS(msclam_session_copy_tile_probabilities(s, out, 16, &count), MSCLAM_STATUS_OK);
+    CHECK(count == 0, "no tiles yet");
+
+    const float *emb = fx->slide;
+    const size_t d = fx->dim;
+    CHECK_STATUS(msclam_session_push(s, emb, 4, d, fx->coords, out, NULL, NULL), MSCLAM_STATUS_OK);
+    float before[4];
+    memcpy(before, out, sizeof before);
+
+    CHECK_STATUS(msclam_session_push(NULL, emb, 1, d, NULL, NULL, NULL, NULL), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_session_push(s, NULL, 1, d, fx->coords, NULL, NULL, NULL), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_session_push(s, emb, 1, d - 1, fx->coords, NULL, NULL, NULL), MSCLAM_STATUS_DIMENSION_MISMATCH);
+    CHECK(strstr(msclam_last_error_message(), "expects 1024") != NULL, "dimension message: %s", msclam_last_error_message());
+    CHECK_STATUS(msclam_session_push(s, emb, 1, d, NULL, NULL, NULL, NULL), MSCLAM_STATUS_INVALID_ARGUMENT); /* coords on other pushes */
+    CHECK_STATUS(msclam_session_push(s, emb, 7, d, fx->coords, NULL, NULL, NULL), MSCLAM_STATUS_CAPACITY_EXCEEDED);
+    float *nan_strip = (float *)malloc(3 * d * sizeof(float));
+    memcpy(nan_strip, emb, 3 * d * sizeof(float));
+    nan_strip[2 * d + 5] = NAN;
+    float slide_prob = -1.0f;
+    CHECK_STATUS(msclam_session_push(s, nan_strip, 3, d, fx->coords, out, NULL, &slide_prob), MSCLAM_STATUS_NON_FINITE_INPUT);
+    CHECK(strstr(msclam_last_error_message(), "tile 2") != NULL, "NaN located: %s", msclam_last_error_message());
+    CHECK(slide_prob == -1.0f, "outputs untouched on failure");
+    nan_strip[2 * d + 5] = INFINITY;
+    CHECK_STATUS(msclam_session_push(s, nan_strip, 3, d, fx->coords, NULL, NULL, NULL), MSCLAM_STATUS_NON_FINITE_INPUT);
+    free(nan_strip);
+    CHECK(msclam_session_tile_count(s) == 4, "rejected pushes changed nothing");
+    CHECK_STATUS(msclam_session_copy_tile_probabilities(s, out, 16, &count), MSCLAM_STATUS_OK);
+    CHECK(count == 4 && memcmp(out, before, sizeof before) == 0, "earlier tiles intact");
+
+    CHECK_STATUS(msclam_session_copy_tile_probabilities(s, out, 3, &count), MSCLAM_STATUS_BUFFER_TOO_SMALL);
+    CHECK(count == 4, "needed count reported");
+    CHECK_STATUS(msclam_session_copy_tile_probabilities(s, NULL, 0, &count), MSCLAM_STATUS_BUFFER_TOO_SMALL);
+    CHECK_STATUS(msclam_session_copy_tile_probabilities(s, NULL, 4, &count), MSCLAM_STATUS_NULL_ARGUMENT);
+    r.struct_size = 0;
+    CHECK_STATUS(msclam_session_finalize(s, &r), MSCLAM_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(msclam_session_finalize(s, NULL), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_session_reset(NULL), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK(msclam_session_tile_count(NULL) == 0, "NULL count");
+
+    /* The session still works after every error, and matches a clean run of the same tiles. */
+    CHECK_STATUS(msclam_session_push(s, emb + 4 * d, 6, d, fx->coords + 8, NULL, NULL, &slide_prob), MSCLAM_STATUS_OK);
+    msclam_session *clean = NULL;
+    CHECK_STATUS(msclam_session_create(model, &opts, &clean), MSCLAM_STATUS_OK);
+    float clean_prob = -2.0f;
+    CHECK_STATUS(msclam_session_push(clean, emb, 10, d, fx->coords, NULL, NULL, &clean_prob), MSCLAM_STATUS_OK);
+    CHECK(fabsf(clean_prob - slide_prob) < 1e-6f, "after errors %g vs clean %g", slide_prob, clean_prob);
+    msclam_session_free(clean);
+    msclam_session_free(s);
+    msclam_session_free(NULL);
+}
+
+static void test_arena(const fixture *fx, msclam_model *model) {
+    msclam_session_options opts = msclam_session_options_default();
+    opts.max_tiles = fx->tiles;
+    size_t needed = 0;
+    CHECK_STATUS(msclam_session_arena_size(model, &opts, &needed), MSCLAM_STATUS_OK);
+    CHECK(needed > 21 * fx->tiles && needed < 21 * fx->tiles + 400000, "arena size %zu", needed);
+    size_t alloc = (needed + 64 + 63) / 64 * 64;
+    void *raw = NULL;
+    CHECK(posix_memalign(&raw, MSCLAM_ARENA_ALIGNMENT, alloc) == 0, "arena allocated");
+    unsigned char *arena = (unsigned char *)raw;
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create_in_arena(model, &opts, arena, needed - 1, &s), MSCLAM_STATUS_BUFFER_TOO_SMALL);
+    CHECK(strstr(msclam_last_error_message(), "needed") != NULL, "size explained: %s", msclam_last_error_message());
+    CHECK_STATUS(msclam_session_create_in_arena(model, &opts, arena + 8, needed, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(msclam_session_create_in_arena(model, &opts, NULL, needed, &s), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK(s == NULL, "no session from failures");
+    CHECK_STATUS(msclam_session_create_in_arena(model, &opts, arena, needed, &s), MSCLAM_STATUS_OK);
+    CHECK((unsigned char *)s >= arena && (unsigned char *)s < arena + needed, "the handle lives in the arena");
+    stream_and_compare(s, fx, 0);
+    finalize_and_compare(s, fx);
+    msclam_session_free(s);
+    free(arena);
+}
+
+static void test_session_outlives_model(const fixture *fx) {
+    msclam_model *model = NULL;
+    CHECK_STATUS(msclam_model_load(fx->model_path, &model), MSCLAM_STATUS_OK);
+    msclam_session_options opts = msclam_session_options_default();
+    opts.max_tiles = fx->tiles;
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    msclam_model_free(model); /* the session keeps the weights alive */
+    stream_and_compare(s, fx, 0);
+    finalize_and_compare(s, fx);
+    msclam_session_free(s);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s <fixture dir>\n", argv[0]);
+        return 2;
+    }
+    fixture fx = load_fixture(argv[1]);
+    test_version_and_statuses();
+    test_model_loading_and_metadata(&fx);
+    msclam_model *model = NULL;
+    CHECK_STATUS(msclam_model_load(fx.model_path, &model), MSCLAM_STATUS_OK);
+    test_streaming(&fx, model);
+    test_session_errors(&fx, model);
+    test_arena(&fx, model);
+    msclam_model_free(model);
+    test_session_outlives_model(&fx);
+    free_fixture(&fx);
+    return finish("test_api");
+}
