@@ -205,3 +205,37 @@ fn memory_formula_is_as_documented_and_a_few_mb_for_100k_tiles() {
     assert_eq!(bytes, formula);
     assert!(bytes < 3 * 1024 * 1024, "{bytes} bytes");
 }
+
+#[test]
+fn an_overflowing_slide_logit_is_rejected_and_rolled_back() {
+    // Hidden values stay finite (~1e36) but the slide classifier's sum overflows f32.
+    let config = ModelConfig::ms_clam(ModelSize::Tiny);
+    let mut weights = msclam::random_weights(config, 8);
+    weights.fc_weight.iter_mut().for_each(|w| *w = 1.0);
+    weights.classifier_weight.iter_mut().for_each(|w| *w = 1e3);
+    let model = common::model_of(&weights);
+    let d = config.input_dim;
+    let mut s = SlideSession::new(model, 10).unwrap();
+    s.push(&vec![0.5f32; d], None).unwrap();
+    let before = snapshot(&s);
+    let err = s.push(&vec![1e33f32; 2 * d], None).unwrap_err();
+    assert!(matches!(err, Error::NumericalOverflow { .. }), "{err}");
+    assert_eq!(snapshot(&s), before);
+    assert!(s
+        .slide_probabilities()
+        .unwrap()
+        .iter()
+        .all(|p| p.is_finite()));
+}
+
+#[test]
+fn absurd_capacities_are_errors_not_aborts() {
+    let (_, model) = random_model(ModelConfig::ms_clam(ModelSize::Tiny), 9);
+    for capacity in [usize::MAX, usize::MAX / 32, msclam_engine::MAX_CAPACITY + 1] {
+        assert!(matches!(
+            SlideSession::new(model.clone(), capacity),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(SlideSession::memory_bytes(&model, capacity).is_err());
+    }
+}

@@ -162,6 +162,13 @@ pub enum Error {
         unit: &'static str,
     },
 
+    /// An array's memory layout is not one the engine reads in place.
+    #[error("unsupported array layout: {reason}")]
+    UnsupportedLayout {
+        /// What is expected.
+        reason: &'static str,
+    },
+
     /// A configuration or argument is out of range.
     #[error("invalid argument: {reason}")]
     InvalidArgument {

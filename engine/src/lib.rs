@@ -43,5 +43,7 @@ pub use config::{AttentionKind, ModelConfig, ModelSize, TileClassifierKind, MAX_
 pub use error::{Error, Result};
 pub use kernels::Isa;
 pub use model::{Metadata, Model, ModelMemory};
-pub use session::{PushSummary, SlideResult, SlideSession, BLOCK_TILES, SESSION_ALIGNMENT};
+pub use session::{
+    PushSummary, SlideResult, SlideSession, BLOCK_TILES, MAX_CAPACITY, SESSION_ALIGNMENT,
+};
 pub use weights::ModelWeights;

@@ -105,7 +105,11 @@ pub(crate) struct WeightViews<'a> {
 
 impl Model {
     /// Memory-maps a `.mscl` file and validates it. Weights stored as f32 in the packed layout
-    /// are used in place from the map. The file must not be modified while the model lives.
+    /// are used in place from the map.
+    ///
+    /// The file must not be truncated or rewritten in place while the model lives (replace
+    /// model files by renaming a new file over them, as [`format::ModelWriter::write`] does);
+    /// use [`Model::read`] where that cannot be guaranteed.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let io_err = |source| Error::Io {
@@ -118,10 +122,11 @@ impl Model {
             // Mapping an empty file fails on some systems; let the parser report it.
             Storage::owned_copy(&[])
         } else {
-            // SAFETY: the map is read-only and private to this model. Another process
-            // truncating or rewriting the file while it is mapped would change the bytes under
-            // us; the documented contract is that model files are replaced by rename (as
-            // `ModelWriter::write` does), never rewritten in place.
+            // SAFETY: the mapping is read-only but shared with the file: if another process
+            // truncated or rewrote the file in place while the model lives, reads would fault
+            // (SIGBUS) or see changed bytes. That is excluded by this function's documented
+            // contract: model files are replaced by renaming a new file over them (as
+            // `ModelWriter::write` does), which leaves this mapping on the old file intact.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
             Storage::Mapped(map)
         };

@@ -21,6 +21,9 @@ use crate::model::Model;
 pub const BLOCK_TILES: usize = 64;
 /// Alignment of the session's memory region and of each buffer in it.
 pub const SESSION_ALIGNMENT: usize = 64;
+/// Largest tile capacity of a session (2^32 tiles, far beyond any slide; it keeps every
+/// size computation far from overflow).
+pub const MAX_CAPACITY: usize = 1 << 32;
 
 /// Byte ranges of each buffer inside the session's region, in region order.
 #[derive(Debug, Clone)]
@@ -201,8 +204,17 @@ impl SlideSession<'static> {
     /// results that are identical on every x86-64 machine). Errors if this CPU lacks it.
     pub fn with_isa(model: Arc<Model>, capacity: usize, isa: Isa) -> Result<Self> {
         let plan = Self::plan(&model, capacity)?;
-        let region = Region::Owned(vec![Block64([0; 64]); plan.total.div_ceil(64)]);
-        Self::build(model, capacity, isa, plan, region)
+        let blocks = plan.total.div_ceil(64);
+        let mut memory = Vec::new();
+        // Fallible: a capacity the machine cannot hold is an error, not an abort.
+        memory.try_reserve_exact(blocks).map_err(|_| {
+            Error::invalid_argument(format!(
+                "cannot allocate {} bytes for a {capacity}-tile session",
+                plan.total
+            ))
+        })?;
+        memory.resize(blocks, Block64([0; 64]));
+        Self::build(model, capacity, isa, plan, Region::Owned(memory))
     }
 }
 
@@ -224,6 +236,11 @@ impl<'m> SlideSession<'m> {
             return Err(Error::invalid_argument(
                 "a session needs a capacity of at least 1 tile",
             ));
+        }
+        if capacity > MAX_CAPACITY {
+            return Err(Error::invalid_argument(format!(
+                "capacity {capacity} exceeds the maximum of {MAX_CAPACITY} tiles"
+            )));
         }
         Plan::new(model, capacity).ok_or_else(|| {
             Error::invalid_argument(format!(
@@ -385,8 +402,8 @@ impl<'m> SlideSession<'m> {
         self.push_rows(embeddings, embeddings.len() / d, d, coordinates)
     }
 
-    /// [`SlideSession::push`] for an `n x D` array view. Rows may be strided (e.g. a slice of
-    /// a larger array); each row's features must be contiguous.
+    /// [`SlideSession::push`] for an `n x D` array view in standard (row-major, contiguous)
+    /// layout; other layouts are refused rather than copied behind the caller's back.
     pub fn push_array(
         &mut self,
         embeddings: ArrayView2<'_, f32>,
@@ -403,34 +420,21 @@ impl<'m> SlideSession<'m> {
             None => None,
             Some(c) => {
                 if c.ncols() != 2 {
-                    return Err(Error::invalid_argument(format!(
-                        "coordinates must be an n x 2 array, got {} columns",
-                        c.ncols()
-                    )));
+                    return Err(Error::UnsupportedLayout {
+                        reason: "coordinates must be an n x 2 array",
+                    });
                 }
-                let flat = c.to_slice().ok_or_else(|| {
-                    Error::invalid_argument("coordinates must be a contiguous row-major array")
+                let flat = c.to_slice().ok_or(Error::UnsupportedLayout {
+                    reason: "coordinates must be a contiguous row-major array",
                 })?;
                 Some(bytemuck::cast_slice(flat))
             }
         };
-        if n == 0 {
-            return self.push_rows(&[], 0, d, coords);
-        }
-        let strides = embeddings.strides();
-        if d > 1 && strides[1] != 1 || strides[0] < d as isize {
-            return Err(Error::invalid_argument(
-                "embedding rows must have contiguous features and non-overlapping, \
-                 increasing rows (use .as_standard_layout())",
-            ));
-        }
-        let row_stride = strides[0] as usize;
-        let len = (n - 1) * row_stride + d;
-        // SAFETY: the view's rows start `row_stride` elements apart (checked above) and each
-        // holds `d` contiguous elements, so `len` elements from its first element are all
-        // inside the view's underlying allocation and borrowed for the view's lifetime.
-        let flat = unsafe { std::slice::from_raw_parts(embeddings.as_ptr(), len) };
-        self.push_rows(flat, n, row_stride, coords)
+        let flat = embeddings.to_slice().ok_or(Error::UnsupportedLayout {
+            reason: "embeddings must be a contiguous row-major (standard layout) array: \
+                     use .as_standard_layout()",
+        })?;
+        self.push_rows(flat, n, d, coords)
     }
 
     fn push_rows(
@@ -487,7 +491,14 @@ impl<'m> SlideSession<'m> {
         }
 
         let saved = (self.max_logit, self.weight_sum);
-        match self.score_tiles(x, n, stride) {
+        let scored = self.score_tiles(x, n, stride).and_then(|()| {
+            if self.update_slide_outputs() {
+                Ok(())
+            } else {
+                Err(Error::NumericalOverflow { tile: n - 1 })
+            }
+        });
+        match scored {
             Ok(()) => {}
             Err(e) => {
                 // Roll back the aggregate; per-tile buffers beyond `len` are not observable.
@@ -496,6 +507,10 @@ impl<'m> SlideSession<'m> {
                 let [acc, snapshot] =
                     split_disjoint(self.region.bytes_mut(), [&plan.acc, &plan.snapshot]);
                 acc.copy_from_slice(snapshot);
+                if self.len > 0 {
+                    // Recompute the previous slide outputs from the restored aggregate.
+                    self.update_slide_outputs();
+                }
                 return Err(e);
             }
         }
@@ -512,7 +527,6 @@ impl<'m> SlideSession<'m> {
         };
         self.len += n;
         self.finalized = false;
-        self.update_slide_outputs();
         Ok(PushSummary {
             first_tile: summary_first,
             tiles: n,
@@ -622,8 +636,9 @@ impl<'m> SlideSession<'m> {
         Ok(())
     }
 
-    /// Recomputes the slide logits and probabilities from the aggregate (len > 0).
-    fn update_slide_outputs(&mut self) {
+    /// Recomputes the slide logits and probabilities from the aggregate (at least one tile);
+    /// returns whether they are all finite.
+    fn update_slide_outputs(&mut self) -> bool {
         let model = Arc::clone(&self.model);
         let w = model.weights();
         let h = model.config().hidden_dim;
@@ -653,6 +668,10 @@ impl<'m> SlideSession<'m> {
         for p in probs_out.iter_mut() {
             *p = (*p as f64 / sum) as f32;
         }
+        logits_out
+            .iter()
+            .chain(probs_out.iter())
+            .all(|v| v.is_finite())
     }
 
     /// The slide's result over every tile pushed so far: slide probabilities, predicted class,

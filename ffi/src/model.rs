@@ -243,7 +243,31 @@ pub unsafe extern "C" fn msclam_model_get_info(
             in_place_bytes: memory.in_place_bytes,
             converted_bytes: memory.converted_bytes,
         };
-        let n = size.min(std::mem::size_of::<ModelInfo>());
+        let ends = crate::session::field_ends!(
+            ModelInfo,
+            info,
+            struct_size,
+            input_dim,
+            hidden_dim,
+            attention_dim,
+            num_classes,
+            tumor_class,
+            attention,
+            tile_classifier,
+            threshold,
+            format_version_major,
+            format_version_minor,
+            metadata_count,
+            reserved,
+            file_bytes,
+            in_place_bytes,
+            converted_bytes
+        );
+        let n = crate::session::whole_fields(size, &ends);
+        let info = ModelInfo {
+            struct_size: n as u32,
+            ..info
+        };
         // SAFETY: out_info is valid for `struct_size` bytes (the caller's struct) and n is at
         // most that; source and destination do not overlap.
         unsafe {

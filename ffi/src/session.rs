@@ -13,7 +13,64 @@ use crate::status::Status;
 pub struct Session {
     inner: SlideSession<'static>,
     in_arena: bool,
+    /// Set when a panic was caught in the middle of changing the session: its state may be
+    /// inconsistent, so every call but reset and free refuses it until reset.
+    poisoned: bool,
 }
+
+impl Session {
+    fn usable(&mut self) -> Result<&mut SlideSession<'static>, FfiError> {
+        if self.poisoned {
+            return Err(FfiError::Invalid(
+                "the session is unusable after an internal error: call msclam_session_reset",
+            ));
+        }
+        Ok(&mut self.inner)
+    }
+
+    fn usable_ref(&self) -> Result<&SlideSession<'static>, FfiError> {
+        if self.poisoned {
+            return Err(FfiError::Invalid(
+                "the session is unusable after an internal error: call msclam_session_reset",
+            ));
+        }
+        Ok(&self.inner)
+    }
+
+    /// Runs `f` on the session; a panic inside poisons the session before it propagates.
+    fn mutate<T>(
+        &mut self,
+        f: impl FnOnce(&mut SlideSession<'static>) -> T,
+    ) -> Result<T, FfiError> {
+        let inner = self.usable()?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner))) {
+            Ok(value) => Ok(value),
+            Err(payload) => {
+                self.poisoned = true;
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
+}
+
+/// The largest prefix of a struct made of whole fields that fits in `size` bytes, given the
+/// end offsets of its fields in order.
+pub(crate) fn whole_fields(size: usize, field_ends: &[usize]) -> usize {
+    field_ends
+        .iter()
+        .copied()
+        .take_while(|end| *end <= size)
+        .last()
+        .unwrap_or(0)
+}
+
+/// End offsets of the fields of a `#[repr(C)]` struct, in declaration order.
+macro_rules! field_ends {
+    ($ty:ty, $value:expr, $($field:ident),+) => {
+        [$(std::mem::offset_of!($ty, $field) + std::mem::size_of_val(&$value.$field)),+]
+    };
+}
+pub(crate) use field_ends;
 
 /// `msclam_session_options.isa`: the best kernels this CPU supports (default).
 pub const MSCLAM_ISA_AUTO: u32 = 0;
@@ -95,7 +152,8 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa), F
                 "options->struct_size must be sizeof(msclam_session_options)",
             ));
         }
-        let n = size.min(std::mem::size_of::<SessionOptions>());
+        let ends = field_ends!(SessionOptions, opts, struct_size, isa, max_tiles);
+        let n = whole_fields(size, &ends);
         // SAFETY: the caller's struct holds at least `size >= n` bytes; no overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -127,6 +185,17 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa), F
 /// Bytes before the session's memory region in an arena: the handle, rounded up.
 const ARENA_HEADER: usize =
     std::mem::size_of::<Session>().div_ceil(SESSION_ALIGNMENT) * SESSION_ALIGNMENT;
+const _: () = assert!(ARENA_HEADER >= std::mem::size_of::<Session>());
+const _: () = assert!(std::mem::align_of::<Session>() <= MSCLAM_ARENA_ALIGNMENT);
+const _: () = assert!(MSCLAM_ARENA_ALIGNMENT == SESSION_ALIGNMENT);
+
+/// Bytes of arena a session needs: the handle plus the session's memory, overflow-checked.
+fn arena_bytes_needed(model: &Model, max_tiles: usize) -> Result<usize, FfiError> {
+    let session = SlideSession::memory_bytes(&model.inner, max_tiles)?;
+    ARENA_HEADER
+        .checked_add(session)
+        .ok_or(FfiError::Invalid("max_tiles is too large"))
+}
 
 /// Creates a session for `model` in memory the library allocates now, once: pushes, reads,
 /// finalize and reset allocate nothing afterwards. `options` may be NULL (defaults).
@@ -151,6 +220,7 @@ pub unsafe extern "C" fn msclam_session_create(
         *out = Box::into_raw(Box::new(Session {
             inner,
             in_arena: false,
+            poisoned: false,
         }));
         Ok(())
     })
@@ -175,7 +245,7 @@ pub unsafe extern "C" fn msclam_session_arena_size(
         let (max_tiles, _) = unsafe { read_options(options) }?;
         // SAFETY: per the contract.
         let out = unsafe { reference_mut(out_bytes, "out_bytes") }?;
-        *out = ARENA_HEADER + SlideSession::memory_bytes(&model.inner, max_tiles)?;
+        *out = arena_bytes_needed(model, max_tiles)?;
         Ok(())
     })
 }
@@ -211,7 +281,7 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
                 "arena must be aligned to MSCLAM_ARENA_ALIGNMENT (64) bytes",
             ));
         }
-        let needed = ARENA_HEADER + SlideSession::memory_bytes(&model.inner, max_tiles)?;
+        let needed = arena_bytes_needed(model, max_tiles)?;
         if arena_bytes < needed {
             return Err(FfiError::TooSmall {
                 what: "arena",
@@ -234,6 +304,7 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
             slot.write(Session {
                 inner,
                 in_arena: true,
+                poisoned: false,
             })
         };
         *out = slot;
@@ -316,24 +387,30 @@ pub unsafe extern "C" fn msclam_session_push(
             // SAFETY: valid for 2 * n_tiles u32 per the contract; [u32; 2] has u32's alignment.
             Some(unsafe { slice_in(coords.cast::<[u32; 2]>(), n_tiles, "coords") }?)
         };
-        let probs_out = if out_tile_probabilities.is_null() {
-            None
-        } else {
-            // SAFETY: room for n_tiles floats per the contract.
-            Some(unsafe { slice_out(out_tile_probabilities, n_tiles, "out_tile_probabilities") }?)
-        };
-        let logits_out = if out_attention_logits.is_null() {
-            None
-        } else {
-            // SAFETY: room for n_tiles floats per the contract.
-            Some(unsafe { slice_out(out_attention_logits, n_tiles, "out_attention_logits") }?)
-        };
-        let pushed = session.inner.push(embeddings, coords)?;
+        for ptr in [
+            out_tile_probabilities,
+            out_attention_logits,
+            out_slide_tumor_probability,
+        ] {
+            if !ptr.is_null() && !ptr.is_aligned() {
+                return Err(FfiError::Invalid(
+                    "an output buffer is not aligned for float",
+                ));
+            }
+        }
+        let pushed = session.mutate(|inner| inner.push(embeddings, coords))??;
         let strip = pushed.first_tile..pushed.first_tile + pushed.tiles;
-        if let Some(out) = probs_out {
+        // The output slices are made only now, after the input is no longer borrowed, so a
+        // caller may reuse its input buffer for output.
+        if !out_tile_probabilities.is_null() {
+            // SAFETY: room for n_tiles floats per the contract; aligned (checked above).
+            let out =
+                unsafe { slice_out(out_tile_probabilities, n_tiles, "out_tile_probabilities") }?;
             out.copy_from_slice(&session.inner.tile_probabilities()[strip.clone()]);
         }
-        if let Some(out) = logits_out {
+        if !out_attention_logits.is_null() {
+            // SAFETY: room for n_tiles floats per the contract; aligned (checked above).
+            let out = unsafe { slice_out(out_attention_logits, n_tiles, "out_attention_logits") }?;
             out.copy_from_slice(&session.inner.attention_logits()[strip]);
         }
         // SAFETY: NULL or valid for writing per the contract.
@@ -377,7 +454,7 @@ pub unsafe extern "C" fn msclam_session_tumor_probability(
         let session = unsafe { reference(session, "session") }?;
         // SAFETY: per the contract.
         let out = unsafe { reference_mut(out_probability, "out_probability") }?;
-        *out = session.inner.tumor_probability()?;
+        *out = session.usable_ref()?.tumor_probability()?;
         Ok(())
     })
 }
@@ -407,16 +484,31 @@ pub unsafe extern "C" fn msclam_session_finalize(
                 "out_result->struct_size must be sizeof(msclam_slide_result)",
             ));
         }
-        let r = session.inner.finalize()?;
+        let result = session.mutate(|inner| {
+            inner.finalize().map(|r| SlideResult {
+                struct_size: 0,
+                predicted_class: r.predicted_class as u32,
+                tumor_probability: r.tumor_probability,
+                num_classes: r.slide_probabilities.len() as u32,
+                num_tiles: r.tile_probabilities.len(),
+                tumor_tiles: r.tumor_tiles,
+            })
+        })??;
+        let ends = field_ends!(
+            SlideResult,
+            result,
+            struct_size,
+            predicted_class,
+            tumor_probability,
+            num_classes,
+            num_tiles,
+            tumor_tiles
+        );
+        let n = whole_fields(size, &ends);
         let result = SlideResult {
-            struct_size: size.min(std::mem::size_of::<SlideResult>()) as u32,
-            predicted_class: r.predicted_class as u32,
-            tumor_probability: r.tumor_probability,
-            num_classes: r.slide_probabilities.len() as u32,
-            num_tiles: r.tile_probabilities.len(),
-            tumor_tiles: r.tumor_tiles,
+            struct_size: n as u32,
+            ..result
         };
-        let n = size.min(std::mem::size_of::<SlideResult>());
         // SAFETY: the caller's struct holds `size >= n` bytes; no overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -469,6 +561,7 @@ unsafe fn copy_from_ref<T: Copy>(
     guard(function, || {
         // SAFETY: per the contract.
         let session = unsafe { reference(session, "session") }?;
+        session.usable_ref()?;
         let values = values(session)?;
         // SAFETY: per the contract.
         unsafe { copy_out(values, out, capacity, out_count) }
@@ -490,6 +583,7 @@ unsafe fn copy_from_mut<T: Copy>(
     guard(function, || {
         // SAFETY: per the contract.
         let session = unsafe { reference_mut(session, "session") }?;
+        session.mutate(|_| ())?;
         let values = values(session)?;
         // SAFETY: per the contract.
         unsafe { copy_out(values, out, capacity, out_count) }
@@ -665,6 +759,7 @@ pub unsafe extern "C" fn msclam_session_reset(session: *mut Session) -> Status {
         // SAFETY: per the contract.
         let session = unsafe { reference_mut(session, "session") }?;
         session.inner.reset();
+        session.poisoned = false;
         Ok(())
     })
 }

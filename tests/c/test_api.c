@@ -131,6 +131,10 @@ static void test_model_loading_and_metadata(const fixture *fx) {
     CHECK_STATUS(msclam_model_get_info(model, &small.info), MSCLAM_STATUS_OK);
     CHECK(small.info.input_dim == fx->dim && small.info.hidden_dim == 512, "first fields written");
     CHECK(small.info.attention_dim == 0xABABABABu, "fields past struct_size untouched");
+    memset(&small, 0xAB, sizeof small);
+    small.info.struct_size = 10; /* ends inside hidden_dim: only whole fields are written */
+    CHECK_STATUS(msclam_model_get_info(model, &small.info), MSCLAM_STATUS_OK);
+    CHECK(small.info.input_dim == fx->dim && small.info.hidden_dim == 0xABABABABu, "partial field untouched");
     small.info.struct_size = 4;
     CHECK_STATUS(msclam_model_get_info(model, &small.info), MSCLAM_STATUS_INVALID_ARGUMENT);
     msclam_model_free(model);
@@ -267,6 +271,34 @@ static void test_session_errors(const fixture *fx, msclam_model *model) {
     msclam_session_free(clean);
     msclam_session_free(s);
     msclam_session_free(NULL);
+
+    /* A struct_size that ends inside a field: only whole fields are read (max_tiles keeps
+     * its default). */
+    msclam_session_options partial = msclam_session_options_default();
+    partial.max_tiles = 7;
+    partial.struct_size = 12;
+    CHECK_STATUS(msclam_session_create(model, &partial, &s), MSCLAM_STATUS_OK);
+    CHECK(msclam_session_capacity(s) == 100000, "partial field ignored: capacity %zu", msclam_session_capacity(s));
+    msclam_session_free(s);
+
+    /* Absurd capacities are errors, never wrapped sizes. */
+    msclam_session_options huge = msclam_session_options_default();
+    huge.max_tiles = (size_t)878416384462353137ull;
+    size_t size = 0;
+    CHECK_STATUS(msclam_session_arena_size(model, &huge, &size), MSCLAM_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(msclam_session_create(model, &huge, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    huge.max_tiles = SIZE_MAX;
+    CHECK_STATUS(msclam_session_arena_size(model, &huge, &size), MSCLAM_STATUS_INVALID_ARGUMENT);
+
+    /* The input buffer may be reused for the output: probabilities land in its first floats. */
+    opts.max_tiles = 4;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    float *strip = (float *)malloc(4 * d * sizeof(float));
+    memcpy(strip, emb, 4 * d * sizeof(float));
+    CHECK_STATUS(msclam_session_push(s, strip, 4, d, NULL, strip, NULL, NULL), MSCLAM_STATUS_OK);
+    CHECK(memcmp(strip, before, sizeof before) == 0, "in-place output equals the separate-buffer output");
+    free(strip);
+    msclam_session_free(s);
 }
 
 static void test_arena(const fixture *fx, msclam_model *model) {

@@ -230,13 +230,12 @@ impl TensorId {
     }
 }
 
-/// Number of elements a `rows x cols` tensor occupies in `layout` (panels are zero-padded).
-pub fn stored_elements(layout: Layout, rows: usize, cols: usize) -> usize {
+/// Number of elements a `rows x cols` tensor occupies in `layout` (panels are zero-padded);
+/// `None` if that overflows `usize` (possible on 32-bit targets).
+pub fn stored_elements(layout: Layout, rows: usize, cols: usize) -> Option<usize> {
     match layout {
-        Layout::RowMajor => rows * cols,
-        Layout::Panel16 => {
-            rows.div_ceil(crate::kernels::PANEL_WIDTH) * crate::kernels::PANEL_WIDTH * cols
-        }
+        Layout::RowMajor => rows.checked_mul(cols),
+        Layout::Panel16 => crate::kernels::padded_rows(rows).checked_mul(cols),
     }
 }
 

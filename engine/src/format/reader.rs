@@ -228,7 +228,13 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
             )));
         }
         let data = checked_range(u64_at(entry, 16), u64_at(entry, 24), bytes.len(), name)?;
-        let expected_bytes = stored_elements(layout, rows, cols) * dtype.size();
+        let expected_bytes = stored_elements(layout, rows, cols)
+            .and_then(|e| e.checked_mul(dtype.size()))
+            .ok_or_else(|| {
+                Error::invalid_model(format!(
+                    "tensor {name} ({rows} x {cols}) is too large for this platform"
+                ))
+            })?;
         if data.len() != expected_bytes {
             return Err(Error::invalid_model(format!(
                 "tensor {name} has {} bytes of data; {rows} x {cols} {dtype:?} in {layout:?} \

@@ -36,13 +36,26 @@ pub fn dense(
     if n == 0 {
         return;
     }
-    assert!(x_stride >= in_dim && x.len() >= (n - 1) * x_stride + in_dim);
-    assert!(packed.len() >= padded_rows(out_dim) * in_dim && bias.len() >= out_dim);
+    // Every bound is checked with overflow-checked arithmetic: the raw-pointer kernels below
+    // rely on these, whatever the caller passes.
+    let span = |rows: usize, stride: usize, width: usize| {
+        (rows - 1)
+            .checked_mul(stride)
+            .and_then(|v| v.checked_add(width))
+    };
+    let out_width = padded_rows(out_dim);
+    assert!(x_stride >= in_dim && span(n, x_stride, in_dim).is_some_and(|need| x.len() >= need));
     assert!(
-        out_stride >= padded_rows(out_dim)
-            && out.len() >= (n - 1) * out_stride + padded_rows(out_dim)
+        out_width
+            .checked_mul(in_dim)
+            .is_some_and(|need| packed.len() >= need)
+            && bias.len() >= out_dim
     );
-    let args = DenseArgs {
+    assert!(
+        out_stride >= out_width
+            && span(n, out_stride, out_width).is_some_and(|need| out.len() >= need)
+    );
+    let mut args = DenseArgs {
         x,
         n,
         in_dim,
@@ -57,12 +70,12 @@ pub fn dense(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if Isa::Avx512.is_supported() => {
             // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-            unsafe { dense_avx512(args) }
+            unsafe { dense_avx512(&mut args) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma | Isa::Avx512 if Isa::Avx2Fma.is_supported() => {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { dense_avx2(args) }
+            unsafe { dense_avx2(&mut args) }
         }
         _ => dense_body::<4>(args),
     }
@@ -82,16 +95,17 @@ struct DenseArgs<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn dense_avx2(a: DenseArgs<'_>) {
+fn dense_avx2(a: &mut DenseArgs<'_>) {
     // 6 rows x 16 outputs = 12 ymm accumulators, 2 for the weights, 1 broadcast.
-    for_each_tile::<6>(&a, |rows, x, panel, bias, out| {
+    let (x_stride, in_dim, out_stride) = (a.x_stride, a.in_dim, a.out_stride);
+    for_each_tile::<6>(a, |rows, x, panel, bias, out| {
         // SAFETY: `for_each_tile` hands out pointers to `rows` rows of `in_dim` inputs, a
         // whole panel, 16 biases and `rows` output rows of 16, all inside the checked buffers;
         // this function only runs where AVX2 and FMA are available.
         unsafe {
             match rows {
-                6 => x86::micro_avx2::<6>(x, a.x_stride, a.in_dim, panel, bias, out, a.out_stride),
-                _ => x86::micro_avx2::<1>(x, a.x_stride, a.in_dim, panel, bias, out, a.out_stride),
+                6 => x86::micro_avx2::<6>(x, x_stride, in_dim, panel, bias, out, out_stride),
+                _ => x86::micro_avx2::<1>(x, x_stride, in_dim, panel, bias, out, out_stride),
             }
         }
     });
@@ -99,18 +113,15 @@ fn dense_avx2(a: DenseArgs<'_>) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn dense_avx512(a: DenseArgs<'_>) {
+fn dense_avx512(a: &mut DenseArgs<'_>) {
     // 12 rows x 16 outputs = 12 zmm accumulators.
-    for_each_tile::<12>(&a, |rows, x, panel, bias, out| {
+    let (x_stride, in_dim, out_stride) = (a.x_stride, a.in_dim, a.out_stride);
+    for_each_tile::<12>(a, |rows, x, panel, bias, out| {
         // SAFETY: as in `dense_avx2`, with AVX-512F available.
         unsafe {
             match rows {
-                12 => {
-                    x86::micro_avx512::<12>(x, a.x_stride, a.in_dim, panel, bias, out, a.out_stride)
-                }
-                _ => {
-                    x86::micro_avx512::<1>(x, a.x_stride, a.in_dim, panel, bias, out, a.out_stride)
-                }
+                12 => x86::micro_avx512::<12>(x, x_stride, in_dim, panel, bias, out, out_stride),
+                _ => x86::micro_avx512::<1>(x, x_stride, in_dim, panel, bias, out, out_stride),
             }
         }
     });
@@ -120,12 +131,13 @@ fn dense_avx512(a: DenseArgs<'_>) {
 /// rows), calling `tile(rows, x, panel, bias16, out)` with raw pointers into the buffers.
 #[inline(always)]
 fn for_each_tile<const R: usize>(
-    a: &DenseArgs<'_>,
+    a: &mut DenseArgs<'_>,
     mut tile: impl FnMut(usize, *const f32, *const f32, *const f32, *mut f32),
 ) {
     let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
     let panel_len = a.in_dim * PANEL_WIDTH;
-    let out = a.out.as_ptr() as *mut f32;
+    // Derived from the exclusive borrow of the output: the kernels write through it.
+    let out = a.out.as_mut_ptr();
     for p in 0..panels {
         let mut bias = [0.0f32; PANEL_WIDTH];
         for (j, b) in bias.iter_mut().enumerate() {
