@@ -1,14 +1,29 @@
 # Sourced by the other scripts: shared settings.
-# Build outputs go to a cache outside the clone, keyed on the toolchain and the lock file, so
-# repeated runs (and CI on the same machine) rebuild only what changed. Set CARGO_TARGET_DIR
+# Build outputs go to a cache outside the clone, keyed on the toolchain (cargo itself rebuilds
+# what a changed lock file or source needs), so repeated runs (and CI on the same machine)
+# rebuild only what changed. Set CARGO_TARGET_DIR
 # to override, or MSCLAM_NO_CACHE=1 to build inside the clone.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 if [[ -z "${CARGO_TARGET_DIR:-}" && -z "${MSCLAM_NO_CACHE:-}" ]]; then
-    key="$( (rustc -vV; cat Cargo.lock 2>/dev/null) | sha256sum | cut -c1-16)"
+    key="$(rustc -vV | sha256sum | cut -c1-16)"
     export CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/msclam/target-$key"
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+# libtorch for the trainer: the torch wheel (PyPI torch==2.11.0, which tch 0.24 expects) in a
+# virtual environment cached outside the clone, keyed on the Python and torch versions.
+TORCH_VERSION=2.11.0
+py_tag="$(python3 -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')"
+py_dir="$(python3 -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')"
+if [[ -z "${MSCLAM_VENV:-}" ]]; then
+    if [[ -n "${MSCLAM_NO_CACHE:-}" ]]; then
+        MSCLAM_VENV="$REPO_ROOT/.venv"
+    else
+        MSCLAM_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/msclam/venv-$py_tag-torch$TORCH_VERSION"
+    fi
+fi
+export MSCLAM_VENV TORCH_VERSION
+export LIBTORCH="$MSCLAM_VENV/lib/$py_dir/site-packages/torch"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }

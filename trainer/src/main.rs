@@ -1,0 +1,409 @@
+//! `msclam-train`: trains MS-CLAM or CLAM-SB and exports `.mscl` models.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use msclam_trainer::config::{SizeName, TrainConfig};
+use msclam_trainer::data::{self, FeaturePrecision, SplitSpec, TUMOR};
+use msclam_trainer::export::{export, ExportMetadata};
+use msclam_trainer::losses::AttentionLossMode;
+use msclam_trainer::metrics;
+use msclam_trainer::model::ModelKind;
+use msclam_trainer::samplers::SamplerKind;
+use msclam_trainer::synthetic::{self, Profile, SyntheticSpec};
+use msclam_trainer::training::{checkpoint_dir, Trainer};
+use msclam_trainer::{checkpoint, select_device, DeviceChoice, Result, TrainError};
+
+#[derive(Parser)]
+#[command(
+    name = "msclam-train",
+    version,
+    about = "Train MS-CLAM / CLAM-SB and export .mscl models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on a cohort, evaluate it on the test split and export it.
+    Train(Box<TrainArgs>),
+    /// Export a checkpoint to a .mscl model.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// TOML file with training settings (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output folder: checkpoints/, history.json, model.mscl, test_metrics.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to train.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Continue from <out>/checkpoints/last.ckpt if it exists.
+    #[arg(long)]
+    resume: bool,
+    /// Method to train.
+    #[arg(long, value_enum)]
+    method: Option<ModelKind>,
+    /// Model size.
+    #[arg(long, value_enum)]
+    size: Option<SizeName>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Slide sampler.
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerKind>,
+    /// Attention loss terms.
+    #[arg(long, value_enum)]
+    attention_loss: Option<AttentionLossMode>,
+    /// Turn dropout off.
+    #[arg(long)]
+    no_dropout: bool,
+    /// Early stopping on the validation slide loss.
+    #[arg(long)]
+    early_stopping: bool,
+    /// B+ (tumor tiles drawn from an annotated slide).
+    #[arg(long)]
+    b_plus: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// CPU threads for libtorch.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Keep features as f32 or f16 in memory.
+    #[arg(long, value_enum)]
+    feature_precision: Option<FeaturePrecisionArg>,
+    /// Percentage of tumor slides whose tile labels are used (the paper's k).
+    #[arg(long, default_value_t = 12.0)]
+    annotated_percent: f64,
+    /// Generated cohort: number of slides.
+    #[arg(long, default_value_t = 60)]
+    synthetic_slides: usize,
+    /// Generated cohort: mean tiles per slide.
+    #[arg(long, default_value_t = 400)]
+    synthetic_tiles: usize,
+    /// Generated cohort: embedding dimension.
+    #[arg(long, default_value_t = 1024)]
+    synthetic_dim: usize,
+    /// Generated cohort: tumor fraction profile.
+    #[arg(long, value_enum, default_value = "camelyon16")]
+    synthetic_profile: Profile,
+    /// Generated cohort: tumor signal strength.
+    #[arg(long, default_value_t = 1.0)]
+    synthetic_signal: f64,
+    /// Name of the embedder, recorded in the exported model.
+    #[arg(long, default_value = "synthetic")]
+    embedder_name: String,
+    /// Fold number, recorded in the exported model.
+    #[arg(long, default_value_t = 0)]
+    fold: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FeaturePrecisionArg {
+    F32,
+    F16,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Checkpoint written by `train` (e.g. <out>/checkpoints/last.ckpt).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The .mscl file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Name of the embedder the model was trained on.
+    #[arg(long)]
+    embedder_name: String,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train(*args),
+        Command::Export(args) => export_checkpoint(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = match &args.config {
+        Some(path) => TrainConfig::from_toml(
+            &std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?,
+        )?,
+        None => TrainConfig::default(),
+    };
+    if let Some(m) = args.method {
+        if m == ModelKind::ClamSb && args.config.is_none() {
+            c = TrainConfig {
+                seed: c.seed,
+                ..TrainConfig::clam_sb()
+            };
+        }
+        c.method = m;
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $(if let Some(v) = args.$field { c.$field = v; })* };
+    }
+    set!(
+        size,
+        epochs,
+        lr,
+        sampler,
+        attention_loss,
+        b_plus,
+        seed,
+        threads
+    );
+    if args.no_dropout {
+        c.dropout = false;
+    }
+    if args.early_stopping {
+        c.early_stopping = true;
+    }
+    if let Some(p) = args.feature_precision {
+        c.feature_precision = match p {
+            FeaturePrecisionArg::F32 => FeaturePrecision::F32,
+            FeaturePrecisionArg::F16 => FeaturePrecision::F16,
+        };
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let config = config_from(&args)?;
+    let device = select_device(args.device)?;
+    log::info!(
+        "device {device:?}, method {:?}, {} epochs, sampler {:?}",
+        config.method,
+        config.epochs,
+        config.sampler
+    );
+    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
+
+    // The cohort (generated: the CLAM-layout reader is the cohort issue's work).
+    let spec = SyntheticSpec {
+        slides: args.synthetic_slides,
+        tiles_per_slide: args.synthetic_tiles,
+        dim: args.synthetic_dim,
+        profile: args.synthetic_profile,
+        signal: args.synthetic_signal,
+        seed: config.seed,
+        ..SyntheticSpec::default()
+    };
+    let expected_tiles = spec.slides * spec.tiles_per_slide * 3 / 2; // worst case of the +-50 % spread
+    if device == tch::Device::Cpu {
+        if let Some(available) = data::host_available_bytes() {
+            data::check_fits(
+                expected_tiles,
+                spec.dim,
+                config.feature_precision,
+                available,
+                "this machine's memory",
+            )?;
+        }
+    }
+    let started = Instant::now();
+    let slides = synthetic::generate(&spec);
+    let split = SplitSpec {
+        val_fraction: 0.2,
+        test_fraction: 0.2,
+        annotated_percent: args.annotated_percent,
+        seed: config.seed,
+    };
+    let cohort = data::cohort_from_synthetic(slides, &split, config.feature_precision, device)?;
+    let annotated = cohort
+        .train
+        .iter()
+        .filter(|&&i| cohort.slides[i].tile_labels.is_some())
+        .count();
+    log::info!(
+        "cohort: {} slides ({} train, {} val, {} test), {} tiles, D = {}, {annotated} training slides with tile labels, made in {:.1} s",
+        cohort.slides.len(),
+        cohort.train.len(),
+        cohort.val.len(),
+        cohort.test.len(),
+        cohort.tiles(&(0..cohort.slides.len()).collect::<Vec<_>>()),
+        cohort.dim,
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut trainer = Trainer::new(config.clone(), &cohort, device)?;
+    let ckpt_dir = checkpoint_dir(&args.out);
+    let last = ckpt_dir.join("last.ckpt");
+    if args.resume && last.exists() {
+        let state = checkpoint::load(&last, device)?;
+        trainer.restore(&state)?;
+        log::info!(
+            "resumed from {} after epoch {}",
+            last.display(),
+            trainer.epoch
+        );
+    }
+
+    let bars = MultiProgress::new();
+    let epoch_bar = bars.add(ProgressBar::new(config.epochs as u64));
+    epoch_bar.set_style(
+        ProgressStyle::with_template("epochs {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    epoch_bar.set_position(trainer.epoch as u64);
+    let step_bar = bars.add(ProgressBar::new(0));
+    step_bar.set_style(
+        ProgressStyle::with_template("steps  {bar:30} {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    while !trainer.finished() {
+        step_bar.set_length(trainer.steps_per_epoch() as u64);
+        step_bar.set_position(0);
+        let record = trainer.train_epoch(Some(&ckpt_dir), |_, _| step_bar.inc(1))?;
+        epoch_bar.inc(1);
+        epoch_bar.set_message(format!(
+            "val loss {:.4} AUC {:.3}",
+            record.val_loss, record.val_auc
+        ));
+        log::info!(
+            "epoch {:>3}: train loss {:.4} ({:.1} s), val loss {:.4}, val AUC {:.3}, val error {:.3}, Latt normal {:.3}, tumor {:.3}",
+            record.epoch,
+            record.train_loss,
+            record.train_seconds,
+            record.val_loss,
+            record.val_auc,
+            record.val_error,
+            record.val_att_normal,
+            record.val_att_tumor
+        );
+        write_json(&args.out.join("history.json"), &trainer.history)?;
+    }
+    step_bar.finish_and_clear();
+    epoch_bar.finish();
+    if trainer.stopped_early {
+        let best = checkpoint::load(&ckpt_dir.join("best.ckpt"), device)?;
+        let epoch = trainer.epoch;
+        trainer.restore(&best)?;
+        log::info!(
+            "early stopping: using the best epoch ({:?}) instead of epoch {epoch}",
+            trainer.best.map(|b| b.1)
+        );
+    }
+
+    // Test-set evaluation.
+    let evals = trainer.evaluate(&cohort.test)?;
+    let probs: Vec<f64> = evals.iter().map(|e| e.probabilities[TUMOR]).collect();
+    let truth: Vec<bool> = evals
+        .iter()
+        .map(|e| cohort.slides[e.slide].label == TUMOR)
+        .collect();
+    let predicted: Vec<bool> = evals
+        .iter()
+        .map(|e| e.probabilities[TUMOR] > e.probabilities[0])
+        .collect();
+    let slide = metrics::Confusion::of(&predicted, &truth);
+    let mut dice = Vec::new();
+    for e in &evals {
+        let s = &cohort.slides[e.slide];
+        if let (Some(reference), true) = (&s.reference_tiles, s.label == TUMOR) {
+            let mask: Vec<bool> = e.tile_probabilities.iter().map(|p| *p >= 0.5).collect();
+            let truth: Vec<bool> = reference.iter().map(|t| *t != 0).collect();
+            dice.extend(metrics::Confusion::of(&mask, &truth).f1());
+        }
+    }
+    let summary = serde_json::json!({
+        "test_slides": evals.len(),
+        "slide_auc": metrics::roc_auc(&probs, &truth),
+        "slide_accuracy": slide.accuracy(),
+        "slide_f1": slide.f1(),
+        "tile_dice_tumor_slides": metrics::summarize(&dice).map(|s| s.mean),
+        "epochs": trainer.epoch,
+        "fold": args.fold,
+    });
+    log::info!("test: {summary}");
+    write_json(&args.out.join("test_metrics.json"), &summary)?;
+
+    let training_summary = serde_json::json!({
+        "config": config,
+        "fold": args.fold,
+        "last_epoch": trainer.history.last(),
+        "test": summary,
+    });
+    let model_path = args.out.join("model.mscl");
+    export(
+        &trainer.net,
+        &model_path,
+        &ExportMetadata {
+            embedder_name: args.embedder_name.clone(),
+            training_summary: training_summary.to_string(),
+            ..Default::default()
+        },
+    )?;
+    log::info!("exported {}", model_path.display());
+    Ok(())
+}
+
+fn export_checkpoint(args: ExportArgs) -> Result<()> {
+    let state = checkpoint::load(&args.checkpoint, tch::Device::Cpu)?;
+    let fc = state
+        .names
+        .iter()
+        .position(|n| n == "fc.weight")
+        .ok_or_else(|| TrainError::Config("checkpoint has no fc.weight".into()))?;
+    let input_dim = state.params[fc].size()[1] as usize;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let arch = msclam_trainer::model::architecture(
+        state.config.method,
+        state.config.size.into(),
+        input_dim,
+        state.config.gated,
+    );
+    let net = msclam_trainer::model::Network::new(&vs.root(), arch, false);
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    if vars.iter().map(|(n, _)| n).ne(state.names.iter()) {
+        return Err(TrainError::Config(
+            "the checkpoint's variables do not match the network".into(),
+        ));
+    }
+    tch::no_grad(|| {
+        for ((_, dst), src) in vars.iter_mut().zip(&state.params) {
+            dst.copy_(src);
+        }
+    });
+    let summary = serde_json::json!({ "config": state.config, "epoch": state.epoch, "last_epoch": state.history.last() });
+    export(
+        &net,
+        &args.out,
+        &ExportMetadata {
+            embedder_name: args.embedder_name,
+            training_summary: summary.to_string(),
+            ..Default::default()
+        },
+    )?;
+    println!("exported {} (epoch {})", args.out.display(), state.epoch);
+    Ok(())
+}
