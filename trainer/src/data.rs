@@ -195,6 +195,27 @@ pub fn check_fits(
     Ok(())
 }
 
+/// Free memory of the training device: `MemAvailable` for the CPU, `nvidia-smi`'s free memory
+/// for a CUDA GPU; `None` if it cannot be read.
+pub fn device_available_bytes(device: Device) -> Option<u64> {
+    match device {
+        Device::Cuda(i) => {
+            let out = std::process::Command::new("nvidia-smi")
+                .args([
+                    "--query-gpu=memory.free",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    &i.to_string(),
+                ])
+                .output()
+                .ok()?;
+            let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            Some(mib << 20)
+        }
+        _ => host_available_bytes(),
+    }
+}
+
 /// Memory available to this process on the host (Linux `MemAvailable`), if readable.
 pub fn host_available_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -6,11 +6,13 @@
 //!
 //! Modules: [`data`] (cohorts in memory), [`model`] (the network), [`losses`], [`samplers`]
 //! (slides per step, tiles per slide), [`training`] (the loop, Adam, early stopping),
-//! [`checkpoint`], [`metrics`], [`export`], [`synthetic`] (generated cohorts).
+//! [`checkpoint`], [`metrics`], [`export`], [`synthetic`] (generated cohorts), [`cohort`]
+//! (reading cohorts in the CLAM layout).
 
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod cohort;
 pub mod config;
 pub mod data;
 mod error;
@@ -18,6 +20,7 @@ pub mod export;
 pub mod losses;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod samplers;
 pub mod synthetic;
 pub mod training;

@@ -9,12 +9,11 @@ use msclam_trainer::config::{SizeName, TrainConfig};
 use msclam_trainer::data::{self, FeaturePrecision, SplitSpec, TUMOR};
 use msclam_trainer::export::{export, ExportMetadata};
 use msclam_trainer::losses::AttentionLossMode;
-use msclam_trainer::metrics;
 use msclam_trainer::model::ModelKind;
 use msclam_trainer::samplers::SamplerKind;
 use msclam_trainer::synthetic::{self, Profile, SyntheticSpec};
 use msclam_trainer::training::{checkpoint_dir, Trainer};
-use msclam_trainer::{checkpoint, select_device, DeviceChoice, Result, TrainError};
+use msclam_trainer::{checkpoint, cohort, report, select_device, DeviceChoice, Result, TrainError};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +32,50 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Export a checkpoint to a .mscl model.
     Export(ExportArgs),
+    /// Write a generated cohort in the CLAM layout (dataset.csv, h5_files/, tile_labels/,
+    /// splits/).
+    Generate(GenerateArgs),
+    /// Merge the test metrics of folds trained as separate jobs into mean / SD / SE and a
+    /// table like the paper's.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Run folders (each written by `train`), grouped into table rows by their parent folder.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Where to write summary.json and summary.md.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of slides.
+    #[arg(long, default_value_t = 100)]
+    slides: usize,
+    /// Mean tiles per slide.
+    #[arg(long, default_value_t = 1000)]
+    tiles: usize,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 1024)]
+    dim: usize,
+    /// Tumor fraction profile.
+    #[arg(long, value_enum, default_value = "camelyon16")]
+    profile: Profile,
+    /// Tumor signal strength.
+    #[arg(long, default_value_t = 1.0)]
+    signal: f64,
+    /// Number of cross-validation folds (split files).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -88,6 +131,17 @@ struct TrainArgs {
     /// Percentage of tumor slides whose tile labels are used (the paper's k).
     #[arg(long, default_value_t = 12.0)]
     annotated_percent: f64,
+    /// A cohort in the CLAM layout (dataset.csv, h5_files/, tile_labels/, splits/); without
+    /// it a cohort is generated from the --synthetic-* settings.
+    #[arg(long)]
+    cohort: Option<PathBuf>,
+    /// Fold to train (splits/splits_<fold>.csv).
+    #[arg(long, default_value_t = 0)]
+    fold: usize,
+    /// File listing the slides whose tile labels are used (one slide id per line), instead of
+    /// --annotated-percent.
+    #[arg(long)]
+    annotated_list: Option<PathBuf>,
     /// Generated cohort: number of slides.
     #[arg(long, default_value_t = 60)]
     synthetic_slides: usize,
@@ -106,9 +160,6 @@ struct TrainArgs {
     /// Name of the embedder, recorded in the exported model.
     #[arg(long, default_value = "synthetic")]
     embedder_name: String,
-    /// Fold number, recorded in the exported model.
-    #[arg(long, default_value_t = 0)]
-    fold: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -136,6 +187,8 @@ fn main() {
     let result = match cli.command {
         Command::Train(args) => train(*args),
         Command::Export(args) => export_checkpoint(args),
+        Command::Generate(args) => generate_cohort(args),
+        Command::Merge(args) => merge(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -207,7 +260,65 @@ fn train(args: TrainArgs) -> Result<()> {
     );
     std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
 
-    // The cohort (generated: the CLAM-layout reader is the cohort issue's work).
+    let started = Instant::now();
+    let cohort = match &args.cohort {
+        Some(root) => {
+            let annotated = match &args.annotated_list {
+                Some(list) => cohort::Annotated::List(
+                    std::fs::read_to_string(list)
+                        .map_err(|e| TrainError::io(list, e))?
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                None => cohort::Annotated::Percent(args.annotated_percent, config.seed),
+            };
+            let layout = cohort::ClamLayout::under(root);
+            let (tiles, dim) = cohort::count_tiles(&layout, args.fold)?;
+            check_memory(tiles, dim, config.feature_precision, device)?;
+            let (cohort, annotated) = cohort::load(
+                &layout,
+                args.fold,
+                &annotated,
+                config.feature_precision,
+                device,
+            )?;
+            let list = args.out.join("annotated_slides.txt");
+            std::fs::write(&list, annotated.join("\n")).map_err(|e| TrainError::io(&list, e))?;
+            cohort
+        }
+        None => synthetic_cohort(&args, &config, device)?,
+    };
+    train_on(args, config, device, cohort, started)
+}
+
+/// Refuses, before anything is loaded, a cohort that will not fit on the training device.
+fn check_memory(
+    tiles: usize,
+    dim: usize,
+    precision: FeaturePrecision,
+    device: tch::Device,
+) -> Result<()> {
+    let place = match device {
+        tch::Device::Cuda(i) => format!("GPU {i}"),
+        _ => "this machine's memory".to_owned(),
+    };
+    match data::device_available_bytes(device) {
+        Some(available) => data::check_fits(tiles, dim, precision, available, &place),
+        None => {
+            log::warn!("cannot read the free memory of {place}: not checking that the cohort fits");
+            Ok(())
+        }
+    }
+}
+
+fn synthetic_cohort(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    device: tch::Device,
+) -> Result<data::Cohort> {
     let spec = SyntheticSpec {
         slides: args.synthetic_slides,
         tiles_per_slide: args.synthetic_tiles,
@@ -218,18 +329,7 @@ fn train(args: TrainArgs) -> Result<()> {
         ..SyntheticSpec::default()
     };
     let expected_tiles = spec.slides * spec.tiles_per_slide * 3 / 2; // worst case of the +-50 % spread
-    if device == tch::Device::Cpu {
-        if let Some(available) = data::host_available_bytes() {
-            data::check_fits(
-                expected_tiles,
-                spec.dim,
-                config.feature_precision,
-                available,
-                "this machine's memory",
-            )?;
-        }
-    }
-    let started = Instant::now();
+    check_memory(expected_tiles, spec.dim, config.feature_precision, device)?;
     let slides = synthetic::generate(&spec);
     let split = SplitSpec {
         val_fraction: 0.2,
@@ -237,7 +337,16 @@ fn train(args: TrainArgs) -> Result<()> {
         annotated_percent: args.annotated_percent,
         seed: config.seed,
     };
-    let cohort = data::cohort_from_synthetic(slides, &split, config.feature_precision, device)?;
+    data::cohort_from_synthetic(slides, &split, config.feature_precision, device)
+}
+
+fn train_on(
+    args: TrainArgs,
+    config: TrainConfig,
+    device: tch::Device,
+    cohort: data::Cohort,
+    started: Instant,
+) -> Result<()> {
     let annotated = cohort
         .train
         .iter()
@@ -313,37 +422,46 @@ fn train(args: TrainArgs) -> Result<()> {
         );
     }
 
-    // Test-set evaluation.
+    // Test-set evaluation: the paper's metrics, per-slide and per-tile CSVs, heatmaps.
     let evals = trainer.evaluate(&cohort.test)?;
-    let probs: Vec<f64> = evals.iter().map(|e| e.probabilities[TUMOR]).collect();
-    let truth: Vec<bool> = evals
+    let fold_metrics = report::fold_metrics(&cohort, &evals);
+    report::write_fold(&args.out.join("test"), &cohort, &evals, &fold_metrics)?;
+    let mut pictures = 0;
+    for e in evals
         .iter()
-        .map(|e| cohort.slides[e.slide].label == TUMOR)
-        .collect();
-    let predicted: Vec<bool> = evals
-        .iter()
-        .map(|e| e.probabilities[TUMOR] > e.probabilities[0])
-        .collect();
-    let slide = metrics::Confusion::of(&predicted, &truth);
-    let mut dice = Vec::new();
-    for e in &evals {
+        .filter(|e| cohort.slides[e.slide].label == TUMOR)
+        .take(4)
+        .chain(
+            evals
+                .iter()
+                .filter(|e| cohort.slides[e.slide].label != TUMOR)
+                .take(2),
+        )
+    {
         let s = &cohort.slides[e.slide];
-        if let (Some(reference), true) = (&s.reference_tiles, s.label == TUMOR) {
-            let mask: Vec<bool> = e.tile_probabilities.iter().map(|p| *p >= 0.5).collect();
-            let truth: Vec<bool> = reference.iter().map(|t| *t != 0).collect();
-            dice.extend(metrics::Confusion::of(&mask, &truth).f1());
-        }
+        let path = args.out.join("heatmaps").join(format!("{}.png", s.id));
+        report::write_heatmap(
+            &path,
+            &s.coords,
+            &e.attention,
+            &e.tile_probabilities,
+            s.reference_tiles.as_deref(),
+            6,
+        )?;
+        pictures += 1;
     }
-    let summary = serde_json::json!({
-        "test_slides": evals.len(),
-        "slide_auc": metrics::roc_auc(&probs, &truth),
-        "slide_accuracy": slide.accuracy(),
-        "slide_f1": slide.f1(),
-        "tile_dice_tumor_slides": metrics::summarize(&dice).map(|s| s.mean),
-        "epochs": trainer.epoch,
-        "fold": args.fold,
-    });
-    log::info!("test: {summary}");
+    log::info!(
+        "test ({} slides): {}",
+        evals.len(),
+        serde_json::to_string(&fold_metrics).unwrap_or_default()
+    );
+    log::info!(
+        "wrote {}/test/ (metrics, slides.csv, tiles.csv) and {pictures} heatmaps in {}/heatmaps/",
+        args.out.display(),
+        args.out.display()
+    );
+    let summary =
+        serde_json::json!({ "fold": args.fold, "epochs": trainer.epoch, "test": fold_metrics });
     write_json(&args.out.join("test_metrics.json"), &summary)?;
 
     let training_summary = serde_json::json!({
@@ -363,6 +481,55 @@ fn train(args: TrainArgs) -> Result<()> {
         },
     )?;
     log::info!("exported {}", model_path.display());
+    Ok(())
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    let mut rows: Vec<(String, Vec<report::FoldMetrics>)> = Vec::new();
+    for run in &args.runs {
+        let path = run.join("test").join("metrics.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let m: report::FoldMetrics = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let name = run.parent().and_then(|p| p.file_name()).map_or_else(
+            || run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        match rows.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, folds)) => folds.push(m),
+            None => rows.push((name, vec![m])),
+        }
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
+    let summary: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(name, folds)| serde_json::json!({ "run": name, "folds": folds, "summary": report::summarize_folds(folds).into_iter().collect::<std::collections::BTreeMap<_, _>>() }))
+        .collect();
+    write_json(&args.out.join("summary.json"), &summary)?;
+    let table = report::table(&rows);
+    let md = args.out.join("summary.md");
+    std::fs::write(&md, &table).map_err(|e| TrainError::io(&md, e))?;
+    println!("{table}");
+    Ok(())
+}
+
+fn generate_cohort(args: GenerateArgs) -> Result<()> {
+    let spec = SyntheticSpec {
+        slides: args.slides,
+        tiles_per_slide: args.tiles,
+        dim: args.dim,
+        profile: args.profile,
+        signal: args.signal,
+        seed: args.seed,
+        ..SyntheticSpec::default()
+    };
+    let slides = synthetic::generate(&spec);
+    cohort::write_synthetic(&args.out, &slides, args.folds, args.seed)?;
+    println!(
+        "wrote {} slides in the CLAM layout to {}",
+        slides.len(),
+        args.out.display()
+    );
     Ok(())
 }
 
