@@ -536,9 +536,11 @@ pub fn write_synthetic(
     for fold in 0..folds {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for ids in &rest {
-            // Fold k validates on the k-th fifth of each class.
+            // Fold k validates on the k-th window of each class: a fifth (80/20, as in the
+            // paper) with up to 5 folds, 1 / folds with more.
             let n = ids.len();
-            let (a, b) = (fold * n / folds.max(1), (fold + 1) * n / folds.max(1));
+            let parts = folds.max(5);
+            let (a, b) = (fold * n / parts, (fold + 1) * n / parts);
             for (j, id) in ids.iter().enumerate() {
                 if (a..b).contains(&j) {
                     val.push(*id)
