@@ -50,9 +50,11 @@ pub fn smooth_top1_svm(logits: &Tensor, labels: &Tensor, alpha: f64, tau: f64) -
     (z.logsumexp(1, false) * tau).mean(Kind::Float)
 }
 
-/// `sum a log a` over `attention`, with `0 log 0 = 0`.
+/// `sum a log a` over `attention`, with `0 log 0 = 0` and a finite gradient there too (an
+/// attention weight that underflows to exactly 0 must not turn the gradient into NaN, as
+/// `xlogy(a, a)`'s derivative would).
 fn sum_a_log_a(attention: &Tensor) -> Tensor {
-    attention.xlogy(attention).sum(Kind::Float)
+    (attention * attention.clamp_min(1e-30).log()).sum(Kind::Float)
 }
 
 /// Attention loss of a normal slide, eq. (2): `sum_k A_k log A_k / log N`, the negative entropy

@@ -194,6 +194,8 @@ pub struct Trainer<'c> {
     pub history: Vec<EpochRecord>,
     /// Set when early stopping ended training.
     pub stopped_early: bool,
+    /// The best epoch's parameters (CPU copies), kept when early stopping is on.
+    best_params: Option<Vec<Tensor>>,
 }
 
 impl<'c> Trainer<'c> {
@@ -238,6 +240,7 @@ impl<'c> Trainer<'c> {
             stop_counter: 0,
             history: Vec::new(),
             stopped_early: false,
+            best_params: None,
         })
     }
 
@@ -413,6 +416,15 @@ impl<'c> Trainer<'c> {
         if improved {
             self.best = Some((val_loss, self.epoch));
             self.stop_counter = 0;
+            if self.config.early_stopping {
+                self.best_params = Some(
+                    self.adam
+                        .params()
+                        .iter()
+                        .map(|t| t.detach().to_device(Device::Cpu).copy()) // a copy: on the CPU to_device shares storage
+                        .collect(),
+                );
+            }
             if let Some(dir) = checkpoint_dir {
                 checkpoint::save(&dir.join("best.ckpt"), &self.state())?;
             }
@@ -447,11 +459,36 @@ impl<'c> Trainer<'c> {
             let record = self.train_epoch(checkpoint_dir, |_, _| {})?;
             on_epoch(&record);
         }
-        if self.stopped_early {
+        self.finish(checkpoint_dir)?;
+        Ok(())
+    }
+
+    /// Ends training: with early stopping on, the network takes the best epoch's weights
+    /// (whether or not training actually stopped early, as CLAM does); otherwise the last
+    /// epoch's weights are kept.
+    /// After a resume the best weights are read back from `checkpoint_dir/best.ckpt`.
+    pub fn finish(&mut self, checkpoint_dir: Option<&Path>) -> Result<()> {
+        if !self.config.early_stopping {
+            return Ok(());
+        }
+        if self.best_params.is_none() {
             if let Some(dir) = checkpoint_dir {
-                let best = checkpoint::load(&dir.join("best.ckpt"), self.device)?;
-                self.restore_weights(&best)?;
+                let path = dir.join("best.ckpt");
+                if path.exists() {
+                    self.best_params = Some(checkpoint::load(&path, Device::Cpu)?.params);
+                }
             }
+        }
+        if let Some(best) = self.best_params.take() {
+            tch::no_grad(|| {
+                for (dst, src) in self.adam.params.iter_mut().zip(&best) {
+                    dst.copy_(src);
+                }
+            });
+            log::info!(
+                "using the best epoch's weights (epoch {:?})",
+                self.best.map(|b| b.1)
+            );
         }
         Ok(())
     }
@@ -461,7 +498,7 @@ impl<'c> Trainer<'c> {
         evaluate(&self.net, &self.cohort.slides, slides, self.device)
     }
 
-    /// Everything needed to resume.
+    /// Everything needed to resume (copies on the CPU, independent of later training).
     pub fn state(&self) -> TrainingState {
         TrainingState {
             config: self.config.clone(),
@@ -470,19 +507,19 @@ impl<'c> Trainer<'c> {
                 .adam
                 .params()
                 .iter()
-                .map(|t| t.detach().to_device(Device::Cpu))
+                .map(|t| t.detach().to_device(Device::Cpu).copy())
                 .collect(),
             m: self
                 .adam
                 .m
                 .iter()
-                .map(|t| t.to_device(Device::Cpu))
+                .map(|t| t.to_device(Device::Cpu).copy())
                 .collect(),
             v: self
                 .adam
                 .v
                 .iter()
-                .map(|t| t.to_device(Device::Cpu))
+                .map(|t| t.to_device(Device::Cpu).copy())
                 .collect(),
             adam_step: self.adam.step,
             epoch: self.epoch,

@@ -135,6 +135,53 @@ fn folds_as_separate_jobs_then_merged() {
 }
 
 #[test]
+fn the_ablation_runner_covers_the_grid_and_resumes() {
+    let root = temp("ablation");
+    let cohort = root.join("cohort");
+    run(tool()
+        .args([
+            "generate", "--slides", "24", "--tiles", "40", "--dim", "8", "--folds", "2", "--out",
+        ])
+        .arg(&cohort));
+    let args = |out: &Path| {
+        let mut c = tool();
+        c.args([
+            "ablation", "--folds", "2", "--epochs", "1", "--grid", "small", "--size", "tiny",
+            "--b-plus", "32", "--cohort",
+        ])
+        .arg(&cohort)
+        .arg("--out")
+        .arg(out);
+        c
+    };
+    let runs = root.join("runs");
+    let table = run(&mut args(&runs));
+    for run_name in [
+        "clam-sb",
+        "ms-clam-0pct",
+        "ms-clam-12pct",
+        "ms-clam-100pct",
+        "ms-clam-12pct-no-att",
+        "ms-clam-12pct-randsamp",
+        "ms-clam-12pct-doublesamp",
+    ] {
+        assert!(
+            table.contains(&format!("| {run_name} | 2 |")),
+            "{run_name} missing from\n{table}"
+        );
+        assert!(runs.join(run_name).join("fold1/test/metrics.json").exists());
+    }
+    // A second call finds every fold done and trains nothing.
+    let again = run(&mut args(&runs));
+    assert!(!again.contains(" fold 0: "), "{again}");
+    assert_eq!(
+        again.lines().filter(|l| l.starts_with("| ")).count(),
+        table.lines().filter(|l| l.starts_with("| ")).count()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let out = tool()
         .args(["train", "--cohort", "/nonexistent/cohort", "--out"])

@@ -313,3 +313,41 @@ fn bad_slide_data_is_refused_with_the_slide_named() {
         "{err}"
     );
 }
+
+#[test]
+fn with_early_stopping_the_best_epochs_weights_are_kept() {
+    let _serial = serial();
+    let cohort = small_cohort(16, 1.0, 9, FeaturePrecision::F32);
+    // Patience never reached: training runs all epochs, yet ends on the best epoch (as CLAM).
+    let config = TrainConfig {
+        early_stopping: true,
+        patience: 1000,
+        min_epochs: 0,
+        ..small_config(6)
+    };
+    let mut trainer = Trainer::new(config, &cohort, Device::Cpu).unwrap();
+    trainer.train(None, |_| {}).unwrap();
+    assert!(!trainer.stopped_early);
+    let (best_loss, best_epoch) = trainer.best.unwrap();
+    let evals = trainer.evaluate(&cohort.val).unwrap();
+    let loss = evals.iter().map(|e| e.loss).sum::<f64>() / evals.len() as f64;
+    assert!(
+        (loss - best_loss).abs() < 1e-6,
+        "final val loss {loss}, best {best_loss} at epoch {best_epoch}"
+    );
+    // And it stops when patience runs out.
+    let config = TrainConfig {
+        early_stopping: true,
+        patience: 1,
+        min_epochs: 0,
+        lr: 5e-2,
+        ..small_config(30)
+    };
+    let mut trainer = Trainer::new(config, &cohort, Device::Cpu).unwrap();
+    trainer.train(None, |_| {}).unwrap();
+    assert!(
+        trainer.stopped_early && trainer.epoch < 30,
+        "ran {} epochs",
+        trainer.epoch
+    );
+}
