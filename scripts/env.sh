@@ -25,5 +25,8 @@ if [[ -z "${MSCLAM_VENV:-}" ]]; then
 fi
 export MSCLAM_VENV TORCH_VERSION
 export LIBTORCH="$MSCLAM_VENV/lib/$py_dir/site-packages/torch"
+# HDF5 1.10 locks files with flock(); that fails on some network filesystems and between
+# threads of one process: CLAM users commonly turn it off.
+export HDF5_USE_FILE_LOCKING="${HDF5_USE_FILE_LOCKING:-FALSE}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }

@@ -858,21 +858,32 @@ fn ablation(args: AblationArgs) -> Result<()> {
         }
         rows.push((name.clone(), folds));
     }
-    let summary: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|(name, folds)| serde_json::json!({ "run": name, "folds": folds, "summary": report::summarize_folds(folds).into_iter().collect::<std::collections::BTreeMap<_, _>>() }))
-        .collect();
-    write_json(&args.out.join("summary.json"), &summary)?;
-    let table = report::table(&rows);
-    let md = args.out.join("summary.md");
-    std::fs::write(&md, &table).map_err(|e| TrainError::io(&md, e))?;
-    println!("{table}");
+    write_summary(&args.out, &rows)?;
     println!(
         "ablation: {} runs x {} folds in {:.0} s",
         rows.len(),
         args.folds,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Writes `summary.json` (per-fold metrics, mean, SD, SE) and `summary.md` (the paper-shaped
+/// table) into `out`, and prints the table.
+fn write_summary(out: &Path, rows: &[(String, Vec<report::FoldMetrics>)]) -> Result<()> {
+    let summary: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(name, folds)| {
+            let stats: std::collections::BTreeMap<_, _> =
+                report::summarize_folds(folds).into_iter().collect();
+            serde_json::json!({ "run": name, "folds": folds, "summary": stats })
+        })
+        .collect();
+    write_json(&out.join("summary.json"), &summary)?;
+    let table = report::table(rows);
+    let md = out.join("summary.md");
+    std::fs::write(&md, &table).map_err(|e| TrainError::io(&md, e))?;
+    println!("{table}");
     Ok(())
 }
 
@@ -893,15 +904,7 @@ fn merge(args: MergeArgs) -> Result<()> {
         }
     }
     std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
-    let summary: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|(name, folds)| serde_json::json!({ "run": name, "folds": folds, "summary": report::summarize_folds(folds).into_iter().collect::<std::collections::BTreeMap<_, _>>() }))
-        .collect();
-    write_json(&args.out.join("summary.json"), &summary)?;
-    let table = report::table(&rows);
-    let md = args.out.join("summary.md");
-    std::fs::write(&md, &table).map_err(|e| TrainError::io(&md, e))?;
-    println!("{table}");
+    write_summary(&args.out, &rows)?;
     Ok(())
 }
 

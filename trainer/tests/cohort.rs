@@ -9,6 +9,13 @@ use msclam_trainer::data::{FeaturePrecision, TUMOR};
 use msclam_trainer::synthetic::{generate, SyntheticSpec};
 use tch::Device;
 
+/// Debian's HDF5 is the serial (not thread-safe) build, and tests run in parallel threads of
+/// one process: take turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("msclam-cohort-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -42,6 +49,7 @@ fn load(
 
 #[test]
 fn a_generated_cohort_round_trips_through_the_clam_layout() {
+    let _serial = serial();
     let root = temp("roundtrip");
     let slides = generate(&spec());
     cohort::write_synthetic(&root, &slides, 5, 1).unwrap();
@@ -111,6 +119,7 @@ fn python_pickle(path: &Path, values: &str, protocol: u8) {
 
 #[test]
 fn tile_labels_pickled_by_python_are_read() {
+    let _serial = serial();
     let dir = temp("pickle");
     for protocol in 0..=5 {
         let p = dir.join(format!("p{protocol}.pkl"));
@@ -148,6 +157,7 @@ fn tile_labels_pickled_by_python_are_read() {
 
 #[test]
 fn half_precision_features_are_read() {
+    let _serial = serial();
     let dir = temp("f16");
     let path = dir.join("s.h5");
     let file = hdf5::File::create(&path).unwrap();
@@ -189,6 +199,7 @@ fn h5(root: &Path, id: &str, features: &[f32], n: usize, d: usize) {
 
 #[test]
 fn every_bad_input_is_an_error_naming_the_slide() {
+    let _serial = serial();
     let e = error_after("missing", |r| {
         std::fs::remove_file(r.join("h5_files/slide_0003.h5")).unwrap()
     });
