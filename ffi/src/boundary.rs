@@ -124,18 +124,9 @@ pub(crate) unsafe fn reference_mut<'a, T>(
     unsafe { ptr.as_mut() }.ok_or(FfiError::Null(name))
 }
 
-/// A slice of `len` elements at `ptr`; `ptr` may be NULL only when `len` is 0.
-///
-/// # Safety
-/// A non-NULL `ptr` must point to `len` readable elements that outlive `'a`.
-pub(crate) unsafe fn slice_in<'a, T>(
-    ptr: *const T,
-    len: usize,
-    name: &'static str,
-) -> Result<&'a [T], FfiError> {
-    if len == 0 {
-        return Ok(&[]);
-    }
+/// The checks every non-empty caller buffer passes before a slice is made of it: not NULL,
+/// aligned for `T`, and `len` elements fit in the address space.
+fn check_buffer<T>(ptr: *const T, len: usize, name: &'static str) -> Result<(), FfiError> {
     if ptr.is_null() {
         return Err(FfiError::Null(name));
     }
@@ -152,6 +143,22 @@ pub(crate) unsafe fn slice_in<'a, T>(
             "a buffer length overflows the address space",
         ));
     }
+    Ok(())
+}
+
+/// A slice of `len` elements at `ptr`; `ptr` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to `len` readable elements that outlive `'a`.
+pub(crate) unsafe fn slice_in<'a, T>(
+    ptr: *const T,
+    len: usize,
+    name: &'static str,
+) -> Result<&'a [T], FfiError> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    check_buffer(ptr, len, name)?;
     // SAFETY: non-NULL, aligned, and valid for `len` elements per this function's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
@@ -169,22 +176,7 @@ pub(crate) unsafe fn slice_out<'a, T>(
     if len == 0 {
         return Ok(&mut []);
     }
-    if ptr.is_null() {
-        return Err(FfiError::Null(name));
-    }
-    if !ptr.is_aligned() {
-        return Err(FfiError::Invalid(
-            "a buffer is not aligned for its element type",
-        ));
-    }
-    if len
-        .checked_mul(std::mem::size_of::<T>())
-        .is_none_or(|b| b > isize::MAX as usize)
-    {
-        return Err(FfiError::Invalid(
-            "a buffer length overflows the address space",
-        ));
-    }
+    check_buffer(ptr.cast_const(), len, name)?;
     // SAFETY: non-NULL, aligned, valid and exclusive for `len` elements per the contract.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }

@@ -501,16 +501,7 @@ fn train_on(
                 .take(2),
         )
     {
-        let s = &cohort.slides[e.slide];
-        let path = args.out.join("heatmaps").join(format!("{}.png", s.id));
-        report::write_heatmap(
-            &path,
-            &s.coords,
-            &e.attention,
-            &e.tile_probabilities,
-            s.reference_tiles.as_deref(),
-            6,
-        )?;
+        report::write_slide_heatmap(&args.out, &cohort, e)?;
         pictures += 1;
     }
     log::info!(
@@ -624,17 +615,7 @@ fn demo(args: DemoArgs) -> Result<()> {
             .filter(|e| data.slides[e.slide].label == TUMOR)
             .take(3)
         {
-            let s = &data.slides[e.slide];
-            let path = dir.join("heatmaps").join(format!("{}.png", s.id));
-            report::write_heatmap(
-                &path,
-                &s.coords,
-                &e.attention,
-                &e.tile_probabilities,
-                s.reference_tiles.as_deref(),
-                6,
-            )?;
-            written.push(path);
+            written.push(report::write_slide_heatmap(&dir, &data, e)?);
         }
         println!(
             "[2/4] {name}: trained {} epochs on {} slides ({} with tile labels) in {:.0} s; test slide AUC {:.3}, tile Dice {:.3}",

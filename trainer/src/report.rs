@@ -52,6 +52,34 @@ pub const METRICS: [(&str, MetricGetter); 9] = [
     ("Tile AP", |m| m.tile_ap),
 ];
 
+/// The predicted tumor mask of an evaluated slide (tile probability >= [`MASK_THRESHOLD`]).
+pub fn predicted_mask(e: &SlideEval) -> Vec<bool> {
+    e.tile_probabilities
+        .iter()
+        .map(|p| *p >= MASK_THRESHOLD)
+        .collect()
+}
+
+/// Writes `dir/heatmaps/<slide>.png` for an evaluated slide (see [`write_heatmap`]) and
+/// returns its path.
+pub fn write_slide_heatmap(
+    dir: &Path,
+    cohort: &Cohort,
+    e: &SlideEval,
+) -> Result<std::path::PathBuf> {
+    let s = &cohort.slides[e.slide];
+    let path = dir.join("heatmaps").join(format!("{}.png", s.id));
+    write_heatmap(
+        &path,
+        &s.coords,
+        &e.attention,
+        &e.tile_probabilities,
+        s.reference_tiles.as_deref(),
+        6,
+    )?;
+    Ok(path)
+}
+
 fn mean(values: &[f64]) -> f64 {
     metrics::summarize(values).map_or(f64::NAN, |s| s.mean)
 }
@@ -73,11 +101,7 @@ pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
     let (mut tile_scores, mut tile_truth) = (Vec::new(), Vec::new());
     for e in evals {
         let s = &cohort.slides[e.slide];
-        let mask: Vec<bool> = e
-            .tile_probabilities
-            .iter()
-            .map(|p| *p >= MASK_THRESHOLD)
-            .collect();
+        let mask = predicted_mask(e);
         if s.label == TUMOR {
             if !s.excluded {
                 latt_t.push(e.attention_loss);
@@ -134,11 +158,7 @@ pub fn write_fold(dir: &Path, cohort: &Cohort, evals: &[SlideEval], m: &FoldMetr
     let mut tiles = String::from("slide_id,tile,x,y,attention,tumor_probability,reference\n");
     for e in evals {
         let s = &cohort.slides[e.slide];
-        let mask: Vec<bool> = e
-            .tile_probabilities
-            .iter()
-            .map(|p| *p >= MASK_THRESHOLD)
-            .collect();
+        let mask = predicted_mask(e);
         let quality = match (&s.reference_tiles, s.label == TUMOR) {
             (Some(r), true) => {
                 Confusion::of(&mask, &r.iter().map(|t| *t != 0).collect::<Vec<_>>()).f1()
