@@ -4,7 +4,10 @@
 //! <root>/dataset.csv                 case_id,slide_id,label   (label names mapped to classes)
 //! <root>/h5_files/<slide_id>.h5      features (N x D, float32 or float16), coords (N x 2),
 //!                                    optionally tile_labels (N, 1 = tumor)
+//! <root>/pt_files/<slide_id>.pt      the features as a torch.save tensor (used when the .h5
+//!                                    is absent; tiles are then laid out in reading order)
 //! <root>/tile_labels/<slide_id>.pkl  Python list of tumorous tile indices (MS-CLAM's format),
+//!                       or .npy (integer indices, or a boolean mask of N),
 //!                       or .txt/.csv one index per line or comma-separated
 //! <root>/splits/splits_<k>.csv       CLAM split files: ,train,val,test columns of slide ids
 //! <root>/exclusions.csv              slides whose annotation is incomplete (first column)
@@ -28,6 +31,8 @@ pub struct ClamLayout {
     pub dataset_csv: PathBuf,
     /// Folder of `<slide_id>.h5` files.
     pub h5_dir: PathBuf,
+    /// Folder of `<slide_id>.pt` files (`torch.save` tensors), read when a `.h5` is absent.
+    pub pt_dir: Option<PathBuf>,
     /// Folder of per-slide tile label files (optional).
     pub tile_labels_dir: Option<PathBuf>,
     /// Folder of `splits_<k>.csv` files.
@@ -46,6 +51,7 @@ impl ClamLayout {
         ClamLayout {
             dataset_csv: root.join("dataset.csv"),
             h5_dir: root.join("h5_files"),
+            pt_dir: optional(root.join("pt_files")),
             tile_labels_dir: optional(root.join("tile_labels")),
             splits_dir: root.join("splits"),
             exclusions_csv: optional(root.join("exclusions.csv")),
@@ -214,11 +220,60 @@ pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
     })
 }
 
+/// Reads one slide's features: `h5_files/<id>.h5` when it exists, else `pt_files/<id>.pt`.
+pub fn read_slide(layout: &ClamLayout, slide: &str) -> Result<SlideFile> {
+    let h5 = layout.h5_dir.join(format!("{slide}.h5"));
+    if h5.exists() {
+        return read_h5(&h5, slide);
+    }
+    let pt = layout
+        .pt_dir
+        .as_ref()
+        .map(|d| d.join(format!("{slide}.pt")))
+        .filter(|p| p.exists());
+    match pt {
+        Some(pt) => read_pt(&pt, slide),
+        None => Err(TrainError::data(
+            slide,
+            format!(
+                "missing features file {} (and no {slide}.pt in pt_files/)",
+                h5.display()
+            ),
+        )),
+    }
+}
+
+/// Reads a `pt_files/<id>.pt` tensor (`N x D`, written by Python's `torch.save`). It has no
+/// coordinates: the tiles are laid out in reading order on a square grid.
+pub fn read_pt(path: &Path, slide: &str) -> Result<SlideFile> {
+    let (features, dim) = crate::torch_file::read_features(path)
+        .map_err(|e| TrainError::data(slide, format!("{}: {e}", path.display())))?;
+    let n = features.len().checked_div(dim).unwrap_or(0);
+    if n == 0 {
+        return Err(TrainError::data(slide, "empty slide: no tiles"));
+    }
+    let width = (n as f64).sqrt().ceil() as usize;
+    let coords = (0..n)
+        .map(|i| [((i % width) * 256) as u32, ((i / width) * 256) as u32])
+        .collect();
+    Ok(SlideFile {
+        features,
+        dim,
+        coords,
+        tile_labels: None,
+    })
+}
+
 /// Reads a list of tumorous tile indices: a Python pickle (`.pkl`, a list of ints, as
-/// MS-CLAM stores them) or text (`.txt`/`.csv`, integers separated by newlines or commas).
+/// MS-CLAM stores them), a NumPy `.npy` array (integer indices, or a boolean mask with one
+/// entry per tile) or text (`.txt`/`.csv`, integers separated by newlines or commas).
 /// Returns the per-tile labels of an `n`-tile slide.
 pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8>> {
     let indices: Vec<i64> = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => match read_npy_labels(path, slide, n)? {
+            NpyLabels::Mask(mask) => return Ok(mask),
+            NpyLabels::Indices(indices) => indices,
+        },
         Some("pkl") | Some("pickle") => {
             let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
             serde_pickle::from_reader(
@@ -260,6 +315,48 @@ pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8
     Ok(labels)
 }
 
+enum NpyLabels {
+    Mask(Vec<u8>),
+    Indices(Vec<i64>),
+}
+
+fn read_npy_labels(path: &Path, slide: &str, n: usize) -> Result<NpyLabels> {
+    let bad = |why: String| TrainError::data(slide, format!("{}: {why}", path.display()));
+    let tensor = tch::Tensor::read_npy(path).map_err(|e| bad(e.to_string()))?;
+    let size = tensor.size();
+    if size.len() > 1 {
+        return Err(bad(format!(
+            "array of shape {size:?}, expected one dimension"
+        )));
+    }
+    let flat = tensor.view([-1]);
+    match flat.kind() {
+        tch::Kind::Bool => {
+            if flat.numel() != n {
+                return Err(bad(format!(
+                    "boolean mask of {} entries for {n} tiles",
+                    flat.numel()
+                )));
+            }
+            let mask = Vec::<u8>::try_from(&flat.to_kind(tch::Kind::Uint8))
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(NpyLabels::Mask(mask))
+        }
+        tch::Kind::Int64
+        | tch::Kind::Int
+        | tch::Kind::Int16
+        | tch::Kind::Int8
+        | tch::Kind::Uint8 => {
+            let indices = Vec::<i64>::try_from(&flat.to_kind(tch::Kind::Int64))
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(NpyLabels::Indices(indices))
+        }
+        other => Err(bad(format!(
+            "array of {other:?}, expected integer tile indices or a boolean mask"
+        ))),
+    }
+}
+
 /// Reads a CLAM split file (`,train,val,test`; columns of slide ids, ragged).
 pub fn read_split_csv(path: &Path) -> Result<[Vec<String>; 3]> {
     let mut reader = csv::ReaderBuilder::new()
@@ -294,10 +391,11 @@ pub fn count_tiles(layout: &ClamLayout, fold: usize) -> Result<(usize, usize)> {
     for id in split.iter().flatten() {
         let path = layout.h5_dir.join(format!("{id}.h5"));
         if !path.exists() {
-            return Err(TrainError::data(
-                id,
-                format!("missing features file {}", path.display()),
-            ));
+            // A pt_files/ tensor has to be read to know its shape.
+            let slide = read_slide(layout, id)?;
+            tiles += slide.coords.len();
+            dim = dim.max(slide.dim);
+            continue;
         }
         let file = hdf5::File::open(&path).map_err(|e| h5_error(id, e))?;
         let shape = file
@@ -389,10 +487,7 @@ pub fn load(
     let mut dim = None;
     for &i in &used {
         let row = &rows[i];
-        let file = read_h5(
-            &layout.h5_dir.join(format!("{}.h5", row.slide_id)),
-            &row.slide_id,
-        )?;
+        let file = read_slide(layout, &row.slide_id)?;
         match dim {
             None => dim = Some(file.dim),
             Some(d) if d != file.dim => {
@@ -407,7 +502,7 @@ pub fn load(
         let reference = match (&layout.tile_labels_dir, file.tile_labels) {
             (_, Some(t)) => Some(t),
             (Some(dir), None) => {
-                let found = ["pkl", "txt", "csv"]
+                let found = ["pkl", "npy", "txt", "csv"]
                     .iter()
                     .map(|ext| dir.join(format!("{}.{ext}", row.slide_id)))
                     .find(|p| p.exists());
@@ -508,7 +603,7 @@ pub fn write_synthetic(
         write().map_err(|e| h5_error(&s.id, e))?;
         if s.label == TUMOR {
             let tumor: Vec<i64> = (0..n)
-                .filter(|&i| s.tile_labels[i] != 0)
+                .filter(|&i| s.annotation[i] != 0)
                 .map(|i| i as i64)
                 .collect();
             let bytes = serde_pickle::to_vec(&tumor, serde_pickle::SerOptions::new())
@@ -519,6 +614,16 @@ pub fn write_synthetic(
     }
     let p = root.join("dataset.csv");
     std::fs::write(&p, csv).map_err(|e| TrainError::io(&p, e))?;
+    let incomplete: Vec<&str> = slides
+        .iter()
+        .filter(|s| s.incomplete)
+        .map(|s| s.id.as_str())
+        .collect();
+    if !incomplete.is_empty() {
+        let p = root.join("exclusions.csv");
+        let text = format!("slide_id\n{}\n", incomplete.join("\n"));
+        std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))?;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut test = Vec::new();
     let mut rest: [Vec<&str>; 2] = Default::default();

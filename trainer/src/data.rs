@@ -326,10 +326,11 @@ pub fn cohort_from_synthetic(
         .first()
         .map_or(0, |s| s.features.len() / s.tile_labels.len().max(1));
     let labels: Vec<usize> = slides.iter().map(|s| s.label).collect();
+    let excluded: Vec<bool> = slides.iter().map(|s| s.incomplete).collect();
     let (train, val, test) = stratified_split(&labels, split);
     let annotated = choose_annotated(
         &labels,
-        &vec![false; labels.len()],
+        &excluded,
         &train,
         &val,
         split.annotated_percent,
@@ -339,17 +340,20 @@ pub fn cohort_from_synthetic(
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            Slide::from_host(
+            // The reference is what an annotator marked, as it would be on real data.
+            let mut slide = Slide::from_host(
                 &s.id,
                 s.label,
                 &s.features,
                 dim,
                 s.coords,
-                Some(s.tile_labels),
+                Some(s.annotation),
                 annotated.binary_search(&i).is_ok(),
                 precision,
                 device,
-            )
+            )?;
+            slide.excluded = s.incomplete;
+            Ok(slide)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Cohort {

@@ -7,7 +7,7 @@
 //! Modules: [`data`] (cohorts in memory), [`model`] (the network), [`losses`], [`samplers`]
 //! (slides per step, tiles per slide), [`training`] (the loop, Adam, early stopping),
 //! [`checkpoint`], [`metrics`], [`export`], [`synthetic`] (generated cohorts), [`cohort`]
-//! (reading cohorts in the CLAM layout).
+//! (reading cohorts in the CLAM layout), [`torch_file`] (CLAM's `pt_files/`).
 
 #![deny(missing_docs)]
 
@@ -20,9 +20,11 @@ pub mod export;
 pub mod losses;
 pub mod metrics;
 pub mod model;
+pub mod plots;
 pub mod report;
 pub mod samplers;
 pub mod synthetic;
+pub mod torch_file;
 pub mod training;
 
 pub use error::{Result, TrainError};

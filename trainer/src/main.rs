@@ -13,7 +13,9 @@ use msclam_trainer::model::ModelKind;
 use msclam_trainer::samplers::SamplerKind;
 use msclam_trainer::synthetic::{self, Profile, SyntheticSpec};
 use msclam_trainer::training::{checkpoint_dir, Trainer};
-use msclam_trainer::{checkpoint, cohort, report, select_device, DeviceChoice, Result, TrainError};
+use msclam_trainer::{
+    checkpoint, cohort, plots, report, select_device, DeviceChoice, Result, TrainError,
+};
 
 #[derive(Parser)]
 #[command(
@@ -63,7 +65,7 @@ struct AblationArgs {
     epochs: usize,
     /// `full`: every annotation % with and without attention loss, three samplers, CLAM-SB;
     /// `small`: CLAM-SB, MS-CLAM at 0/12/100 %, 12 % without attention loss, 12 % with
-    /// RandSamp and DoubleSamp.
+    /// RandSamp and DoubleSamp; `baseline`: CLAM-SB only (for calibrating a cohort).
     #[arg(long, default_value = "full")]
     grid: String,
     /// B+ (the paper: 1024 for Camelyon16).
@@ -132,9 +134,19 @@ struct GenerateArgs {
     /// Tumor fraction profile.
     #[arg(long, value_enum, default_value = "camelyon16")]
     profile: Profile,
-    /// Tumor signal strength.
-    #[arg(long, default_value_t = 1.0)]
+    /// Tumor signal strength (the difficulty knob).
+    #[arg(long, default_value_t = SyntheticSpec::default().signal)]
     signal: f64,
+    /// Fraction of normal tiles that carry part of the tumor signal.
+    #[arg(long, default_value_t = SyntheticSpec::default().mimic_fraction)]
+    mimic_fraction: f64,
+    /// Fraction of tumor slides whose annotation covers only part of the tumor (listed in
+    /// exclusions.csv).
+    #[arg(long, default_value_t = SyntheticSpec::default().incomplete_fraction)]
+    incomplete_fraction: f64,
+    /// Number of scanning centres.
+    #[arg(long, default_value_t = SyntheticSpec::default().centres)]
+    centres: usize,
     /// Number of cross-validation folds (split files).
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -221,7 +233,7 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "camelyon16")]
     synthetic_profile: Profile,
     /// Generated cohort: tumor signal strength.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SyntheticSpec::default().signal)]
     synthetic_signal: f64,
     /// Name of the embedder, recorded in the exported model.
     #[arg(long, default_value = "synthetic")]
@@ -484,6 +496,10 @@ fn train_on(
     step_bar.finish_and_clear();
     epoch_bar.finish();
     trainer.finish(Some(&ckpt_dir))?;
+    plots::write_training_curves_png(
+        &args.out.join("training_curves.png"),
+        &[("", &trainer.history)],
+    )?;
 
     // Test-set evaluation: the paper's metrics, per-slide and per-tile CSVs, heatmaps.
     let evals = trainer.evaluate(&cohort.test)?;
@@ -510,7 +526,8 @@ fn train_on(
         serde_json::to_string(&fold_metrics).unwrap_or_default()
     );
     log::info!(
-        "wrote {}/test/ (metrics, slides.csv, tiles.csv) and {pictures} heatmaps in {}/heatmaps/",
+        "wrote {}/test/ (metrics, slides.csv, tiles.csv, roc.png), {}/training_curves.png and {pictures} heatmaps in {}/heatmaps/",
+        args.out.display(),
         args.out.display(),
         args.out.display()
     );
@@ -562,6 +579,7 @@ fn demo(args: DemoArgs) -> Result<()> {
     // 2. Train both methods on fold 0 and evaluate them on the test split.
     let layout = cohort::ClamLayout::under(&root);
     let mut rows = Vec::new();
+    let mut finished = Vec::new();
     for (name, config, percent) in [
         (
             "CLAM-SB (weak supervision)",
@@ -644,7 +662,26 @@ fn demo(args: DemoArgs) -> Result<()> {
         if percent > 0.0 {
             stream_through_engine(&trainer.net, &data, &evals, &dir, args.strip)?;
         }
+        let short = name.split(' ').next().unwrap_or(name);
+        finished.push((short, trainer.history.clone(), data, evals));
     }
+    let roc_path = args.out.join("roc.png");
+    let runs: Vec<(&str, &data::Cohort, &[_])> = finished
+        .iter()
+        .map(|(name, _, data, evals)| (*name, data, evals.as_slice()))
+        .collect();
+    report::write_roc(&roc_path, &runs)?;
+    let curves_path = args.out.join("training_curves.png");
+    let histories: Vec<(&str, &[_])> = finished
+        .iter()
+        .map(|(name, history, _, _)| (*name, history.as_slice()))
+        .collect();
+    plots::write_training_curves_png(&curves_path, &histories)?;
+    println!(
+        "      ROC curves: {}\n      training curves: {}",
+        roc_path.display(),
+        curves_path.display()
+    );
 
     // 4. The comparison.
     println!("\n[4/4] test split of fold 0:\n");
@@ -734,6 +771,10 @@ fn ablation_grid(grid: &str, base: &TrainConfig) -> Result<Vec<(String, TrainCon
         ..TrainConfig::clam_sb()
     };
     let mut runs = vec![("clam-sb".to_owned(), clam, 0.0)];
+    if grid == "baseline" {
+        // CLAM-SB alone: what the synthetic cohort's difficulty is calibrated on.
+        return Ok(runs);
+    }
     // The paper labels runs by the share of a fold's training tumor slides that are annotated
     // (0/6/12/25/62/100 %); the method notes' selection rule takes k % of the tumor slides of
     // train + val, so those labels are k = 0/5/10/20/50/80 (Camelyon16: 111 tumor slides in
@@ -750,7 +791,7 @@ fn ablation_grid(grid: &str, base: &TrainConfig) -> Result<Vec<(String, TrainCon
         "small" => &[(0, 0.0), (12, 10.0), (100, 80.0)],
         other => {
             return Err(TrainError::Config(format!(
-                "unknown grid `{other}` (full or small)"
+                "unknown grid `{other}` (full, small or baseline)"
             )))
         }
     };
@@ -824,6 +865,10 @@ fn ablation(args: AblationArgs) -> Result<()> {
             let m = report::fold_metrics(&data, &evals);
             std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
             write_json(&dir.join("history.json"), &trainer.history)?;
+            plots::write_training_curves_png(
+                &dir.join("training_curves.png"),
+                &[("", &trainer.history)],
+            )?;
             let list = dir.join("annotated_slides.txt");
             std::fs::write(&list, annotated.join("\n")).map_err(|e| TrainError::io(&list, e))?;
             report::write_fold(&dir.join("test"), &data, &evals, &m)?;
@@ -896,6 +941,9 @@ fn generate_cohort(args: GenerateArgs) -> Result<()> {
         dim: args.dim,
         profile: args.profile,
         signal: args.signal,
+        mimic_fraction: args.mimic_fraction,
+        incomplete_fraction: args.incomplete_fraction,
+        centres: args.centres,
         seed: args.seed,
         ..SyntheticSpec::default()
     };

@@ -84,13 +84,65 @@ fn mean(values: &[f64]) -> f64 {
     metrics::summarize(values).map_or(f64::NAN, |s| s.mean)
 }
 
+/// Slide scores (tumor probability) and truths (tumor slide) of an evaluation.
+pub fn slide_scores(cohort: &Cohort, evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>) {
+    evals
+        .iter()
+        .map(|e| {
+            (
+                e.probabilities[TUMOR],
+                cohort.slides[e.slide].label == TUMOR,
+            )
+        })
+        .unzip()
+}
+
+/// Tile scores (tumor probability) and truths of an evaluation, pooled over slides: every
+/// tile of a normal slide is negative; tumor slides count when they have reference labels.
+pub fn tile_scores(cohort: &Cohort, evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>) {
+    let (mut scores, mut truth) = (Vec::new(), Vec::new());
+    for e in evals {
+        let s = &cohort.slides[e.slide];
+        let reference: Vec<bool> = match (&s.reference_tiles, s.label == TUMOR) {
+            (Some(r), true) => r.iter().map(|t| *t != 0).collect(),
+            (None, true) => continue,
+            (_, false) => vec![false; e.tile_probabilities.len()],
+        };
+        scores.extend(e.tile_probabilities.iter().map(|p| *p as f64));
+        truth.extend(reference);
+    }
+    (scores, truth)
+}
+
+/// Scores and truths of an evaluation, at one level (slides or tiles).
+type ScoresOf = fn(&Cohort, &[SlideEval]) -> (Vec<f64>, Vec<bool>);
+
+/// Writes `roc.png`: slide-level and tile-level ROC curves of one or more evaluations.
+pub fn write_roc(path: &Path, runs: &[(&str, &Cohort, &[SlideEval])]) -> Result<()> {
+    let inputs = |f: ScoresOf| {
+        runs.iter()
+            .map(|(label, cohort, evals)| {
+                let (scores, truth) = f(cohort, evals);
+                crate::plots::RocInput {
+                    label: (*label).to_owned(),
+                    scores,
+                    truth,
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    crate::plots::write_roc_png(
+        path,
+        &[
+            ("slides (tumor vs normal)", inputs(slide_scores)),
+            ("tiles (pooled over test slides)", inputs(tile_scores)),
+        ],
+    )
+}
+
 /// Computes a fold's metrics from its test-set evaluation.
 pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
-    let probs: Vec<f64> = evals.iter().map(|e| e.probabilities[TUMOR]).collect();
-    let truth: Vec<bool> = evals
-        .iter()
-        .map(|e| cohort.slides[e.slide].label == TUMOR)
-        .collect();
+    let (probs, truth) = slide_scores(cohort, evals);
     let predicted: Vec<bool> = evals
         .iter()
         .map(|e| e.probabilities[TUMOR] > 1.0 - e.probabilities[TUMOR])
@@ -98,7 +150,6 @@ pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
     let slide = Confusion::of(&predicted, &truth);
     let (mut dice, mut specificity, mut latt_n, mut latt_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut tile_scores, mut tile_truth) = (Vec::new(), Vec::new());
     for e in evals {
         let s = &cohort.slides[e.slide];
         let mask = predicted_mask(e);
@@ -109,18 +160,15 @@ pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
             if let Some(r) = &s.reference_tiles {
                 let reference: Vec<bool> = r.iter().map(|t| *t != 0).collect();
                 dice.extend(Confusion::of(&mask, &reference).f1());
-                tile_scores.extend(e.tile_probabilities.iter().map(|p| *p as f64));
-                tile_truth.extend(reference);
             }
         } else {
             if !s.excluded {
                 latt_n.push(e.attention_loss);
             }
             specificity.extend(Confusion::of(&mask, &vec![false; mask.len()]).specificity());
-            tile_scores.extend(e.tile_probabilities.iter().map(|p| *p as f64));
-            tile_truth.extend(std::iter::repeat_n(false, mask.len()));
         }
     }
+    let (pooled_scores, pooled_truth) = tile_scores(cohort, evals);
     FoldMetrics {
         slide_auc: metrics::roc_auc(&probs, &truth).unwrap_or(f64::NAN),
         slide_accuracy: slide.accuracy(),
@@ -129,8 +177,8 @@ pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
         specificity_normal: mean(&specificity),
         latt_normal: mean(&latt_n),
         latt_tumor: mean(&latt_t),
-        tile_auc: metrics::roc_auc(&tile_scores, &tile_truth).unwrap_or(f64::NAN),
-        tile_ap: metrics::average_precision(&tile_scores, &tile_truth).unwrap_or(f64::NAN),
+        tile_auc: metrics::roc_auc(&pooled_scores, &pooled_truth).unwrap_or(f64::NAN),
+        tile_ap: metrics::average_precision(&pooled_scores, &pooled_truth).unwrap_or(f64::NAN),
     }
 }
 
@@ -142,8 +190,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Writes `metrics.json`, `metrics.csv`, `slides.csv` (per slide: label, tumor probability,
-/// prediction, Dice or specificity, attention loss) and `tiles.csv` (per tile: coordinates,
-/// attention, tumor probability, reference label) into `dir`.
+/// prediction, Dice or specificity, attention loss), `tiles.csv` (per tile: coordinates,
+/// attention, tumor probability, reference label) and `roc.png` (slide and tile ROC curves)
+/// into `dir`.
 pub fn write_fold(dir: &Path, cohort: &Cohort, evals: &[SlideEval], m: &FoldMetrics) -> Result<()> {
     let json = serde_json::to_string_pretty(m).map_err(|e| TrainError::Config(e.to_string()))?;
     write(&dir.join("metrics.json"), &json)?;
@@ -187,7 +236,8 @@ pub fn write_fold(dir: &Path, cohort: &Cohort, evals: &[SlideEval], m: &FoldMetr
         }
     }
     write(&dir.join("slides.csv"), &slides)?;
-    write(&dir.join("tiles.csv"), &tiles)
+    write(&dir.join("tiles.csv"), &tiles)?;
+    write_roc(&dir.join("roc.png"), &[("test", cohort, evals)])
 }
 
 /// Mean +- standard error (and standard deviation) of every metric over folds.

@@ -39,6 +39,9 @@ pub struct SyntheticSpec {
     pub mimic_fraction: f64,
     /// Number of scanning centres (each shifts the embeddings).
     pub centres: usize,
+    /// Fraction of tumor slides whose annotation is incomplete: the annotator marked only
+    /// part of the tumor region (Camelyon16 has such slides; they go on the exclusion list).
+    pub incomplete_fraction: f64,
     /// Seed.
     pub seed: u64,
 }
@@ -54,6 +57,7 @@ impl Default for SyntheticSpec {
             signal: 1.0,
             mimic_fraction: 0.05,
             centres: 2,
+            incomplete_fraction: 0.0,
             seed: 1,
         }
     }
@@ -70,8 +74,12 @@ pub struct SyntheticSlide {
     pub features: Vec<f32>,
     /// Tile coordinates in pixels (256-pixel tiles).
     pub coords: Vec<[u32; 2]>,
-    /// Reference tile labels: 1 tumor, 0 normal.
+    /// True tile labels: 1 tumor, 0 normal.
     pub tile_labels: Vec<u8>,
+    /// What the annotator marked: the true labels, or part of them when `incomplete`.
+    pub annotation: Vec<u8>,
+    /// The annotation misses part of the tumor (the slide belongs on the exclusion list).
+    pub incomplete: bool,
     /// Scanning centre.
     pub centre: usize,
 }
@@ -113,7 +121,10 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
             let n = ((spec.tiles_per_slide as f64) * rng.random_range(0.5..1.5))
                 .round()
                 .max(2.0) as usize;
-            let centre = rng.random_range(0..spec.centres.max(1));
+            // Centres take turns within each class, so that every centre has the same share
+            // of tumor slides: the stain shift is a nuisance, never a shortcut to the label.
+            let within_class = if label == 1 { s } else { s - n_tumor_slides };
+            let centre = within_class % spec.centres.max(1);
             // Tissue: an ellipse of tiles on the grid.
             let side = ((n as f64) * 1.4).sqrt().ceil() as i64 + 2;
             let (cx, cy) = (side as f64 / 2.0, side as f64 / 2.0);
@@ -128,6 +139,7 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
             cells.truncate(n);
             // Tumor: the tiles nearest to a random tissue point (spatially coherent).
             let mut tile_labels = vec![0u8; n];
+            let mut tumor_order: Vec<usize> = Vec::new();
             if label == 1 {
                 let f = fraction.sample(&mut rng).clamp(0.0, 0.9);
                 let k = ((f * n as f64).round() as usize).clamp(1, n - 1);
@@ -138,6 +150,19 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
                 });
                 for &i in &order[..k] {
                     tile_labels[i] = 1;
+                }
+                tumor_order = order[..k].to_vec();
+            }
+            // An incomplete annotation marks the part of the region nearest its seed only.
+            let mut annotation = tile_labels.clone();
+            let incomplete =
+                tumor_order.len() >= 2 && rng.random_bool(spec.incomplete_fraction.clamp(0.0, 1.0));
+            if incomplete {
+                let kept = ((tumor_order.len() as f64 * rng.random_range(0.2..0.7)).ceil()
+                    as usize)
+                    .clamp(1, tumor_order.len() - 1);
+                for &i in &tumor_order[kept..] {
+                    annotation[i] = 0;
                 }
             }
             let slide_shift: Vec<f32> = (0..d).map(|_| unit.sample(&mut rng) * 0.05).collect();
@@ -171,6 +196,8 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
                     .map(|&(x, y)| [x as u32 * 256, y as u32 * 256])
                     .collect(),
                 tile_labels,
+                annotation,
+                incomplete,
                 centre,
             }
         })
@@ -209,5 +236,49 @@ mod tests {
             assert_eq!(s.coords.len(), s.tile_labels.len());
         }
         assert_eq!(generate(&spec), slides, "seeded");
+        assert!(slides
+            .iter()
+            .all(|s| !s.incomplete && s.annotation == s.tile_labels));
+    }
+
+    #[test]
+    fn incomplete_annotations_mark_part_of_the_tumor_only() {
+        let spec = SyntheticSpec {
+            slides: 240,
+            tiles_per_slide: 200,
+            dim: 4,
+            tumor_slide_fraction: 0.5,
+            incomplete_fraction: 0.5,
+            ..Default::default()
+        };
+        let slides = generate(&spec);
+        // A slide needs two tumor tiles to be partly annotated; half of those are.
+        let eligible = slides
+            .iter()
+            .filter(|s| s.tile_labels.iter().filter(|t| **t == 1).count() >= 2)
+            .count() as f64;
+        let incomplete = slides.iter().filter(|s| s.incomplete).count() as f64;
+        let spread = 3.0 * (eligible / 4.0).sqrt() + 1.0;
+        assert!(eligible >= 20.0, "{eligible} eligible");
+        assert!(
+            (incomplete - eligible / 2.0).abs() <= spread,
+            "{incomplete} incomplete of {eligible}"
+        );
+        for s in &slides {
+            let marked = s.annotation.iter().filter(|t| **t == 1).count();
+            let tumor = s.tile_labels.iter().filter(|t| **t == 1).count();
+            // Marked tiles are always true tumor tiles.
+            assert!(s
+                .annotation
+                .iter()
+                .zip(&s.tile_labels)
+                .all(|(a, t)| *a <= *t));
+            if s.incomplete {
+                assert_eq!(s.label, 1);
+                assert!(marked >= 1 && marked < tumor, "{marked} of {tumor}");
+            } else {
+                assert_eq!(marked, tumor);
+            }
+        }
     }
 }

@@ -209,11 +209,11 @@ fn every_bad_input_is_an_error_naming_the_slide() {
     let e = error_after("nan", |r| {
         let mut f = vec![0.5f32; 24];
         f[9] = f32::NAN;
-        h5(r, "slide_0005", &f, 3, 8)
+        h5(r, "slide_0015", &f, 3, 8)
     });
-    assert!(e.contains("slide_0005") && e.contains("non-finite"), "{e}");
-    let e = error_after("empty", |r| h5(r, "slide_0006", &[], 0, 8));
-    assert!(e.contains("slide_0006") && e.contains("empty"), "{e}");
+    assert!(e.contains("slide_0015") && e.contains("non-finite"), "{e}");
+    let e = error_after("empty", |r| h5(r, "slide_0016", &[], 0, 8));
+    assert!(e.contains("slide_0016") && e.contains("empty"), "{e}");
     let e = error_after("label", |r| {
         let p = r.join("dataset.csv");
         let t = std::fs::read_to_string(&p)
@@ -240,4 +240,231 @@ fn every_bad_input_is_an_error_naming_the_slide() {
         python_pickle(&tumor, "[100000]", 4);
     });
     assert!(e.contains("out of range"), "{e}");
+}
+
+/// The project's Python environment (torch and NumPy), which `scripts/setup` installs.
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("MSCLAM_VENV")
+        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
+    PathBuf::from(venv).join("bin/python")
+}
+
+/// Runs a Python program in the project's environment, with `args` as `sys.argv[1:]`.
+fn python(program: &str, args: &[&Path]) {
+    let out = Command::new(venv_python())
+        .args(["-c", program])
+        .args(args)
+        .output()
+        .expect("the environment's python runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes `features` (n x d) as `torch.save(tensor.to(dtype))` from real Python torch.
+fn torch_save(path: &Path, features: &[f32], d: usize, dtype: &str) {
+    let raw = path.with_extension("f32");
+    let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&raw, bytes).unwrap();
+    python(
+        &format!(
+            "import sys, torch\n\
+             t = torch.frombuffer(bytearray(open(sys.argv[1], 'rb').read()), dtype=torch.float32)\n\
+             torch.save(t.reshape(-1, {d}).to(torch.{dtype}), sys.argv[2])"
+        ),
+        &[&raw, path],
+    );
+}
+
+#[test]
+fn pt_files_written_by_torch_save_are_read() {
+    let _serial = serial();
+    let root = temp("pt");
+    let slides = generate(&spec());
+    cohort::write_synthetic(&root, &slides, 1, 1).unwrap();
+    // CLAM's pt_files/ with the same features; the .h5 files go away.
+    std::fs::create_dir_all(root.join("pt_files")).unwrap();
+    for s in &slides {
+        torch_save(
+            &root.join(format!("pt_files/{}.pt", s.id)),
+            &s.features,
+            8,
+            "float32",
+        );
+        std::fs::remove_file(root.join(format!("h5_files/{}.h5", s.id))).unwrap();
+    }
+    let layout = ClamLayout::under(&root);
+    for s in &slides[..3] {
+        let read = cohort::read_slide(&layout, &s.id).unwrap();
+        assert_eq!(read.dim, 8);
+        assert_eq!(read.features, s.features, "{}", s.id);
+        assert_eq!(read.coords.len(), s.tile_labels.len());
+    }
+    let (c, _) = load(&root, Annotated::Percent(50.0, 1)).unwrap();
+    assert_eq!(c.dim, 8);
+    let tiles: usize = c.slides.iter().map(|s| s.coords.len()).sum();
+    let used: usize = slides
+        .iter()
+        .filter(|s| c.slides.iter().any(|t| t.id == s.id))
+        .map(|s| s.tile_labels.len())
+        .sum();
+    assert_eq!(tiles, used);
+    // Half and bfloat16 tensors are widened to f32.
+    let dir = temp("pt-kinds");
+    let values: Vec<f32> = (0..12).map(|v| v as f32 * 0.5).collect();
+    for dtype in ["float16", "bfloat16", "float64"] {
+        let p = dir.join(format!("{dtype}.pt"));
+        torch_save(&p, &values, 4, dtype);
+        let s = cohort::read_pt(&p, "s").unwrap();
+        assert_eq!((s.dim, &s.features), (4, &values), "{dtype}");
+    }
+}
+
+#[test]
+fn bad_pt_files_are_errors_naming_the_slide() {
+    let _serial = serial();
+    let dir = temp("pt-bad");
+    let cases: [(&str, &str, &str); 4] = [
+        ("vector", "torch.save(torch.ones(5), sys.argv[1])", "shape"),
+        (
+            "dict",
+            "torch.save({'features': torch.ones(2, 2)}, sys.argv[1])",
+            "not a tensor",
+        ),
+        (
+            "ints",
+            "torch.save(torch.ones(2, 2, dtype=torch.int64), sys.argv[1])",
+            "floating point",
+        ),
+        (
+            "empty",
+            "torch.save(torch.ones(0, 4), sys.argv[1])",
+            "empty",
+        ),
+    ];
+    for (name, program, expected) in cases {
+        let p = dir.join(format!("{name}.pt"));
+        python(&format!("import sys, torch\n{program}"), &[&p]);
+        let e = cohort::read_pt(&p, "slide_bad").unwrap_err().to_string();
+        assert!(
+            e.contains("slide_bad") && e.contains(expected),
+            "{name}: {e}"
+        );
+    }
+    // Not a torch file at all, and a truncated one: errors, not crashes.
+    let p = dir.join("garbage.pt");
+    std::fs::write(&p, b"definitely not a zip archive").unwrap();
+    let e = cohort::read_pt(&p, "slide_bad").unwrap_err().to_string();
+    assert!(e.contains("slide_bad"), "{e}");
+    let good = dir.join("good.pt");
+    torch_save(&good, &[1.0; 64], 8, "float32");
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = dir.join("cut.pt");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = cohort::read_pt(&cut, "slide_cut").unwrap_err().to_string();
+    assert!(e.contains("slide_cut"), "{e}");
+}
+
+#[test]
+fn npy_tile_labels_written_by_numpy_are_read() {
+    let _serial = serial();
+    let dir = temp("npy");
+    let write = |name: &str, array: &str| {
+        let p = dir.join(name);
+        python(
+            &format!("import sys, numpy as np\nnp.save(sys.argv[1], {array})"),
+            &[&p],
+        );
+        p
+    };
+    for dtype in ["int64", "int32", "uint16", "int8"] {
+        let p = write(
+            &format!("{dtype}.npy"),
+            &format!("np.array([1, 3, 5, 90], dtype=np.{dtype})"),
+        );
+        let labels = cohort::read_tile_label_file(&p, "s", 100);
+        if dtype == "uint16" {
+            // tch does not read unsigned 16-bit arrays: a clear error, not garbage.
+            let e = labels.unwrap_err().to_string();
+            assert!(e.contains("uint16.npy") && e.contains("s"), "{e}");
+            continue;
+        }
+        let labels = labels.unwrap();
+        let marked: Vec<usize> = (0..100).filter(|&i| labels[i] == 1).collect();
+        assert_eq!(marked, vec![1, 3, 5, 90], "{dtype}");
+    }
+    let mask = write("mask.npy", "np.arange(6) % 3 == 0");
+    assert_eq!(
+        cohort::read_tile_label_file(&mask, "s", 6).unwrap(),
+        vec![1, 0, 0, 1, 0, 0]
+    );
+    let e = cohort::read_tile_label_file(&mask, "slide_m", 7)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("slide_m") && e.contains("6 entries for 7 tiles"),
+        "{e}"
+    );
+    let out_of_range = write("range.npy", "np.array([2, 10])");
+    let e = cohort::read_tile_label_file(&out_of_range, "slide_r", 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("slide_r") && e.contains("out of range"), "{e}");
+    let floats = write("floats.npy", "np.array([0.5, 1.0])");
+    let e = cohort::read_tile_label_file(&floats, "slide_f", 10)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("slide_f") && e.contains("integer tile indices"),
+        "{e}"
+    );
+    let matrix = write("matrix.npy", "np.zeros((2, 2), dtype=np.int64)");
+    let e = cohort::read_tile_label_file(&matrix, "slide_2d", 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("slide_2d") && e.contains("one dimension"), "{e}");
+}
+
+#[test]
+fn incomplete_annotations_go_on_the_exclusion_list_and_are_never_chosen() {
+    let _serial = serial();
+    let root = temp("incomplete");
+    let slides = generate(&SyntheticSpec {
+        slides: 40,
+        tiles_per_slide: 60,
+        incomplete_fraction: 0.5,
+        ..spec()
+    });
+    let incomplete: Vec<&str> = slides
+        .iter()
+        .filter(|s| s.incomplete)
+        .map(|s| s.id.as_str())
+        .collect();
+    assert!(incomplete.len() >= 3, "{incomplete:?}");
+    cohort::write_synthetic(&root, &slides, 1, 1).unwrap();
+    let listed: Vec<String> = std::fs::read_to_string(root.join("exclusions.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, incomplete);
+    // Even asking for every tumor slide, no excluded slide is annotated; the excluded slides'
+    // reference is what the annotator marked (fewer tiles than the truth).
+    let (c, annotated) = load(&root, Annotated::Percent(100.0, 1)).unwrap();
+    assert!(!annotated.is_empty());
+    assert!(annotated
+        .iter()
+        .all(|id| !incomplete.contains(&id.as_str())));
+    for s in &c.slides {
+        let generated = slides.iter().find(|g| g.id == s.id).unwrap();
+        assert_eq!(s.excluded, generated.incomplete, "{}", s.id);
+        if generated.incomplete {
+            let reference = s.reference_tiles.as_ref().unwrap();
+            assert_eq!(reference, &generated.annotation);
+            assert_ne!(reference, &generated.tile_labels);
+        }
+    }
 }

@@ -100,6 +100,12 @@ fn fold_metrics_match_values_computed_by_hand() {
     let slides = std::fs::read_to_string(dir.join("slides.csv")).unwrap();
     assert_eq!(slides.lines().count(), 5);
     assert!(slides.contains("t1,1,0.900000,1,0.800000"), "{slides}");
+    let roc = image::open(dir.join("roc.png")).unwrap();
+    assert_eq!(
+        (roc.width(), roc.height()),
+        (960, 480),
+        "slide and tile panels"
+    );
     let png = dir.join("t1.png");
     report::write_heatmap(
         &png,
