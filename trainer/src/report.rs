@@ -268,6 +268,10 @@ pub fn table(rows: &[(String, Vec<FoldMetrics>)]) -> String {
         let _ = write!(out, "| {run} | {} |", folds.len());
         for (_, s) in summarize_folds(folds) {
             match s {
+                // One fold has no spread to show.
+                Some(s) if s.n == 1 => {
+                    let _ = write!(out, " {:.3} |", s.mean);
+                }
                 Some(s) => {
                     let _ = write!(out, " {:.3} ± {:.3} |", s.mean, s.sem);
                 }
@@ -277,7 +281,8 @@ pub fn table(rows: &[(String, Vec<FoldMetrics>)]) -> String {
         out.push('\n');
     }
     out.push_str(
-        "\n(mean ± standard error over folds; the standard deviation is in summary.json)\n",
+        "\n(mean ± standard error over folds, a single value for one fold; the standard deviation is \
+         in summary.json)\n",
     );
     out
 }

@@ -33,7 +33,9 @@ pub struct SyntheticSpec {
     pub tumor_slide_fraction: f64,
     /// Tumor fraction profile.
     pub profile: Profile,
-    /// Strength of the tumor signal in a tumor tile's embedding (difficulty knob).
+    /// Strength of the tumor signal (difficulty knob): how far a tumor tile's mean moves
+    /// from the normal tissue profile to the tumor profile (1 = all the way; each tile varies
+    /// by +-40 %, capped at 1).
     pub signal: f64,
     /// Fraction of normal tiles that carry part of the tumor signal (mimics).
     pub mimic_fraction: f64,
@@ -95,9 +97,17 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
         .map(|_| unit.sample(&mut rng) / (rank as f32).sqrt())
         .collect();
     let tissue_mean: Vec<f32> = (0..d).map(|_| unit.sample(&mut rng) * 0.3 + 0.2).collect();
-    let tumor_direction: Vec<f32> = (0..d)
-        .map(|_| (unit.sample(&mut rng) * 0.6).max(0.0))
-        .collect();
+    // Tumor tissue has its own mean profile: the normal one with its dimensions shuffled, so
+    // the same distribution and norm. A tumor tile moves from the normal profile towards it: a
+    // change of pattern, not of magnitude, as between tissue types in CNN features. (Adding a
+    // non-negative tumor direction instead made tumor tiles the largest vectors of a slide;
+    // CLAM-SB's attention then locked on to or away from them at random initialisation.)
+    let tumor_mean: Vec<f32> = {
+        use rand::seq::SliceRandom;
+        let mut m = tissue_mean.clone();
+        m.shuffle(&mut rng);
+        m
+    };
     let centre_shift: Vec<Vec<f32>> = (0..spec.centres.max(1))
         .map(|_| (0..d).map(|_| unit.sample(&mut rng) * 0.15).collect())
         .collect();
@@ -176,14 +186,15 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
                 } else {
                     0.0
                 };
+                let w = tumor_weight.min(1.0);
                 for j in 0..d {
                     let low_rank: f32 = (0..rank).map(|r| latent[r] * basis[r * d + j]).sum();
-                    let v = tissue_mean[j]
+                    let v = (1.0 - w) * tissue_mean[j]
+                        + w * tumor_mean[j]
                         + centre_shift[centre][j]
                         + slide_shift[j]
                         + 0.5 * low_rank
-                        + 0.3 * unit.sample(&mut rng)
-                        + tumor_weight * tumor_direction[j];
+                        + 0.3 * unit.sample(&mut rng);
                     features.push(v.max(0.0));
                 }
             }

@@ -94,6 +94,8 @@ fn fold_metrics_match_values_computed_by_hand() {
         table.contains("| MS-CLAM 12% | 2 | 0.750 ± 0.000 |"),
         "{table}"
     );
+    let single = report::table(&[("one fold".into(), vec![m])]);
+    assert!(single.contains("| one fold | 1 | 0.750 | "), "{single}");
 
     let dir = std::env::temp_dir().join(format!("msclam-report-{}", std::process::id()));
     report::write_fold(&dir, &cohort, &evals, &m).unwrap();
