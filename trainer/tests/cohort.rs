@@ -109,12 +109,10 @@ fn a_generated_cohort_round_trips_through_the_clam_layout() {
 }
 
 fn python_pickle(path: &Path, values: &str, protocol: u8) {
-    let status = Command::new("python3")
-        .args(["-c", &format!("import pickle, sys; pickle.dump({values}, open(sys.argv[1], 'wb'), protocol={protocol})")])
-        .arg(path)
-        .status()
-        .expect("python3 runs");
-    assert!(status.success());
+    python(
+        &format!("import pickle, sys; pickle.dump({values}, open(sys.argv[1], 'wb'), protocol={protocol})"),
+        &[path],
+    );
 }
 
 #[test]
