@@ -140,6 +140,12 @@ struct GenerateArgs {
     /// Fraction of normal tiles that carry part of the tumor signal.
     #[arg(long, default_value_t = SyntheticSpec::default().mimic_fraction)]
     mimic_fraction: f64,
+    /// Fraction of slides with a tumor-like region of normal tissue.
+    #[arg(long, default_value_t = SyntheticSpec::default().mimic_region_fraction)]
+    mimic_region_fraction: f64,
+    /// Mean share of a slide's tiles that a tumor-like region covers.
+    #[arg(long, default_value_t = SyntheticSpec::default().mimic_region_size)]
+    mimic_region_size: f64,
     /// Fraction of tumor slides whose annotation covers only part of the tumor (listed in
     /// exclusions.csv).
     #[arg(long, default_value_t = SyntheticSpec::default().incomplete_fraction)]
@@ -147,6 +153,12 @@ struct GenerateArgs {
     /// Number of scanning centres.
     #[arg(long, default_value_t = SyntheticSpec::default().centres)]
     centres: usize,
+    /// Per-slide stain shift (standard deviation of each feature's offset).
+    #[arg(long, default_value_t = SyntheticSpec::default().slide_shift)]
+    slide_shift: f64,
+    /// Per-slide tissue composition spread (offset of the shared low-rank factors).
+    #[arg(long, default_value_t = SyntheticSpec::default().composition_spread)]
+    composition_spread: f64,
     /// Number of cross-validation folds (split files).
     #[arg(long, default_value_t = 5)]
     folds: usize,
@@ -942,8 +954,12 @@ fn generate_cohort(args: GenerateArgs) -> Result<()> {
         profile: args.profile,
         signal: args.signal,
         mimic_fraction: args.mimic_fraction,
+        mimic_region_fraction: args.mimic_region_fraction,
+        mimic_region_size: args.mimic_region_size,
         incomplete_fraction: args.incomplete_fraction,
         centres: args.centres,
+        slide_shift: args.slide_shift,
+        composition_spread: args.composition_spread,
         seed: args.seed,
         ..SyntheticSpec::default()
     };

@@ -2,7 +2,9 @@
 //! grid, tumor as spatially coherent regions covering Camelyon16-like (mean about 6.3 %, median
 //! about 0.76 %) or DigestPath-like (mean about 31.8 %, median about 28.9 %) fractions of tumor
 //! slides, embeddings like post-ReLU CNN features (non-negative, correlated) with per-centre and
-//! per-slide stain shifts, and normal tissue that partly resembles tumor. Seeded.
+//! per-slide stain shifts, and normal tissue that partly resembles tumor (scattered tiles on
+//! every slide, and a coherent tumor-like region on some slides). Seeded. The defaults are
+//! calibrated on the CLAM-SB baseline (docs/SYNTHETIC.md).
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};
@@ -39,8 +41,18 @@ pub struct SyntheticSpec {
     pub signal: f64,
     /// Fraction of normal tiles that carry part of the tumor signal (mimics).
     pub mimic_fraction: f64,
+    /// Fraction of slides with a tumor-like region of normal tissue (mimics in one coherent
+    /// region, such as germinal centres in a lymph node).
+    pub mimic_region_fraction: f64,
+    /// Mean share of a slide's tiles that such a region covers (each region varies +-50 %).
+    pub mimic_region_size: f64,
     /// Number of scanning centres (each shifts the embeddings).
     pub centres: usize,
+    /// Per-slide stain shift: standard deviation of each feature's offset.
+    pub slide_shift: f64,
+    /// Per-slide tissue composition: standard deviation of each slide's offset of the
+    /// shared low-rank factors (0: every slide draws its tiles from the same mixture).
+    pub composition_spread: f64,
     /// Fraction of tumor slides whose annotation is incomplete: the annotator marked only
     /// part of the tumor region (Camelyon16 has such slides; they go on the exclusion list).
     pub incomplete_fraction: f64,
@@ -58,7 +70,11 @@ impl Default for SyntheticSpec {
             profile: Profile::Camelyon16,
             signal: 1.0,
             mimic_fraction: 0.05,
+            mimic_region_fraction: 0.3,
+            mimic_region_size: 0.6,
             centres: 2,
+            slide_shift: 0.05,
+            composition_spread: 0.0,
             incomplete_fraction: 0.0,
             seed: 1,
         }
@@ -82,6 +98,9 @@ pub struct SyntheticSlide {
     pub annotation: Vec<u8>,
     /// The annotation misses part of the tumor (the slide belongs on the exclusion list).
     pub incomplete: bool,
+    /// Normal tiles that carry part of the tumor signal: 1 a scattered mimic, 2 a tile of the
+    /// slide's tumor-like region, 0 otherwise (always 0 on tumor tiles).
+    pub mimics: Vec<u8>,
     /// Scanning centre.
     pub centre: usize,
 }
@@ -163,6 +182,23 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
                 }
                 tumor_order = order[..k].to_vec();
             }
+            // A tumor-like region of normal tissue, on some slides.
+            let mut mimic_region = vec![false; n];
+            // (Nothing is drawn for a knob at 0, so that cohorts without it stay the same.)
+            if spec.mimic_region_fraction > 0.0
+                && rng.random_bool(spec.mimic_region_fraction.clamp(0.0, 1.0))
+            {
+                let share = (spec.mimic_region_size * rng.random_range(0.5..1.5)).clamp(0.0, 0.9);
+                let k = ((share * n as f64).round() as usize).clamp(1, n);
+                let seed_cell = cells[rng.random_range(0..n)];
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by_key(|&i| {
+                    (cells[i].0 - seed_cell.0).pow(2) + (cells[i].1 - seed_cell.1).pow(2)
+                });
+                for &i in &order[..k] {
+                    mimic_region[i] = tile_labels[i] == 0;
+                }
+            }
             // An incomplete annotation marks the part of the region nearest its seed only.
             let mut annotation = tile_labels.clone();
             let incomplete =
@@ -175,13 +211,28 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
                     annotation[i] = 0;
                 }
             }
-            let slide_shift: Vec<f32> = (0..d).map(|_| unit.sample(&mut rng) * 0.05).collect();
+            let slide_shift: Vec<f32> = (0..d)
+                .map(|_| unit.sample(&mut rng) * spec.slide_shift as f32)
+                .collect();
+            let composition: Vec<f32> = if spec.composition_spread > 0.0 {
+                (0..rank)
+                    .map(|_| unit.sample(&mut rng) * spec.composition_spread as f32)
+                    .collect()
+            } else {
+                vec![0.0; rank]
+            };
             let mut features = Vec::with_capacity(n * d);
-            for label_i in tile_labels.iter().take(n) {
-                let latent: Vec<f32> = (0..rank).map(|_| unit.sample(&mut rng)).collect();
+            let mut mimics = vec![0u8; n];
+            for ((label_i, in_mimic_region), mimic) in
+                tile_labels.iter().zip(&mimic_region).zip(&mut mimics)
+            {
+                let latent: Vec<f32> = (0..rank)
+                    .map(|r| composition[r] + unit.sample(&mut rng))
+                    .collect();
                 let tumor_weight = if *label_i == 1 {
                     spec.signal as f32 * rng.random_range(0.6..1.4)
-                } else if rng.random_bool(spec.mimic_fraction.clamp(0.0, 1.0)) {
+                } else if *in_mimic_region || rng.random_bool(spec.mimic_fraction.clamp(0.0, 1.0)) {
+                    *mimic = if *in_mimic_region { 2 } else { 1 };
                     spec.signal as f32 * rng.random_range(0.2..0.6)
                 } else {
                     0.0
@@ -209,6 +260,7 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
                 tile_labels,
                 annotation,
                 incomplete,
+                mimics,
                 centre,
             }
         })
@@ -250,6 +302,94 @@ mod tests {
         assert!(slides
             .iter()
             .all(|s| !s.incomplete && s.annotation == s.tile_labels));
+    }
+
+    #[test]
+    fn tumor_like_regions_are_coherent_and_lie_between_normal_and_tumor() {
+        let spec = SyntheticSpec {
+            slides: 40,
+            tiles_per_slide: 300,
+            dim: 64,
+            tumor_slide_fraction: 0.5,
+            mimic_fraction: 0.0,
+            mimic_region_fraction: 1.0,
+            mimic_region_size: 0.3,
+            ..Default::default()
+        };
+        let slides = generate(&spec);
+        let d = spec.dim;
+        let mut sums = [vec![0.0f64; d], vec![0.0f64; d], vec![0.0f64; d]];
+        let mut counts = [0usize; 3];
+        for s in &slides {
+            let n = s.tile_labels.len();
+            let region: Vec<usize> = (0..n).filter(|&i| s.mimics[i] == 2).collect();
+            assert!(
+                s.mimics.iter().all(|m| *m != 1),
+                "no scattered mimics asked for"
+            );
+            assert!(s
+                .mimics
+                .iter()
+                .zip(&s.tile_labels)
+                .all(|(m, t)| *m == 0 || *t == 0));
+            assert!(!region.is_empty(), "{} has no region", s.id);
+            if s.label == 0 {
+                // 30 % +- 50 % of the slide, as one connected patch of the grid.
+                let share = region.len() as f64 / n as f64;
+                assert!((0.14..=0.46).contains(&share), "{}: share {share}", s.id);
+                let cell = |i: usize| (s.coords[i][0] / 256, s.coords[i][1] / 256);
+                let mut reached = vec![region[0]];
+                let mut frontier = vec![region[0]];
+                while let Some(i) = frontier.pop() {
+                    for &j in &region {
+                        let (a, b) = (cell(i), cell(j));
+                        if !reached.contains(&j) && a.0.abs_diff(b.0) + a.1.abs_diff(b.1) == 1 {
+                            reached.push(j);
+                            frontier.push(j);
+                        }
+                    }
+                }
+                assert_eq!(
+                    reached.len(),
+                    region.len(),
+                    "{}: region not connected",
+                    s.id
+                );
+            }
+            for i in 0..n {
+                let kind = if s.tile_labels[i] == 1 {
+                    2
+                } else {
+                    usize::from(s.mimics[i] == 2)
+                };
+                counts[kind] += 1;
+                for (sum, v) in sums[kind].iter_mut().zip(&s.features[i * d..(i + 1) * d]) {
+                    *sum += f64::from(*v);
+                }
+            }
+        }
+        let means: Vec<Vec<f64>> = (0..3)
+            .map(|k| sums[k].iter().map(|v| v / counts[k] as f64).collect())
+            .collect();
+        let towards_tumor: Vec<f64> = means[2].iter().zip(&means[0]).map(|(t, n)| t - n).collect();
+        let along = |m: &[f64]| -> f64 {
+            let dot: f64 = m
+                .iter()
+                .zip(&means[0])
+                .zip(&towards_tumor)
+                .map(|((m, n), t)| (m - n) * t)
+                .sum();
+            dot / towards_tumor.iter().map(|t| t * t).sum::<f64>()
+        };
+        // Region tiles move 20-60 % of the way (tumor tiles about 90 %, capped at all of it).
+        let position = along(&means[1]);
+        assert!((0.2..0.7).contains(&position), "region at {position}");
+
+        let without = generate(&SyntheticSpec {
+            mimic_region_fraction: 0.0,
+            ..spec
+        });
+        assert!(without.iter().all(|s| s.mimics.iter().all(|m| *m == 0)));
     }
 
     #[test]

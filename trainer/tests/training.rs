@@ -62,7 +62,8 @@ fn small_config(epochs: usize) -> TrainConfig {
 #[test]
 fn validation_auc_rises_well_above_chance_on_separable_data() {
     let _serial = serial();
-    // Separable: DigestPath-like tumor regions (median 29 % of the tiles), a strong signal.
+    // Separable: DigestPath-like tumor regions (median 29 % of the tiles), a strong signal, and
+    // no tumor-like regions of normal tissue (at this signal they would look like tumor).
     let spec = SyntheticSpec {
         slides: 48,
         tiles_per_slide: 120,
@@ -70,6 +71,7 @@ fn validation_auc_rises_well_above_chance_on_separable_data() {
         signal: 3.0,
         seed: 11,
         profile: Profile::DigestPath,
+        mimic_region_fraction: 0.0,
         ..Default::default()
     };
     let cohort = cohort_with(spec, 11, FeaturePrecision::F32);
