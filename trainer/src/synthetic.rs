@@ -305,6 +305,54 @@ mod tests {
     }
 
     #[test]
+    fn by_default_a_minority_of_slides_hold_large_tumor_like_regions() {
+        // The calibrated defaults (docs/SYNTHETIC.md): a region on 30 % of the slides, covering
+        // 60 % +- 50 % of their tissue (tumor tiles inside it stay tumor).
+        let spec = SyntheticSpec {
+            slides: 300,
+            tiles_per_slide: 100,
+            dim: 4,
+            ..Default::default()
+        };
+        let slides = generate(&spec);
+        let with_region =
+            slides.iter().filter(|s| s.mimics.contains(&2)).count() as f64 / slides.len() as f64;
+        assert!((0.22..=0.38).contains(&with_region), "{with_region}");
+        // On normal slides (no tumor inside the region), 30-90 % of the tissue.
+        let shares: Vec<f64> = slides
+            .iter()
+            .filter(|s| s.label == 0 && s.mimics.contains(&2))
+            .map(|s| s.mimics.iter().filter(|m| **m == 2).count() as f64 / s.mimics.len() as f64)
+            .collect();
+        assert!(
+            shares.len() > 30,
+            "{} normal slides with a region",
+            shares.len()
+        );
+        assert!(
+            shares.iter().all(|s| (0.28..=0.91).contains(s)),
+            "{shares:?}"
+        );
+        let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+        assert!((0.5..=0.7).contains(&mean), "mean share {mean}");
+        // Scattered mimics: about 5 % of the normal tiles outside the regions.
+        let (scattered, outside) = slides.iter().fold((0usize, 0usize), |(m, n), s| {
+            let outside = s
+                .tile_labels
+                .iter()
+                .zip(&s.mimics)
+                .filter(|(t, m)| **t == 0 && **m != 2)
+                .count();
+            (
+                m + s.mimics.iter().filter(|m| **m == 1).count(),
+                n + outside,
+            )
+        });
+        let rate = scattered as f64 / outside as f64;
+        assert!((0.04..=0.06).contains(&rate), "scattered mimic rate {rate}");
+    }
+
+    #[test]
     fn tumor_like_regions_are_coherent_and_lie_between_normal_and_tumor() {
         let spec = SyntheticSpec {
             slides: 40,
