@@ -172,11 +172,7 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
             if label == 1 {
                 let f = fraction.sample(&mut rng).clamp(0.0, 0.9);
                 let k = ((f * n as f64).round() as usize).clamp(1, n - 1);
-                let seed_cell = cells[rng.random_range(0..n)];
-                let mut order: Vec<usize> = (0..n).collect();
-                order.sort_by_key(|&i| {
-                    (cells[i].0 - seed_cell.0).pow(2) + (cells[i].1 - seed_cell.1).pow(2)
-                });
+                let order = nearest_to_random_cell(&cells, &mut rng);
                 for &i in &order[..k] {
                     tile_labels[i] = 1;
                 }
@@ -190,12 +186,7 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
             {
                 let share = (spec.mimic_region_size * rng.random_range(0.5..1.5)).clamp(0.0, 0.9);
                 let k = ((share * n as f64).round() as usize).clamp(1, n);
-                let seed_cell = cells[rng.random_range(0..n)];
-                let mut order: Vec<usize> = (0..n).collect();
-                order.sort_by_key(|&i| {
-                    (cells[i].0 - seed_cell.0).pow(2) + (cells[i].1 - seed_cell.1).pow(2)
-                });
-                for &i in &order[..k] {
+                for &i in &nearest_to_random_cell(&cells, &mut rng)[..k] {
                     mimic_region[i] = tile_labels[i] == 0;
                 }
             }
@@ -265,6 +256,15 @@ pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticSlide> {
             }
         })
         .collect()
+}
+
+/// Tile indices ordered by distance from a randomly drawn tissue cell: the first k form a
+/// spatially coherent region (a tumor, or a tumor-like region of normal tissue).
+fn nearest_to_random_cell(cells: &[(i64, i64)], rng: &mut StdRng) -> Vec<usize> {
+    let seed_cell = cells[rng.random_range(0..cells.len())];
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by_key(|&i| (cells[i].0 - seed_cell.0).pow(2) + (cells[i].1 - seed_cell.1).pow(2));
+    order
 }
 
 #[cfg(test)]
