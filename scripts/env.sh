@@ -16,6 +16,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 TORCH_VERSION=2.11.0
 # NumPy in the same environment: the tests write .npy and torch.save files with it.
 NUMPY_VERSION=2.2.6
+# ONNX and ONNX Runtime in the same environment: the peers of scripts/bench.
+ONNX_VERSION=1.23.2
+ONNXRUNTIME_VERSION=1.32.0
 py_tag="$(python3 -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')"
 py_dir="$(python3 -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')"
 if [[ -z "${MSCLAM_VENV:-}" ]]; then
@@ -25,7 +28,7 @@ if [[ -z "${MSCLAM_VENV:-}" ]]; then
         MSCLAM_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/msclam/venv-$py_tag-torch$TORCH_VERSION"
     fi
 fi
-export MSCLAM_VENV TORCH_VERSION NUMPY_VERSION
+export MSCLAM_VENV TORCH_VERSION NUMPY_VERSION ONNX_VERSION ONNXRUNTIME_VERSION
 export LIBTORCH="$MSCLAM_VENV/lib/$py_dir/site-packages/torch"
 # HDF5 1.10 locks files with flock(); that fails on some network filesystems and between
 # threads of one process: CLAM users commonly turn it off.

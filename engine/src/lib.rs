@@ -33,7 +33,9 @@
 mod config;
 mod error;
 pub mod format;
+mod forward;
 pub mod kernels;
+mod memory;
 mod model;
 pub mod reference;
 mod session;
@@ -41,9 +43,9 @@ mod weights;
 
 pub use config::{AttentionKind, ModelConfig, ModelSize, TileClassifierKind, MAX_CLASSES, MAX_DIM};
 pub use error::{Error, Result};
-pub use kernels::Isa;
+pub use forward::BLOCK_TILES;
+pub use kernels::{Isa, KernelPlan};
+pub use memory::SESSION_ALIGNMENT;
 pub use model::{Metadata, Model, ModelMemory};
-pub use session::{
-    PushSummary, SlideResult, SlideSession, BLOCK_TILES, MAX_CAPACITY, SESSION_ALIGNMENT,
-};
+pub use session::{PushSummary, SlideResult, SlideSession, MAX_CAPACITY};
 pub use weights::ModelWeights;

@@ -12,117 +12,14 @@ use std::sync::Arc;
 
 use ndarray::ArrayView2;
 
-use crate::config::AttentionKind;
 use crate::error::{Error, Result};
-use crate::kernels::{self, padded_rows, rows, Isa};
+use crate::forward::{find_non_finite, forward_block, Aggregate, Block, BlockScratch, BLOCK_TILES};
+use crate::kernels::{Isa, KernelPlan};
+use crate::memory::{split_disjoint, Block64, Plan, Region, SESSION_ALIGNMENT};
 use crate::model::Model;
-
-/// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
-pub const BLOCK_TILES: usize = 64;
-/// Alignment of the session's memory region and of each buffer in it.
-pub const SESSION_ALIGNMENT: usize = 64;
 /// Largest tile capacity of a session (2^32 tiles, far beyond any slide; it keeps every
 /// size computation far from overflow).
 pub const MAX_CAPACITY: usize = 1 << 32;
-
-/// Byte ranges of each buffer inside the session's region, in region order.
-#[derive(Debug, Clone)]
-struct Plan {
-    // f64 buffers first.
-    acc: Range<usize>,
-    snapshot: Range<usize>,
-    // f32 scratch.
-    hidden: Range<usize>,
-    att_a: Range<usize>,
-    att_b: Range<usize>,
-    slide_logits: Range<usize>,
-    slide_probs: Range<usize>,
-    // Per tile.
-    logits: Range<usize>,
-    probs: Range<usize>,
-    attention: Range<usize>,
-    coords: Range<usize>,
-    mask: Range<usize>,
-    total: usize,
-}
-
-impl Plan {
-    fn new(model: &Model, capacity: usize) -> Option<Plan> {
-        let c = model.config();
-        let (h, k, nc) = (c.hidden_dim, c.attention_dim, c.num_classes);
-        let gated = c.attention == AttentionKind::Gated;
-        let mut cursor = 0usize;
-        let mut take = |bytes: Option<usize>| -> Option<Range<usize>> {
-            let start = cursor;
-            let end = start.checked_add(bytes?)?;
-            cursor =
-                end.checked_add(SESSION_ALIGNMENT - 1)? / SESSION_ALIGNMENT * SESSION_ALIGNMENT;
-            Some(start..end)
-        };
-        let per_tile = |size: usize| capacity.checked_mul(size);
-        Some(Plan {
-            acc: take(Some(h * 8))?,
-            snapshot: take(Some(h * 8))?,
-            hidden: take(Some(BLOCK_TILES * padded_rows(h) * 4))?,
-            att_a: take(Some(BLOCK_TILES * padded_rows(k) * 4))?,
-            att_b: take(Some(if gated {
-                BLOCK_TILES * padded_rows(k) * 4
-            } else {
-                0
-            }))?,
-            slide_logits: take(Some(nc * 4))?,
-            slide_probs: take(Some(nc * 4))?,
-            logits: take(per_tile(4))?,
-            probs: take(per_tile(4))?,
-            attention: take(per_tile(4))?,
-            coords: take(per_tile(8))?,
-            mask: take(per_tile(1))?,
-            total: cursor,
-        })
-    }
-}
-
-/// Splits `bytes` into the disjoint, increasing `ranges` as separate mutable slices.
-fn split_disjoint<'b, const N: usize>(
-    mut bytes: &'b mut [u8],
-    ranges: [&Range<usize>; N],
-) -> [&'b mut [u8]; N] {
-    let mut consumed = 0;
-    let mut parts: [&'b mut [u8]; N] = std::array::from_fn(|_| <&mut [u8]>::default());
-    for (part, range) in parts.iter_mut().zip(ranges) {
-        let (_, rest) = std::mem::take(&mut bytes).split_at_mut(range.start - consumed);
-        let (mine, rest) = rest.split_at_mut(range.len());
-        *part = mine;
-        bytes = rest;
-        consumed = range.end;
-    }
-    parts
-}
-
-/// 64 bytes with 64-byte alignment: the unit of session-owned memory.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Block64([u8; 64]);
-
-enum Region<'m> {
-    Owned(Vec<Block64>),
-    Borrowed(&'m mut [u8]),
-}
-
-impl Region<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Region::Owned(blocks) => bytemuck::cast_slice(blocks),
-            Region::Borrowed(bytes) => bytes,
-        }
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            Region::Owned(blocks) => bytemuck::cast_slice_mut(blocks),
-            Region::Borrowed(bytes) => bytes,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Coordinates {
@@ -171,7 +68,7 @@ pub struct SlideResult<'s> {
 /// read, finalize, reset. Used by one thread at a time (it is `Send`, not shared).
 pub struct SlideSession<'m> {
     model: Arc<Model>,
-    isa: Isa,
+    kernels: KernelPlan,
     capacity: usize,
     plan: Plan,
     region: Region<'m>,
@@ -185,7 +82,7 @@ pub struct SlideSession<'m> {
 impl std::fmt::Debug for SlideSession<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlideSession")
-            .field("isa", &self.isa)
+            .field("kernels", &self.kernels)
             .field("capacity", &self.capacity)
             .field("len", &self.len)
             .field("memory_bytes", &self.plan.total)
@@ -295,7 +192,7 @@ impl<'m> SlideSession<'m> {
         }
         let mut session = SlideSession {
             model,
-            isa,
+            kernels: KernelPlan::for_isa(isa),
             capacity,
             plan,
             region,
@@ -317,7 +214,12 @@ impl<'m> SlideSession<'m> {
 
     /// The instruction set of the kernels in use.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.kernels.isa
+    }
+
+    /// The kernels in use and their blocking, chosen from the CPU when the session was created.
+    pub fn kernel_plan(&self) -> KernelPlan {
+        self.kernels
     }
 
     /// Maximum number of tiles per slide.
@@ -471,15 +373,12 @@ impl<'m> SlideSession<'m> {
                 requested: n,
             });
         }
-        for tile in 0..n {
-            let row = &x[tile * stride..tile * stride + d];
-            if let Some(feature) = row.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFiniteInput {
-                    tile,
-                    feature,
-                    value: row[feature],
-                });
-            }
+        if let Some((tile, feature)) = find_non_finite(self.kernels.isa, x, n, stride, d) {
+            return Err(Error::NonFiniteInput {
+                tile,
+                feature,
+                value: x[tile * stride + feature],
+            });
         }
         let summary_first = self.len;
         if n == 0 {
@@ -539,9 +438,8 @@ impl<'m> SlideSession<'m> {
     fn score_tiles(&mut self, x: &[f32], n: usize, stride: usize) -> Result<()> {
         let model = Arc::clone(&self.model);
         let config = model.config();
-        let w = model.weights();
-        let (d, h, k) = (config.input_dim, config.hidden_dim, config.attention_dim);
-        let (h16, k16) = (padded_rows(h), padded_rows(k));
+        let weights = model.weights();
+        let dims = (config.input_dim, config.hidden_dim, config.attention_dim);
         let plan = self.plan.clone();
         let [acc, snapshot, hidden, att_a, att_b, logits, probs] = split_disjoint(
             self.region.bytes_mut(),
@@ -556,81 +454,36 @@ impl<'m> SlideSession<'m> {
             ],
         );
         snapshot.copy_from_slice(acc);
-        let acc: &mut [f64] = bytemuck::cast_slice_mut(acc);
-        let hidden: &mut [f32] = bytemuck::cast_slice_mut(hidden);
-        let att_a: &mut [f32] = bytemuck::cast_slice_mut(att_a);
-        let att_b: &mut [f32] = bytemuck::cast_slice_mut(att_b);
+        let mut scratch = BlockScratch {
+            hidden: bytemuck::cast_slice_mut(hidden),
+            att_a: bytemuck::cast_slice_mut(att_a),
+            att_b: bytemuck::cast_slice_mut(att_b),
+        };
+        let mut agg = Aggregate {
+            acc: bytemuck::cast_slice_mut(acc),
+            max_logit: self.max_logit,
+            weight_sum: self.weight_sum,
+        };
         let logits: &mut [f32] = bytemuck::cast_slice_mut(logits);
         let probs: &mut [f32] = bytemuck::cast_slice_mut(probs);
 
         let mut start = 0;
         while start < n {
             let nb = BLOCK_TILES.min(n - start);
-            let xb = &x[start * stride..];
-            kernels::dense(
-                self.isa,
-                xb,
-                nb,
-                d,
-                stride,
-                w.fc_weight,
-                h,
-                w.fc_bias,
-                hidden,
-                h16,
-            );
-            rows::relu_in_place(&mut hidden[..nb * h16]);
-            kernels::dense(
-                self.isa,
-                hidden,
-                nb,
-                h,
-                h16,
-                w.attention_a_weight,
-                k,
-                w.attention_a_bias,
-                att_a,
-                k16,
-            );
-            if let Some((gw, gb)) = w.attention_b {
-                kernels::dense(self.isa, hidden, nb, h, h16, gw, k, gb, att_b, k16);
-            }
             let base = self.len + start;
-            let mut block_max = f64::NEG_INFINITY;
-            for r in 0..nb {
-                let hr = &hidden[r * h16..r * h16 + h];
-                let gate = w.attention_b.map(|_| &att_b[r * k16..r * k16 + k]);
-                let s = rows::attention_logit(
-                    &att_a[r * k16..r * k16 + k],
-                    gate,
-                    w.attention_c_weight,
-                    w.attention_c_bias,
-                );
-                let z = rows::dot_f64(hr, w.tile_tumor.0, w.tile_tumor.1 as f64)
-                    - rows::dot_f64(hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
-                let s32 = s as f32;
-                if !s32.is_finite() || !z.is_finite() {
-                    return Err(Error::NumericalOverflow { tile: start + r });
-                }
-                logits[base + r] = s32;
-                probs[base + r] = rows::sigmoid(z) as f32;
-                block_max = block_max.max(s32 as f64);
-            }
-            // Online softmax: rescale the aggregate to the new maximum, then add the block.
-            if block_max > self.max_logit {
-                let scale = (self.max_logit - block_max).exp();
-                self.weight_sum *= scale;
-                acc.iter_mut().for_each(|a| *a *= scale);
-                self.max_logit = block_max;
-            }
-            for r in 0..nb {
-                let weight = (logits[base + r] as f64 - self.max_logit).exp();
-                self.weight_sum += weight;
-                rows::axpy_f64(acc, weight, &hidden[r * h16..r * h16 + h]);
-            }
+            let block = Block {
+                x: &x[start * stride..],
+                n: nb,
+                stride,
+                logits: &mut logits[base..base + nb],
+                probs: &mut probs[base..base + nb],
+            };
+            forward_block(&self.kernels, &weights, dims, block, &mut scratch, &mut agg)
+                .map_err(|r| Error::NumericalOverflow { tile: start + r })?;
+            (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
             start += nb;
         }
-        if !acc.iter().all(|v| v.is_finite()) {
+        if !agg.acc.iter().all(|v| v.is_finite()) {
             return Err(Error::NumericalOverflow { tile: n - 1 });
         }
         Ok(())

@@ -1,16 +1,24 @@
 //! `out = x W^T + b` over panel-packed weights, in register-blocked micro-tiles.
 //!
-//! One micro-tile is `R` input rows by one panel of 16 outputs: the 16 x R accumulators stay in
-//! registers while the input dimension streams by; each weight row of the panel is loaded once
-//! per `R` rows. Panels are the outer loop so that one panel (`in x 64` bytes) stays in cache
-//! while every row of the block passes over it.
+//! One micro-tile is `R` input rows by `P` panels of 16 outputs: the `R x P` accumulators stay
+//! in registers while a block of the input dimension streams by; each weight vector is loaded
+//! once per `R` rows and each input value is broadcast once per `P` panels. The loops, from the
+//! outside in: groups of `P` panels, blocks of [`KernelPlan::k_block`] inputs (the group's
+//! slice of weights for one input block stays in L1 while every row passes over it), groups of
+//! `R` rows (then one smaller group for the remaining rows).
+//!
+//! Determinism: every accumulator receives its fused multiply-adds in input order, starting
+//! from the bias, whatever `R`, `P`, the input blocking or the number of rows in the call; a
+//! partial sum parked in `out` between input blocks is an exact f32 round trip. So a row's
+//! result is bit-identical however the slide was cut into strips.
 
 // Register-blocked loops index several arrays by the same row: ranges are clearer than zips.
 #![allow(clippy::needless_range_loop)]
 
-use super::{padded_rows, Isa, PANEL_WIDTH};
+use super::{padded_rows, Isa, KernelPlan, PANEL_WIDTH};
 
-/// Computes `out[r][o] = bias[o] + sum_i x[r][i] * W[o][i]` for `n` rows.
+/// Computes `out[r][o] = bias[o] + sum_i x[r][i] * W[o][i]` for `n` rows, with the kernels and
+/// blocking of `plan`.
 ///
 /// - `x`: `n` rows of `in_dim` values, row `r` starting at `r * x_stride`;
 /// - `packed`: `W` (`out_dim x in_dim`) in panel layout ([`super::pack_panels`]);
@@ -19,10 +27,11 @@ use super::{padded_rows, Isa, PANEL_WIDTH};
 ///
 /// # Panics
 /// If a buffer is shorter than the dimensions say (a bug in the caller, never an input
-/// property: the session sizes every buffer from the validated model).
+/// property: the session sizes every buffer from the validated model), or if the plan's
+/// instruction set is not supported by this CPU.
 #[allow(clippy::too_many_arguments)]
 pub fn dense(
-    isa: Isa,
+    plan: &KernelPlan,
     x: &[f32],
     n: usize,
     in_dim: usize,
@@ -55,258 +64,317 @@ pub fn dense(
         out_stride >= out_width
             && span(n, out_stride, out_width).is_some_and(|need| out.len() >= need)
     );
-    let mut args = DenseArgs {
-        x,
+    assert!(
+        plan.isa.is_supported(),
+        "{} kernels on this CPU",
+        plan.isa.name()
+    );
+    let mut padded_bias = [0.0f32; PANEL_WIDTH];
+    let args = DenseArgs {
+        x: x.as_ptr(),
         n,
         in_dim,
         x_stride,
-        packed,
+        packed: packed.as_ptr(),
         out_dim,
         bias,
-        out,
+        // Derived from the exclusive borrow of the output: the kernels write through it.
+        out: out.as_mut_ptr(),
         out_stride,
+        k_block: plan.k_block.max(1),
     };
-    match isa {
+    // The bias of a last, partial panel, padded with zeros.
+    let tail = out_dim % PANEL_WIDTH;
+    if tail != 0 {
+        padded_bias[..tail].copy_from_slice(&bias[out_dim - tail..out_dim]);
+    }
+    match plan.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if Isa::Avx512.is_supported() => {
-            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-            unsafe { dense_avx512(&mut args) }
-        }
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (asserted above); `args` describes
+        // buffers whose lengths were checked above.
+        Isa::Avx512 => unsafe { dense_avx512(&args, &padded_bias) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma | Isa::Avx512 if Isa::Avx2Fma.is_supported() => {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { dense_avx2(&mut args) }
-        }
-        _ => dense_body::<4>(args),
+        // SAFETY: the CPU supports AVX2 and FMA (asserted above); buffers as above.
+        Isa::Avx2Fma => unsafe { dense_avx2(&args, &padded_bias) },
+        // SAFETY: buffers as above; the portable kernel needs no CPU feature.
+        // `walk` hands out tiles inside the buffers `dense` checked, as `portable_tile` needs.
+        _ => unsafe { walk::<4, 1>(&args, &padded_bias, |t| portable_tile(t)) },
     }
 }
 
+/// The checked arguments of [`dense`], as raw pointers for the micro-kernels.
 struct DenseArgs<'a> {
-    x: &'a [f32],
+    x: *const f32,
     n: usize,
     in_dim: usize,
     x_stride: usize,
-    packed: &'a [f32],
+    packed: *const f32,
     out_dim: usize,
     bias: &'a [f32],
-    out: &'a mut [f32],
+    out: *mut f32,
+    out_stride: usize,
+    k_block: usize,
+}
+
+/// One micro-tile call: `rows` rows (`<= R`) by `panels` panels (`<= P`) over `k` inputs.
+#[derive(Clone, Copy)]
+struct Tile {
+    rows: usize,
+    panels: usize,
+    /// First input row, at the block's first input.
+    x: *const f32,
+    x_stride: usize,
+    k: usize,
+    /// First panel's weights, at the block's first input.
+    w: *const f32,
+    /// Distance between consecutive panels' weights.
+    panel_stride: usize,
+    /// 16 biases per panel, consecutive; used when `accumulate` is false.
+    bias: *const f32,
+    /// Whether to start from the partial sums in `out` rather than from the bias.
+    accumulate: bool,
+    out: *mut f32,
     out_stride: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dense_avx2(a: &mut DenseArgs<'_>) {
-    // 6 rows x 16 outputs = 12 ymm accumulators, 2 for the weights, 1 broadcast.
-    let (x_stride, in_dim, out_stride) = (a.x_stride, a.in_dim, a.out_stride);
-    for_each_tile::<6>(a, |rows, x, panel, bias, out| {
-        // SAFETY: `for_each_tile` hands out pointers to `rows` rows of `in_dim` inputs, a
-        // whole panel, 16 biases and `rows` output rows of 16, all inside the checked buffers;
-        // this function only runs where AVX2 and FMA are available.
-        unsafe {
-            match rows {
-                6 => x86::micro_avx2::<6>(x, x_stride, in_dim, panel, bias, out, out_stride),
-                _ => x86::micro_avx2::<1>(x, x_stride, in_dim, panel, bias, out, out_stride),
-            }
+/// Walks the output in micro-tiles (see the module documentation) and calls `tile` for each.
+///
+/// # Safety
+/// `a` must describe buffers of the lengths [`dense`] checks; `tile` must be safe to call with
+/// pointers inside those buffers on this CPU.
+#[inline(always)]
+unsafe fn walk<const R: usize, const P: usize>(
+    a: &DenseArgs<'_>,
+    padded_bias: &[f32; PANEL_WIDTH],
+    mut tile: impl FnMut(Tile),
+) {
+    let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
+    let panel_stride = a.in_dim * PANEL_WIDTH;
+    let mut p = 0;
+    while p < panels {
+        let group = P.min(panels - p);
+        // 16 biases per panel of the group, the last one padded.
+        let mut bias = [0.0f32; 64];
+        for g in 0..group {
+            let start = (p + g) * PANEL_WIDTH;
+            let src = if start + PANEL_WIDTH <= a.out_dim {
+                &a.bias[start..start + PANEL_WIDTH]
+            } else {
+                &padded_bias[..]
+            };
+            bias[g * PANEL_WIDTH..(g + 1) * PANEL_WIDTH].copy_from_slice(src);
         }
-    });
+        let mut k0 = 0;
+        while k0 < a.in_dim {
+            let k = a.k_block.min(a.in_dim - k0);
+            let mut r = 0;
+            while r < a.n {
+                let rows = R.min(a.n - r);
+                // SAFETY (pointer arithmetic): r < n, k0 < in_dim, p < panels and
+                // (p + group) * 16 <= out_stride, so every offset is inside the buffers whose
+                // lengths `dense` checked.
+                unsafe {
+                    tile(Tile {
+                        rows,
+                        panels: group,
+                        x: a.x.add(r * a.x_stride + k0),
+                        x_stride: a.x_stride,
+                        k,
+                        w: a.packed.add(p * panel_stride + k0 * PANEL_WIDTH),
+                        panel_stride,
+                        bias: bias.as_ptr(),
+                        accumulate: k0 > 0,
+                        out: a.out.add(r * a.out_stride + p * PANEL_WIDTH),
+                        out_stride: a.out_stride,
+                    });
+                }
+                r += rows;
+            }
+            k0 += k;
+        }
+        p += group;
+    }
+}
+
+/// Dispatches a tile to the micro-kernel instantiated for its exact shape.
+macro_rules! dispatch_rows {
+    ($kernel:ident, $t:expr, $panels:literal, [$($r:literal),+]) => {
+        match $t.rows {
+            $($r => $kernel::<$r, $panels>($t),)+
+            _ => unreachable!("tile rows beyond the kernel's register block"),
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn dense_avx512(a: &mut DenseArgs<'_>) {
-    // 12 rows x 16 outputs = 12 zmm accumulators.
-    let (x_stride, in_dim, out_stride) = (a.x_stride, a.in_dim, a.out_stride);
-    for_each_tile::<12>(a, |rows, x, panel, bias, out| {
-        // SAFETY: as in `dense_avx2`, with AVX-512F available.
-        unsafe {
-            match rows {
-                12 => x86::micro_avx512::<12>(x, x_stride, in_dim, panel, bias, out, out_stride),
-                _ => x86::micro_avx512::<1>(x, x_stride, in_dim, panel, bias, out, out_stride),
+/// # Safety
+/// AVX-512F, AVX2 and FMA must be available; `a` as for [`walk`].
+unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
+    // 8 rows x 2 panels = 16 zmm accumulators; per input: 2 weight loads, 8 broadcasts and
+    // 16 fused multiply-adds, so the two FMA ports (not the loads) are the limit.
+    // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
+    // checked buffers, and AVX-512F is available (this function's contract), which is all
+    // the micro-kernels need.
+    unsafe {
+        walk::<8, 2>(a, padded_bias, |t| {
+            if t.panels == 2 {
+                dispatch_rows!(micro_avx512, t, 2, [1, 2, 3, 4, 5, 6, 7, 8])
+            } else {
+                dispatch_rows!(micro_avx512, t, 1, [1, 2, 3, 4, 5, 6, 7, 8])
             }
-        }
-    });
-}
-
-/// Walks the output in micro-tiles: panels outer, groups of `R` rows inner (then single
-/// rows), calling `tile(rows, x, panel, bias16, out)` with raw pointers into the buffers.
-#[inline(always)]
-fn for_each_tile<const R: usize>(
-    a: &mut DenseArgs<'_>,
-    mut tile: impl FnMut(usize, *const f32, *const f32, *const f32, *mut f32),
-) {
-    let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
-    let panel_len = a.in_dim * PANEL_WIDTH;
-    // Derived from the exclusive borrow of the output: the kernels write through it.
-    let out = a.out.as_mut_ptr();
-    for p in 0..panels {
-        let mut bias = [0.0f32; PANEL_WIDTH];
-        for (j, b) in bias.iter_mut().enumerate() {
-            if p * PANEL_WIDTH + j < a.out_dim {
-                *b = a.bias[p * PANEL_WIDTH + j];
-            }
-        }
-        let panel = a.packed[p * panel_len..(p + 1) * panel_len].as_ptr();
-        let col = p * PANEL_WIDTH;
-        let mut r = 0;
-        while r < a.n {
-            let rows = if r + R <= a.n { R } else { 1 };
-            // SAFETY (pointer arithmetic): r < n and col + 16 <= out_stride, so the offsets are
-            // inside `x` and `out`, whose lengths `dense` checked.
-            let (x, o) = unsafe {
-                (
-                    a.x.as_ptr().add(r * a.x_stride),
-                    out.add(r * a.out_stride + col),
-                )
-            };
-            tile(rows, x, panel, bias.as_ptr(), o);
-            r += rows;
-        }
-    }
-}
-
-#[inline(always)]
-fn dense_body<const R: usize>(a: DenseArgs<'_>) {
-    let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
-    let panel_len = a.in_dim * PANEL_WIDTH;
-    for p in 0..panels {
-        let mut bias = [0.0f32; PANEL_WIDTH];
-        for (j, b) in bias.iter_mut().enumerate() {
-            if p * PANEL_WIDTH + j < a.out_dim {
-                *b = a.bias[p * PANEL_WIDTH + j];
-            }
-        }
-        let panel = &a.packed[p * panel_len..(p + 1) * panel_len];
-        let col = p * PANEL_WIDTH;
-        let mut r = 0;
-        while r + R <= a.n {
-            micro_tile::<R>(
-                &a.x[r * a.x_stride..],
-                a.x_stride,
-                a.in_dim,
-                panel,
-                &bias,
-                &mut a.out[r * a.out_stride + col..],
-                a.out_stride,
-            );
-            r += R;
-        }
-        while r < a.n {
-            micro_tile::<1>(
-                &a.x[r * a.x_stride..],
-                a.x_stride,
-                a.in_dim,
-                panel,
-                &bias,
-                &mut a.out[r * a.out_stride + col..],
-                a.out_stride,
-            );
-            r += 1;
-        }
-    }
-}
-
-/// Portable `R` rows times one panel. Every accumulator sees the same operation sequence for any `R`.
-#[inline(always)]
-fn micro_tile<const R: usize>(
-    x: &[f32],
-    x_stride: usize,
-    k: usize,
-    panel: &[f32],
-    bias: &[f32; PANEL_WIDTH],
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * x_stride..r * x_stride + k]);
-    let (weights, _) = panel.as_chunks::<PANEL_WIDTH>();
-    let weights = &weights[..k];
-    let mut acc = [*bias; R];
-    for (i, w) in weights.iter().enumerate() {
-        for r in 0..R {
-            let xv = rows[r][i];
-            for j in 0..PANEL_WIDTH {
-                // Separate multiply and add: `mul_add` would be a slow libm call without FMA.
-                acc[r][j] += xv * w[j];
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        out[r * out_stride..r * out_stride + PANEL_WIDTH].copy_from_slice(row);
+        })
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    //! Explicit-intrinsics micro-kernels: one fused multiply-add per weight and row, in input
-    //! order, so a row's result does not depend on how many rows share the tile.
-    use std::arch::x86_64::*;
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// AVX2 and FMA must be available; `a` as for [`walk`].
+unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
+    // 6 rows x 1 panel = 12 ymm accumulators (two per row), 2 for the weights, 1 broadcast.
+    // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
+    // checked buffers, and AVX2 and FMA are available (this function's contract), which is
+    // all the micro-kernels need.
+    unsafe {
+        walk::<6, 1>(a, padded_bias, |t| {
+            dispatch_rows!(micro_avx2, t, 1, [1, 2, 3, 4, 5, 6])
+        })
+    }
+}
 
-    /// `R` rows x 16 outputs with two 8-lane accumulators per row.
-    ///
-    /// # Safety
-    /// AVX2 and FMA must be available; `x` must point to `R` rows (`x_stride` apart) of `k`
-    /// readable floats, `panel` to `16 k`, `bias` to 16, `out` to `R` rows (`out_stride`
-    /// apart) of 16 writable floats.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_avx2<const R: usize>(
-        x: *const f32,
-        x_stride: usize,
-        k: usize,
-        panel: *const f32,
-        bias: *const f32,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
-        // SAFETY: every pointer access stays inside the ranges the caller guarantees.
-        unsafe {
-            let (b0, b1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
-            let mut lo = [b0; R];
-            let mut hi = [b1; R];
-            for i in 0..k {
-                let w0 = _mm256_loadu_ps(panel.add(i * 16));
-                let w1 = _mm256_loadu_ps(panel.add(i * 16 + 8));
-                for r in 0..R {
-                    let xv = _mm256_set1_ps(*x.add(r * x_stride + i));
-                    lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
-                    hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
+/// Portable tiles: up to 4 rows of one panel, separate multiply and add (no FMA).
+///
+/// # Safety
+/// As for [`portable_micro`] with `R = t.rows`.
+unsafe fn portable_tile(t: Tile) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match t.rows {
+            4 => portable_micro::<4>(t),
+            3 => portable_micro::<3>(t),
+            2 => portable_micro::<2>(t),
+            _ => portable_micro::<1>(t),
+        }
+    }
+}
+
+/// Portable `R` rows times one panel. Every accumulator sees the same operation sequence for
+/// any `R`.
+///
+/// # Safety
+/// `t` must describe `R` readable rows of `t.k` inputs, one panel of `16 t.k` weights, 16
+/// biases and `R` writable output rows of 16.
+#[inline(always)]
+unsafe fn portable_micro<const R: usize>(t: Tile) {
+    // SAFETY: the caller guarantees every range read or written below.
+    unsafe {
+        let mut acc = [[0.0f32; PANEL_WIDTH]; R];
+        for r in 0..R {
+            let init = if t.accumulate {
+                t.out.add(r * t.out_stride).cast_const()
+            } else {
+                t.bias
+            };
+            acc[r] = *init.cast::<[f32; PANEL_WIDTH]>();
+        }
+        for i in 0..t.k {
+            let w = *t.w.add(i * PANEL_WIDTH).cast::<[f32; PANEL_WIDTH]>();
+            for r in 0..R {
+                let xv = *t.x.add(r * t.x_stride + i);
+                for j in 0..PANEL_WIDTH {
+                    // Separate multiply and add: `mul_add` would be a slow libm call without FMA.
+                    acc[r][j] += xv * w[j];
                 }
             }
+        }
+        for r in 0..R {
+            *t.out.add(r * t.out_stride).cast::<[f32; PANEL_WIDTH]>() = acc[r];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// `R` rows x `P` panels with one 16-lane accumulator per row and panel.
+///
+/// # Safety
+/// AVX-512F must be available; `t` must describe `R` readable rows of `t.k` inputs, `P` panels
+/// of `16 t.k` readable weights `t.panel_stride` apart, `16 P` biases and `R` writable output
+/// rows of `16 P`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn micro_avx512<const R: usize, const P: usize>(t: Tile) {
+    // SAFETY: the caller guarantees every range read or written below.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for r in 0..R {
+            for p in 0..P {
+                acc[r][p] = if t.accumulate {
+                    _mm512_loadu_ps(t.out.add(r * t.out_stride + p * 16))
+                } else {
+                    _mm512_loadu_ps(t.bias.add(p * 16))
+                };
+            }
+        }
+        // One pointer per row, indexed by the input: LLVM keeps them in registers and
+        // addresses each broadcast as `row + 4 i`.
+        let rows: [*const f32; R] = std::array::from_fn(|r| t.x.add(r * t.x_stride));
+        for i in 0..t.k {
+            let mut wv = [_mm512_setzero_ps(); P];
+            for p in 0..P {
+                wv[p] = _mm512_loadu_ps(t.w.add(p * t.panel_stride + i * PANEL_WIDTH));
+            }
             for r in 0..R {
-                _mm256_storeu_ps(out.add(r * out_stride), lo[r]);
-                _mm256_storeu_ps(out.add(r * out_stride + 8), hi[r]);
+                let xv = _mm512_set1_ps(*rows[r].add(i));
+                for p in 0..P {
+                    acc[r][p] = _mm512_fmadd_ps(xv, wv[p], acc[r][p]);
+                }
+            }
+        }
+        for r in 0..R {
+            for p in 0..P {
+                _mm512_storeu_ps(t.out.add(r * t.out_stride + p * 16), acc[r][p]);
             }
         }
     }
+}
 
-    /// `R` rows x 16 outputs with one 16-lane accumulator per row.
-    ///
-    /// # Safety
-    /// AVX-512F must be available; pointers as for [`micro_avx2`].
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_avx512<const R: usize>(
-        x: *const f32,
-        x_stride: usize,
-        k: usize,
-        panel: *const f32,
-        bias: *const f32,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
-        // SAFETY: every pointer access stays inside the ranges the caller guarantees.
-        unsafe {
-            let b = _mm512_loadu_ps(bias);
-            let mut acc = [b; R];
-            for i in 0..k {
-                let w = _mm512_loadu_ps(panel.add(i * 16));
-                for r in 0..R {
-                    let xv = _mm512_set1_ps(*x.add(r * x_stride + i));
-                    acc[r] = _mm512_fmadd_ps(xv, w, acc[r]);
-                }
-            }
+/// `R` rows x one panel with two 8-lane accumulators per row.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `t` as for [`micro_avx512`] with `P = 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn micro_avx2<const R: usize, const P: usize>(t: Tile) {
+    // SAFETY: the caller guarantees every range read or written below.
+    unsafe {
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        for r in 0..R {
+            let init = if t.accumulate {
+                t.out.add(r * t.out_stride).cast_const()
+            } else {
+                t.bias
+            };
+            lo[r] = _mm256_loadu_ps(init);
+            hi[r] = _mm256_loadu_ps(init.add(8));
+        }
+        let rows: [*const f32; R] = std::array::from_fn(|r| t.x.add(r * t.x_stride));
+        for i in 0..t.k {
+            let w0 = _mm256_loadu_ps(t.w.add(i * PANEL_WIDTH));
+            let w1 = _mm256_loadu_ps(t.w.add(i * PANEL_WIDTH + 8));
             for r in 0..R {
-                _mm512_storeu_ps(out.add(r * out_stride), acc[r]);
+                let xv = _mm256_set1_ps(*rows[r].add(i));
+                lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
             }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(t.out.add(r * t.out_stride), lo[r]);
+            _mm256_storeu_ps(t.out.add(r * t.out_stride + 8), hi[r]);
         }
     }
 }
@@ -330,8 +398,10 @@ mod tests {
     }
 
     #[test]
-    fn every_isa_matches_naive_product_and_rows_are_chunking_independent() {
-        let (d, o) = (37, 21);
+    fn every_plan_matches_naive_product_and_rows_are_chunking_independent() {
+        // 3 panels (an odd group for the 2-panel kernel), a partial last panel, input blocks
+        // that do and do not divide the input dimension.
+        let (d, o) = (37, 41);
         let mut seed = 12345u64;
         let mut next = || {
             seed = seed
@@ -339,7 +409,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for n in [1usize, 5, 6, 13, 25] {
+        for n in [1usize, 5, 6, 9, 13, 25] {
             let x: Vec<f32> = (0..n * d).map(|_| next()).collect();
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
             let b: Vec<f32> = (0..o).map(|_| next()).collect();
@@ -347,24 +417,43 @@ mod tests {
             let stride = padded_rows(o);
             let expect = naive(&x, n, d, &w, o, &b);
             for isa in Isa::all_supported() {
-                let mut out = vec![f32::NAN; n * stride];
-                dense(isa, &x, n, d, d, &packed, o, &b, &mut out, stride);
+                let unblocked = KernelPlan { isa, k_block: d };
+                let mut reference = vec![f32::NAN; n * stride];
+                dense(
+                    &unblocked,
+                    &x,
+                    n,
+                    d,
+                    d,
+                    &packed,
+                    o,
+                    &b,
+                    &mut reference,
+                    stride,
+                );
+                for k_block in [1, 8, 16, 36, 64] {
+                    let plan = KernelPlan { isa, k_block };
+                    let mut out = vec![f32::NAN; n * stride];
+                    dense(&plan, &x, n, d, d, &packed, o, &b, &mut out, stride);
+                    assert_eq!(out, reference, "{isa:?}: blocking changed the results");
+                }
                 for r in 0..n {
                     for j in 0..o {
-                        let (got, want) = (out[r * stride + j] as f64, expect[r * o + j]);
+                        let (got, want) = (reference[r * stride + j] as f64, expect[r * o + j]);
                         assert!(
                             (got - want).abs() < 1e-5,
                             "{isa:?} n={n} r={r} j={j}: {got} vs {want}"
                         );
                     }
-                    assert!(out[r * stride + o..(r + 1) * stride]
+                    assert!(reference[r * stride + o..(r + 1) * stride]
                         .iter()
                         .all(|v| *v == 0.0));
                     // The same row computed alone is bit-identical.
                     let mut single = vec![0.0; stride];
+                    let row = &x[r * d..];
                     dense(
-                        isa,
-                        &x[r * d..],
+                        &unblocked,
+                        row,
                         1,
                         d,
                         d,
@@ -374,7 +463,7 @@ mod tests {
                         &mut single,
                         stride,
                     );
-                    assert_eq!(&single[..], &out[r * stride..(r + 1) * stride]);
+                    assert_eq!(&single[..], &reference[r * stride..(r + 1) * stride]);
                 }
             }
         }

@@ -8,9 +8,11 @@
 //! floating-point operations whatever the number of rows in the call, so a tile's results do
 //! not depend on how the slide was cut into strips.
 
+mod cpu;
 mod dense;
 pub mod rows;
 
+pub use cpu::CpuCaches;
 pub use dense::dense;
 
 /// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.
@@ -74,6 +76,49 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2",
             Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The kernels a session runs and how they block the work, chosen once per session from the
+/// CPU's instruction sets and cache sizes (never per call).
+///
+/// The blocking changes only speed: results are bit-identical for any `k_block`
+/// ([`dense`]'s documentation says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelPlan {
+    /// Instruction set of the micro-kernels.
+    pub isa: Isa,
+    /// Inputs per block of the input dimension: the micro-kernel's slice of weights for one
+    /// block is sized to stay in half of the L1 data cache while every row passes over it.
+    pub k_block: usize,
+}
+
+impl KernelPlan {
+    /// The plan for the best instruction set of this CPU.
+    pub fn detect() -> KernelPlan {
+        KernelPlan::for_isa(Isa::detect())
+    }
+
+    /// The plan for `isa` on this CPU's caches (whether the CPU supports `isa` is checked by
+    /// the session, not here).
+    pub fn for_isa(isa: Isa) -> KernelPlan {
+        KernelPlan::for_caches(isa, CpuCaches::detect())
+    }
+
+    /// The plan for `isa` with the given cache sizes.
+    pub fn for_caches(isa: Isa, caches: CpuCaches) -> KernelPlan {
+        // Floats per input held in L1 by one micro-tile: its panels' weights and its rows.
+        let (panels, rows) = match isa {
+            Isa::Avx512 => (2, 8),
+            Isa::Avx2Fma => (1, 6),
+            Isa::Portable => (1, 4),
+        };
+        let per_input = 4 * (panels * PANEL_WIDTH + rows);
+        let k_block = (caches.l1d_bytes / 2 / per_input) / 32 * 32;
+        KernelPlan {
+            isa,
+            k_block: k_block.max(64),
         }
     }
 }

@@ -1,0 +1,81 @@
+//! The core's measured fused multiply-add peak, one microbenchmark per vector width.
+//!
+//! Each loop keeps more independent accumulator chains in registers than the FMA latency on
+//! every port needs (2 ports x 4-cycle latency needs 8; 10 ymm, 16 zmm), with no loads, so the
+//! only limit is the FMA units.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+/// FLOP/s of the best of `repeats` runs of `kernel` (which returns the FLOPs it did).
+fn best_rate(repeats: usize, mut kernel: impl FnMut() -> f64) -> f64 {
+    (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            let flops = kernel();
+            flops / start.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Peak GFLOP/s per width this CPU has: `(name, GFLOP/s)`, e.g. `("avx512", 169.0)`.
+pub fn fma_peaks() -> Vec<(&'static str, f64)> {
+    let mut peaks = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        const ITERS: usize = 20_000_000;
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA are available (checked just above).
+            let rate = best_rate(5, || unsafe { x86::fma256(ITERS) });
+            peaks.push(("avx2", rate / 1e9));
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available (checked just above).
+            let rate = best_rate(5, || unsafe { x86::fma512(ITERS) });
+            peaks.push(("avx512", rate / 1e9));
+        }
+    }
+    peaks
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::black_box;
+    use std::arch::x86_64::*;
+
+    /// `iters` rounds of 10 independent 8-lane FMAs (12 of the 16 ymm registers); returns the FLOPs done.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: usize) -> f64 {
+        let m = _mm256_set1_ps(black_box(0.999_999));
+        let a = _mm256_set1_ps(black_box(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); 10];
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm256_fmadd_ps(*c, m, a);
+            }
+        }
+        black_box(acc);
+        (iters * 10 * 8 * 2) as f64
+    }
+
+    /// `iters` rounds of 16 independent 16-lane FMAs; returns the FLOPs done.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: usize) -> f64 {
+        let m = _mm512_set1_ps(black_box(0.999_999));
+        let a = _mm512_set1_ps(black_box(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); 16];
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_fmadd_ps(*c, m, a);
+            }
+        }
+        black_box(acc);
+        (iters * 16 * 16 * 2) as f64
+    }
+}

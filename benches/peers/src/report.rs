@@ -1,0 +1,294 @@
+//! The bench's table: medians and spreads, ratios to the best peer, share of the FMA peak, and
+//! the section of `docs/PERFORMANCE.md` it replaces.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use msclam_engine::{AttentionKind, ModelConfig};
+
+/// Tiles/s samples per implementation and strip size, in insertion order of implementations.
+#[derive(Default)]
+pub struct Measurements {
+    rows: Vec<(String, BTreeMap<usize, Vec<f64>>)>,
+}
+
+impl Measurements {
+    /// Records one run of `label` at `strip`.
+    pub fn add(&mut self, label: &str, strip: usize, tiles_per_s: f64) {
+        let pos = match self.rows.iter().position(|(l, _)| l == label) {
+            Some(p) => p,
+            None => {
+                self.rows.push((label.to_string(), BTreeMap::new()));
+                self.rows.len() - 1
+            }
+        };
+        self.rows[pos].1.entry(strip).or_default().push(tiles_per_s);
+    }
+
+    fn median(&self, label: &str, strip: usize) -> Option<f64> {
+        let (_, by_strip) = self.rows.iter().find(|(l, _)| l == label)?;
+        by_strip.get(&strip).map(|v| stats(v).0)
+    }
+}
+
+/// Median, minimum and maximum.
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
+}
+
+fn thousands(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2}k", v / 1000.0)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Everything one run found.
+pub struct Report {
+    config: ModelConfig,
+    /// `(width, GFLOP/s)` per vector width.
+    pub fma_peaks: Vec<(&'static str, f64)>,
+    /// Peer versions as reported.
+    pub versions: Vec<String>,
+    /// `(what, why)` for each implementation not run.
+    pub skipped: Vec<(String, String)>,
+    /// `(peer, largest |difference| of tile probabilities against the engine)`.
+    pub agreement: Vec<(String, f64)>,
+    pub measurements: Measurements,
+    /// Tiles, and seconds of each finalize.
+    pub finalize: (usize, Vec<f64>),
+}
+
+impl Report {
+    pub fn new(config: ModelConfig) -> Report {
+        Report {
+            config,
+            fma_peaks: Vec::new(),
+            versions: Vec::new(),
+            skipped: Vec::new(),
+            agreement: Vec::new(),
+            measurements: Measurements::default(),
+            finalize: (0, Vec::new()),
+        }
+    }
+
+    /// Records that `what` was not run, and why.
+    pub fn skip(&mut self, what: &str, why: &str) {
+        eprintln!("skipped {what}: {why}");
+        self.skipped.push((what.to_string(), why.to_string()));
+    }
+
+    /// Multiply-adds of the matrix products per tile, times two.
+    fn flops_per_tile(&self) -> f64 {
+        let c = &self.config;
+        let gates = if c.attention == AttentionKind::Gated {
+            2
+        } else {
+            1
+        };
+        2.0 * (c.input_dim * c.hidden_dim + gates * c.hidden_dim * c.attention_dim) as f64
+    }
+
+    /// The Markdown section: machine, peaks, table, ratios, finalize, skips.
+    pub fn render(&self, strips: &[usize]) -> String {
+        let mut s = String::new();
+        let flops = self.flops_per_tile();
+        let _ = writeln!(
+            s,
+            "Measured {} by `scripts/bench` (one thread pinned to one core, \
+            {} rounds interleaving the implementations; median tiles/s with the range).\n",
+            today(),
+            self.rounds()
+        );
+        let _ = writeln!(s, "- CPU: {}; flags: {}", cpu_model(), cpu_flags());
+        for (width, gflops) in &self.fma_peaks {
+            let _ = writeln!(
+                s,
+                "- FMA peak, {width}: {gflops:.1} GFLOP/s, i.e. {} tiles/s at \
+                {:.3} MFLOP per tile",
+                thousands(gflops * 1e9 / flops),
+                flops / 1e6
+            );
+        }
+        for v in &self.versions {
+            let _ = writeln!(s, "- peers: {v}");
+        }
+        for (peer, diff) in &self.agreement {
+            let _ = writeln!(
+                s,
+                "- same answers: largest |tile probability difference| from the \
+                engine over 64 tiles, {peer}: {diff:.1e}"
+            );
+        }
+        let _ = writeln!(s);
+        let _ = write!(s, "| tiles/s | ");
+        let _ = writeln!(
+            s,
+            "{} |",
+            strips
+                .iter()
+                .map(|v| format!("strip {v}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(s, "|---|{}", "---|".repeat(strips.len()));
+        for (label, by_strip) in &self.measurements.rows {
+            let cells: Vec<String> = strips
+                .iter()
+                .map(|st| match by_strip.get(st) {
+                    Some(v) => {
+                        let (med, lo, hi) = stats(v);
+                        format!("{} ({}–{})", thousands(med), thousands(lo), thousands(hi))
+                    }
+                    None => "—".into(),
+                })
+                .collect();
+            let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+        }
+        let engines: Vec<&String> = self
+            .measurements
+            .rows
+            .iter()
+            .map(|(l, _)| l)
+            .filter(|l| l.starts_with("msclam"))
+            .collect();
+        let peers: Vec<&String> = self
+            .measurements
+            .rows
+            .iter()
+            .map(|(l, _)| l)
+            .filter(|l| !l.starts_with("msclam"))
+            .collect();
+        for engine in &engines {
+            if !peers.is_empty() {
+                let cells: Vec<String> = strips
+                    .iter()
+                    .map(|st| {
+                        let best = peers
+                            .iter()
+                            .filter_map(|p| self.measurements.median(p, *st))
+                            .fold(0.0, f64::max);
+                        match self.measurements.median(engine, *st) {
+                            Some(ours) if best > 0.0 => format!("{:.2}x", ours / best),
+                            _ => "—".into(),
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(s, "| {engine} ÷ best peer | {} |", cells.join(" | "));
+            }
+            let width = engine.split_whitespace().nth(1).unwrap_or("");
+            if let Some((_, peak)) = self.fma_peaks.iter().find(|(w, _)| *w == width) {
+                let cells: Vec<String> = strips
+                    .iter()
+                    .map(|st| match self.measurements.median(engine, *st) {
+                        Some(ours) => format!("{:.0} %", 100.0 * ours * flops / (peak * 1e9)),
+                        None => "—".into(),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "| {engine}, % of {width} FMA peak | {} |",
+                    cells.join(" | ")
+                );
+            }
+        }
+        let (tiles, times) = &self.finalize;
+        if !times.is_empty() {
+            let (med, lo, hi) = stats(times);
+            let _ = writeln!(
+                s,
+                "\nFinalize (attention map and tumor mask) of a {tiles}-tile slide: \
+                {:.2} ms median ({:.2}–{:.2} ms).",
+                med * 1e3,
+                lo * 1e3,
+                hi * 1e3
+            );
+        }
+        for (what, why) in &self.skipped {
+            let _ = writeln!(s, "\nSkipped: {what} ({why}).");
+        }
+        s
+    }
+
+    fn rounds(&self) -> usize {
+        self.measurements
+            .rows
+            .first()
+            .and_then(|(_, m)| m.values().next())
+            .map_or(0, Vec::len)
+    }
+}
+
+const BEGIN: &str = "<!-- scripts/bench: begin -->";
+const END: &str = "<!-- scripts/bench: end -->";
+
+/// Replaces the text between the bench markers of `doc` with `table` (appends a section with
+/// the markers if there is none).
+pub fn write_section(doc: &Path, table: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(doc).map_err(|e| format!("{}: {e}", doc.display()))?;
+    let section = format!("{BEGIN}\n{table}\n{END}");
+    let new = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + END.len()..]),
+        _ => format!("{text}\n## Engine against its peers (`scripts/bench`)\n\n{section}\n"),
+    };
+    std::fs::write(doc, new).map_err(|e| format!("{}: {e}", doc.display()))
+}
+
+fn cpuinfo_field(name: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn cpu_model() -> String {
+    cpuinfo_field("model name").unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The flags that matter to the kernels, as the kernel reports them.
+fn cpu_flags() -> String {
+    let all = cpuinfo_field("flags").unwrap_or_default();
+    let wanted = [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_int8",
+    ];
+    let have: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|f| all.split_whitespace().any(|x| x == *f))
+        .collect();
+    have.join(" ")
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "on an unknown date".into())
+}

@@ -1,0 +1,210 @@
+//! The network's forward pass over one block of tiles, folded into the slide's running
+//! attention-weighted sum: the arithmetic of a push, without the session's bookkeeping.
+//!
+//! For each tile: `h = ReLU(W1 x + b1)`, the attention logit from `tanh(Va h)` (gated by
+//! `sigmoid(Ua h)`), the tumor probability from the tile classifier, then `h` is added to the
+//! slide accumulator with weight `exp(logit - max)` (an online softmax in f64). The whole pass
+//! is compiled once per instruction set, so the row-wise activations vectorise as widely as the
+//! matrix kernels.
+
+use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan};
+use crate::model::WeightViews;
+
+/// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
+pub const BLOCK_TILES: usize = 64;
+
+/// Scratch for one block: hidden and attention pre-activations of [`BLOCK_TILES`] tiles.
+pub(crate) struct BlockScratch<'a> {
+    /// `BLOCK_TILES x padded_rows(H)`.
+    pub hidden: &'a mut [f32],
+    /// `BLOCK_TILES x padded_rows(K)`.
+    pub att_a: &'a mut [f32],
+    /// `BLOCK_TILES x padded_rows(K)` if gated, else empty.
+    pub att_b: &'a mut [f32],
+}
+
+/// The slide's running attention-weighted sum of hidden vectors (online softmax).
+pub(crate) struct Aggregate<'a> {
+    /// `sum_i exp(s_i - max_logit) h_i`, `H` values.
+    pub acc: &'a mut [f64],
+    /// Largest attention logit so far (`-inf` before the first tile).
+    pub max_logit: f64,
+    /// `sum_i exp(s_i - max_logit)`.
+    pub weight_sum: f64,
+}
+
+/// The block's input and where its per-tile outputs go.
+pub(crate) struct Block<'a> {
+    /// `n` rows of `D` embeddings, `stride` apart.
+    pub x: &'a [f32],
+    pub n: usize,
+    pub stride: usize,
+    /// Attention logit of each tile (`n` values).
+    pub logits: &'a mut [f32],
+    /// Tumor probability of each tile (`n` values).
+    pub probs: &'a mut [f32],
+}
+
+/// Runs the network over `block.n <= BLOCK_TILES` tiles and folds them into `agg`.
+///
+/// Returns the index (in the block) of the first tile whose attention or tile logit is not
+/// finite; the aggregate is then partly updated and the caller must roll it back.
+pub(crate) fn forward_block(
+    plan: &KernelPlan,
+    w: &WeightViews<'_>,
+    dims: (usize, usize, usize),
+    block: Block<'_>,
+    scratch: &mut BlockScratch<'_>,
+    agg: &mut Aggregate<'_>,
+) -> Result<(), usize> {
+    match plan.isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a session only holds a plan whose instruction set this CPU supports (checked
+        // at creation), and `forward_avx512` needs nothing else.
+        Isa::Avx512 => unsafe { forward_avx512(plan, w, dims, block, scratch, agg) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Isa::Avx2Fma => unsafe { forward_avx2(plan, w, dims, block, scratch, agg) },
+        _ => forward_body(plan, w, dims, block, scratch, agg),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn forward_avx512(
+    plan: &KernelPlan,
+    w: &WeightViews<'_>,
+    dims: (usize, usize, usize),
+    block: Block<'_>,
+    scratch: &mut BlockScratch<'_>,
+    agg: &mut Aggregate<'_>,
+) -> Result<(), usize> {
+    forward_body(plan, w, dims, block, scratch, agg)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn forward_avx2(
+    plan: &KernelPlan,
+    w: &WeightViews<'_>,
+    dims: (usize, usize, usize),
+    block: Block<'_>,
+    scratch: &mut BlockScratch<'_>,
+    agg: &mut Aggregate<'_>,
+) -> Result<(), usize> {
+    forward_body(plan, w, dims, block, scratch, agg)
+}
+
+/// The first `(tile, feature)` of `n` rows of `d` embeddings (`stride` apart) that is NaN or
+/// infinite, if any: the check before a push, vectorised as widely as the pass.
+pub(crate) fn find_non_finite(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    stride: usize,
+    d: usize,
+) -> Option<(usize, usize)> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: sessions only use instruction sets this CPU supports (checked at creation).
+        Isa::Avx512 => unsafe { find_non_finite_avx512(x, n, stride, d) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe { find_non_finite_avx2(x, n, stride, d) },
+        _ => find_non_finite_body(x, n, stride, d),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn find_non_finite_avx512(x: &[f32], n: usize, stride: usize, d: usize) -> Option<(usize, usize)> {
+    find_non_finite_body(x, n, stride, d)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn find_non_finite_avx2(x: &[f32], n: usize, stride: usize, d: usize) -> Option<(usize, usize)> {
+    find_non_finite_body(x, n, stride, d)
+}
+
+#[inline(always)]
+fn find_non_finite_body(x: &[f32], n: usize, stride: usize, d: usize) -> Option<(usize, usize)> {
+    (0..n).find_map(|tile| {
+        let row = &x[tile * stride..tile * stride + d];
+        if rows::all_finite(row) {
+            None
+        } else {
+            row.iter().position(|v| !v.is_finite()).map(|f| (tile, f))
+        }
+    })
+}
+
+/// The pass itself, inlined into each instruction set's wrapper. Its row-wise arithmetic uses
+/// no fused multiply-add, so only the matrix kernels differ between instruction sets.
+#[inline(always)]
+fn forward_body(
+    plan: &KernelPlan,
+    w: &WeightViews<'_>,
+    (d, h, k): (usize, usize, usize),
+    block: Block<'_>,
+    scratch: &mut BlockScratch<'_>,
+    agg: &mut Aggregate<'_>,
+) -> Result<(), usize> {
+    let (h16, k16) = (padded_rows(h), padded_rows(k));
+    let Block {
+        x,
+        n,
+        stride,
+        logits,
+        probs,
+    } = block;
+    let hidden = &mut *scratch.hidden;
+    dense(
+        plan,
+        x,
+        n,
+        d,
+        stride,
+        w.fc_weight,
+        h,
+        w.fc_bias,
+        hidden,
+        h16,
+    );
+    rows::relu_in_place(&mut hidden[..n * h16]);
+    let (va, ba) = (w.attention_a_weight, w.attention_a_bias);
+    dense(plan, hidden, n, h, h16, va, k, ba, scratch.att_a, k16);
+    if let Some((ua, bu)) = w.attention_b {
+        dense(plan, hidden, n, h, h16, ua, k, bu, scratch.att_b, k16);
+    }
+    let mut block_max = f64::NEG_INFINITY;
+    for r in 0..n {
+        let hr = &hidden[r * h16..r * h16 + h];
+        let terms = &mut scratch.att_a[r * k16..r * k16 + k];
+        let gate = w.attention_b.map(|_| &scratch.att_b[r * k16..r * k16 + k]);
+        rows::attention_terms(terms, gate);
+        let s = rows::dot_f64(terms, w.attention_c_weight, w.attention_c_bias as f64);
+        let z = rows::dot_f64(hr, w.tile_tumor.0, w.tile_tumor.1 as f64)
+            - rows::dot_f64(hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
+        let s32 = s as f32;
+        if !s32.is_finite() || !z.is_finite() {
+            return Err(r);
+        }
+        logits[r] = s32;
+        probs[r] = rows::sigmoid(z) as f32;
+        block_max = block_max.max(s32 as f64);
+    }
+    // Online softmax: rescale the aggregate to the new maximum, then add the block.
+    if block_max > agg.max_logit {
+        let scale = (agg.max_logit - block_max).exp();
+        agg.weight_sum *= scale;
+        agg.acc.iter_mut().for_each(|a| *a *= scale);
+        agg.max_logit = block_max;
+    }
+    for r in 0..n {
+        let weight = (logits[r] as f64 - agg.max_logit).exp();
+        agg.weight_sum += weight;
+        rows::axpy_f64(agg.acc, weight, &hidden[r * h16..r * h16 + h]);
+    }
+    Ok(())
+}

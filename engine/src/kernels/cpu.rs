@@ -1,0 +1,90 @@
+//! What the kernels need to know about the CPU beyond its instruction sets: cache sizes.
+
+/// Data cache sizes of one core, read from CPUID where the CPU reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCaches {
+    /// Level-1 data cache, bytes.
+    pub l1d_bytes: usize,
+    /// Level-2 cache, bytes.
+    pub l2_bytes: usize,
+}
+
+impl CpuCaches {
+    /// Sizes assumed where CPUID does not say: 32 KiB L1D and 512 KiB L2, the smallest of the
+    /// x86-64 server cores of the last decade.
+    pub const FALLBACK: CpuCaches = CpuCaches {
+        l1d_bytes: 32 << 10,
+        l2_bytes: 512 << 10,
+    };
+
+    /// This CPU's cache sizes (Intel's CPUID leaf 4, AMD's leaf 0x8000_001D), or
+    /// [`CpuCaches::FALLBACK`] for any size the CPU does not report.
+    pub fn detect() -> CpuCaches {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (l1d, l2) = x86::cache_sizes();
+            CpuCaches {
+                l1d_bytes: l1d.unwrap_or(Self::FALLBACK.l1d_bytes),
+                l2_bytes: l2.unwrap_or(Self::FALLBACK.l2_bytes),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self::FALLBACK
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
+
+    /// L1 data and L2 sizes in bytes from the deterministic cache parameters leaf.
+    pub(super) fn cache_sizes() -> (Option<usize>, Option<usize>) {
+        // Leaves beyond the maximum are not queried (checked against leaves 0 and 0x8000_0000).
+        let l0 = __cpuid(0);
+        let (vendor, max_leaf, max_ext) = (l0.ebx, l0.eax, __cpuid(0x8000_0000).eax);
+        const AMD: u32 = u32::from_le_bytes(*b"Auth");
+        let leaf = if vendor == AMD {
+            if max_ext < 0x8000_001D {
+                return (None, None);
+            }
+            0x8000_001D
+        } else {
+            if max_leaf < 4 {
+                return (None, None);
+            }
+            4
+        };
+        let (mut l1d, mut l2) = (None, None);
+        for sub in 0..16 {
+            let r: CpuidResult = __cpuid_count(leaf, sub);
+            let kind = r.eax & 0x1F;
+            if kind == 0 {
+                break;
+            }
+            let level = (r.eax >> 5) & 0x7;
+            let ways = ((r.ebx >> 22) & 0x3FF) as usize + 1;
+            let partitions = ((r.ebx >> 12) & 0x3FF) as usize + 1;
+            let line = (r.ebx & 0xFFF) as usize + 1;
+            let sets = r.ecx as usize + 1;
+            let bytes = ways * partitions * line * sets;
+            match (level, kind) {
+                (1, 1) => l1d = Some(bytes),    // level 1, data
+                (2, 1 | 3) => l2 = Some(bytes), // level 2, data or unified
+                _ => {}
+            }
+        }
+        (l1d, l2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detected_sizes_are_plausible() {
+        let c = CpuCaches::detect();
+        assert!((8 << 10..=1 << 20).contains(&c.l1d_bytes), "{c:?}");
+        assert!((64 << 10..=64 << 20).contains(&c.l2_bytes), "{c:?}");
+    }
+}

@@ -1,0 +1,117 @@
+//! A session's memory plan: one region, sized once from the model and the tile capacity and
+//! carved into typed buffers, either allocated by the session or provided by the caller.
+
+use std::ops::Range;
+
+use crate::config::AttentionKind;
+use crate::forward::BLOCK_TILES;
+use crate::kernels::padded_rows;
+use crate::model::Model;
+
+/// Alignment of the session's memory region and of each buffer in it.
+pub const SESSION_ALIGNMENT: usize = 64;
+
+/// Byte ranges of each buffer inside the session's region, in region order.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    // f64 buffers first.
+    pub acc: Range<usize>,
+    pub snapshot: Range<usize>,
+    // f32 scratch.
+    pub hidden: Range<usize>,
+    pub att_a: Range<usize>,
+    pub att_b: Range<usize>,
+    pub slide_logits: Range<usize>,
+    pub slide_probs: Range<usize>,
+    // Per tile.
+    pub logits: Range<usize>,
+    pub probs: Range<usize>,
+    pub attention: Range<usize>,
+    pub coords: Range<usize>,
+    pub mask: Range<usize>,
+    pub total: usize,
+}
+
+impl Plan {
+    /// The plan for `capacity` tiles, or `None` if a size overflows.
+    pub fn new(model: &Model, capacity: usize) -> Option<Plan> {
+        let c = model.config();
+        let (h, k, nc) = (c.hidden_dim, c.attention_dim, c.num_classes);
+        let gated = c.attention == AttentionKind::Gated;
+        let mut cursor = 0usize;
+        let mut take = |bytes: Option<usize>| -> Option<Range<usize>> {
+            let start = cursor;
+            let end = start.checked_add(bytes?)?;
+            cursor =
+                end.checked_add(SESSION_ALIGNMENT - 1)? / SESSION_ALIGNMENT * SESSION_ALIGNMENT;
+            Some(start..end)
+        };
+        let per_tile = |size: usize| capacity.checked_mul(size);
+        Some(Plan {
+            acc: take(Some(h * 8))?,
+            snapshot: take(Some(h * 8))?,
+            hidden: take(Some(BLOCK_TILES * padded_rows(h) * 4))?,
+            att_a: take(Some(BLOCK_TILES * padded_rows(k) * 4))?,
+            att_b: take(Some(if gated {
+                BLOCK_TILES * padded_rows(k) * 4
+            } else {
+                0
+            }))?,
+            slide_logits: take(Some(nc * 4))?,
+            slide_probs: take(Some(nc * 4))?,
+            logits: take(per_tile(4))?,
+            probs: take(per_tile(4))?,
+            attention: take(per_tile(4))?,
+            coords: take(per_tile(8))?,
+            mask: take(per_tile(1))?,
+            total: cursor,
+        })
+    }
+}
+
+/// Splits `bytes` into the disjoint, increasing `ranges` as separate mutable slices.
+pub(crate) fn split_disjoint<'b, const N: usize>(
+    mut bytes: &'b mut [u8],
+    ranges: [&Range<usize>; N],
+) -> [&'b mut [u8]; N] {
+    let mut consumed = 0;
+    let mut parts: [&'b mut [u8]; N] = std::array::from_fn(|_| <&mut [u8]>::default());
+    for (part, range) in parts.iter_mut().zip(ranges) {
+        let (_, rest) = std::mem::take(&mut bytes).split_at_mut(range.start - consumed);
+        let (mine, rest) = rest.split_at_mut(range.len());
+        *part = mine;
+        bytes = rest;
+        consumed = range.end;
+    }
+    parts
+}
+
+/// 64 bytes with 64-byte alignment: the unit of session-owned memory.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub(crate) struct Block64(pub [u8; 64]);
+
+/// The session's memory: allocated by the session, or borrowed from the caller.
+pub(crate) enum Region<'m> {
+    /// Allocated once, at session creation.
+    Owned(Vec<Block64>),
+    /// A caller's buffer, already aligned to [`SESSION_ALIGNMENT`].
+    Borrowed(&'m mut [u8]),
+}
+
+impl Region<'_> {
+    /// The whole region.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Region::Owned(blocks) => bytemuck::cast_slice(blocks),
+            Region::Borrowed(bytes) => bytes,
+        }
+    }
+    /// The whole region, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Region::Owned(blocks) => bytemuck::cast_slice_mut(blocks),
+            Region::Borrowed(bytes) => bytes,
+        }
+    }
+}
