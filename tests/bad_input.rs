@@ -198,6 +198,7 @@ fn memory_formula_is_as_documented_and_a_few_mb_for_100k_tiles() {
     let formula = r64(8 * h) * 2
         + r64(256 * h)
         + 2 * r64(256 * k)
+        + 73_728
         + 2 * r64(4 * c)
         + 3 * r64(4 * 100_000)
         + r64(8 * 100_000)

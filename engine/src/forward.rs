@@ -21,6 +21,8 @@ pub(crate) struct BlockScratch<'a> {
     pub att_a: &'a mut [f32],
     /// `BLOCK_TILES x padded_rows(K)` if gated, else empty.
     pub att_b: &'a mut [f32],
+    /// [`crate::kernels::PACK_FLOATS`]: the matrix kernels' packed input rows.
+    pub pack: &'a mut [f32],
 }
 
 /// The slide's running attention-weighted sum of hidden vectors (online softmax).
@@ -158,24 +160,14 @@ fn forward_body(
         logits,
         probs,
     } = block;
-    let hidden = &mut *scratch.hidden;
-    dense(
-        plan,
-        x,
-        n,
-        d,
-        stride,
-        w.fc_weight,
-        h,
-        w.fc_bias,
-        hidden,
-        h16,
-    );
+    let (hidden, pack) = (&mut *scratch.hidden, &mut *scratch.pack);
+    let (w1, b1) = (w.fc_weight, w.fc_bias);
+    dense(plan, x, n, d, stride, w1, h, b1, hidden, h16, pack);
     rows::relu_in_place(&mut hidden[..n * h16]);
     let (va, ba) = (w.attention_a_weight, w.attention_a_bias);
-    dense(plan, hidden, n, h, h16, va, k, ba, scratch.att_a, k16);
+    dense(plan, hidden, n, h, h16, va, k, ba, scratch.att_a, k16, pack);
     if let Some((ua, bu)) = w.attention_b {
-        dense(plan, hidden, n, h, h16, ua, k, bu, scratch.att_b, k16);
+        dense(plan, hidden, n, h, h16, ua, k, bu, scratch.att_b, k16, pack);
     }
     let mut block_max = f64::NEG_INFINITY;
     for r in 0..n {

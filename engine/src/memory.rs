@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use crate::config::AttentionKind;
 use crate::forward::BLOCK_TILES;
-use crate::kernels::padded_rows;
+use crate::kernels::{padded_rows, PACK_FLOATS};
 use crate::model::Model;
 
 /// Alignment of the session's memory region and of each buffer in it.
@@ -21,6 +21,7 @@ pub(crate) struct Plan {
     pub hidden: Range<usize>,
     pub att_a: Range<usize>,
     pub att_b: Range<usize>,
+    pub pack: Range<usize>,
     pub slide_logits: Range<usize>,
     pub slide_probs: Range<usize>,
     // Per tile.
@@ -57,6 +58,7 @@ impl Plan {
             } else {
                 0
             }))?,
+            pack: take(Some(PACK_FLOATS * 4))?,
             slide_logits: take(Some(nc * 4))?,
             slide_probs: take(Some(nc * 4))?,
             logits: take(per_tile(4))?,

@@ -121,7 +121,8 @@ impl<'m> SlideSession<'m> {
     /// `21 * capacity` (attention logit, tile probability and normalised attention as f32,
     /// coordinates as two u32, mask as u8) `+ 16 * H` (the f64 slide accumulator and its
     /// rollback copy) `+ 256 * (H16 + K16 * g)` (scratch for 64 tiles of hidden and attention
-    /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 8 * C`, each buffer
+    /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 73,728` (the matrix
+    /// kernels' packed inputs, [`crate::kernels::PACK_FLOATS`] floats) `+ 8 * C`, each buffer
     /// rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
     /// not 64-byte aligned.
     pub fn memory_bytes(model: &Model, capacity: usize) -> Result<usize> {
@@ -441,7 +442,7 @@ impl<'m> SlideSession<'m> {
         let weights = model.weights();
         let dims = (config.input_dim, config.hidden_dim, config.attention_dim);
         let plan = self.plan.clone();
-        let [acc, snapshot, hidden, att_a, att_b, logits, probs] = split_disjoint(
+        let [acc, snapshot, hidden, att_a, att_b, pack, logits, probs] = split_disjoint(
             self.region.bytes_mut(),
             [
                 &plan.acc,
@@ -449,6 +450,7 @@ impl<'m> SlideSession<'m> {
                 &plan.hidden,
                 &plan.att_a,
                 &plan.att_b,
+                &plan.pack,
                 &plan.logits,
                 &plan.probs,
             ],
@@ -458,6 +460,7 @@ impl<'m> SlideSession<'m> {
             hidden: bytemuck::cast_slice_mut(hidden),
             att_a: bytemuck::cast_slice_mut(att_a),
             att_b: bytemuck::cast_slice_mut(att_b),
+            pack: bytemuck::cast_slice_mut(pack),
         };
         let mut agg = Aggregate {
             acc: bytemuck::cast_slice_mut(acc),

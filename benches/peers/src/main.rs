@@ -8,6 +8,7 @@
 //! share of the FMA peak. `scripts/bench` runs it pinned to one core.
 
 mod fma;
+mod kernels;
 mod python;
 mod report;
 mod tract;
@@ -53,6 +54,10 @@ struct Args {
     /// Replace the measured section of this Markdown file with the table.
     #[arg(long)]
     write_doc: Option<PathBuf>,
+    /// Only time the matrix kernels (GFLOP/s per instruction set and input block), not the
+    /// peers: a diagnostic for kernel work.
+    #[arg(long)]
+    kernels: bool,
 }
 
 fn main() {
@@ -64,6 +69,10 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if args.kernels {
+        kernels::report(args.rounds);
+        return Ok(());
+    }
     let config = ModelConfig::ms_clam(ModelSize::Small);
     let weights = random_weights(config, 1);
     let bytes = ModelWriter::new(&weights)

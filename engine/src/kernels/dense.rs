@@ -3,9 +3,11 @@
 //! One micro-tile is `R` input rows by `P` panels of 16 outputs: the `R x P` accumulators stay
 //! in registers while a block of the input dimension streams by; each weight vector is loaded
 //! once per `R` rows and each input value is broadcast once per `P` panels. The loops, from the
-//! outside in: groups of `P` panels, blocks of [`KernelPlan::k_block`] inputs (the group's
-//! slice of weights for one input block stays in L1 while every row passes over it), groups of
-//! `R` rows (then one smaller group for the remaining rows).
+//! outside in: chunks of up to [`PACK_ROWS`] rows; blocks of [`KernelPlan::k_block`] inputs,
+//! whose rows are first copied input-major into groups of `R` (so that a micro-tile reads one
+//! sequential stream and addresses its rows by constant offsets); groups of `P` panels (the
+//! group's slice of weights for the input block stays in L1 while every row group passes
+//! over it); groups of `R` rows.
 //!
 //! Determinism: every accumulator receives its fused multiply-adds in input order, starting
 //! from the bias, whatever `R`, `P`, the input blocking or the number of rows in the call; a
@@ -17,13 +19,22 @@
 
 use super::{padded_rows, Isa, KernelPlan, PANEL_WIDTH};
 
+/// Rows packed at once: a session's block of tiles.
+pub const PACK_ROWS: usize = 64;
+/// Largest input block a plan uses.
+pub const MAX_K_BLOCK: usize = 256;
+/// Floats of the packing buffer [`dense`] needs: [`PACK_ROWS`] rounded up to whole row groups
+/// of every kernel, times [`MAX_K_BLOCK`].
+pub const PACK_FLOATS: usize = PACK_ROWS.div_ceil(24) * 24 * MAX_K_BLOCK;
+
 /// Computes `out[r][o] = bias[o] + sum_i x[r][i] * W[o][i]` for `n` rows, with the kernels and
 /// blocking of `plan`.
 ///
 /// - `x`: `n` rows of `in_dim` values, row `r` starting at `r * x_stride`;
 /// - `packed`: `W` (`out_dim x in_dim`) in panel layout ([`super::pack_panels`]);
 /// - `out`: `n` rows starting at `r * out_stride`, `out_stride >= padded_rows(out_dim)`; the
-///   padding columns receive zeros.
+///   padding columns receive zeros;
+/// - `pack`: scratch of at least [`PACK_FLOATS`] floats for the packed input rows.
 ///
 /// # Panics
 /// If a buffer is shorter than the dimensions say (a bug in the caller, never an input
@@ -41,6 +52,7 @@ pub fn dense(
     bias: &[f32],
     out: &mut [f32],
     out_stride: usize,
+    pack: &mut [f32],
 ) {
     if n == 0 {
         return;
@@ -81,7 +93,8 @@ pub fn dense(
         // Derived from the exclusive borrow of the output: the kernels write through it.
         out: out.as_mut_ptr(),
         out_stride,
-        k_block: plan.k_block.max(1),
+        k_block: plan.k_block.clamp(1, MAX_K_BLOCK),
+        pack: pack.as_mut_ptr(),
     };
     // The bias of a last, partial panel, padded with zeros.
     let tail = out_dim % PANEL_WIDTH;
@@ -114,6 +127,8 @@ struct DenseArgs<'a> {
     out: *mut f32,
     out_stride: usize,
     k_block: usize,
+    /// [`PACK_FLOATS`] writable floats.
+    pack: *mut f32,
 }
 
 /// One micro-tile call: `rows` rows (`<= R`) by `panels` panels (`<= P`) over `k` inputs.
@@ -121,9 +136,9 @@ struct DenseArgs<'a> {
 struct Tile {
     rows: usize,
     panels: usize,
-    /// First input row, at the block's first input.
+    /// The rows' inputs for this input block, packed input-major: input `i` of row `r` at
+    /// `x[i * R + r]` (`R` the kernel's row group, whatever `rows`).
     x: *const f32,
-    x_stride: usize,
     k: usize,
     /// First panel's weights, at the block's first input.
     w: *const f32,
@@ -137,7 +152,8 @@ struct Tile {
     out_stride: usize,
 }
 
-/// Walks the output in micro-tiles (see the module documentation) and calls `tile` for each.
+/// Walks the output in micro-tiles (see the module documentation), packing the input rows,
+/// and calls `tile` for each.
 ///
 /// # Safety
 /// `a` must describe buffers of the lengths [`dense`] checks; `tile` must be safe to call with
@@ -150,57 +166,101 @@ unsafe fn walk<const R: usize, const P: usize>(
 ) {
     let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
     let panel_stride = a.in_dim * PANEL_WIDTH;
-    let mut p = 0;
-    while p < panels {
-        let group = P.min(panels - p);
-        // 16 biases per panel of the group, the last one padded.
-        let mut bias = [0.0f32; 64];
-        for g in 0..group {
-            let start = (p + g) * PANEL_WIDTH;
-            let src = if start + PANEL_WIDTH <= a.out_dim {
-                &a.bias[start..start + PANEL_WIDTH]
-            } else {
-                &padded_bias[..]
-            };
-            bias[g * PANEL_WIDTH..(g + 1) * PANEL_WIDTH].copy_from_slice(src);
-        }
+    // 16 biases per panel, the last one padded; re-filled per group of panels.
+    let mut bias = [0.0f32; 4 * PANEL_WIDTH];
+    let mut r0 = 0;
+    while r0 < a.n {
+        let chunk = PACK_ROWS.min(a.n - r0);
         let mut k0 = 0;
         while k0 < a.in_dim {
             let k = a.k_block.min(a.in_dim - k0);
-            let mut r = 0;
-            while r < a.n {
-                let rows = R.min(a.n - r);
-                // SAFETY (pointer arithmetic): r < n, k0 < in_dim, p < panels and
-                // (p + group) * 16 <= out_stride, so every offset is inside the buffers whose
-                // lengths `dense` checked.
-                unsafe {
-                    tile(Tile {
-                        rows,
-                        panels: group,
-                        x: a.x.add(r * a.x_stride + k0),
-                        x_stride: a.x_stride,
-                        k,
-                        w: a.packed.add(p * panel_stride + k0 * PANEL_WIDTH),
-                        panel_stride,
-                        bias: bias.as_ptr(),
-                        accumulate: k0 > 0,
-                        out: a.out.add(r * a.out_stride + p * PANEL_WIDTH),
-                        out_stride: a.out_stride,
-                    });
+            // SAFETY: rows r0..r0 + chunk and inputs k0..k0 + k are inside `x`; the packed
+            // groups take chunk.div_ceil(R) * R * k <= PACK_FLOATS floats of `pack`.
+            unsafe { pack_rows::<R>(a, r0, chunk, k0, k) };
+            let mut p = 0;
+            while p < panels {
+                let group = P.min(panels - p);
+                for g in 0..group {
+                    let start = (p + g) * PANEL_WIDTH;
+                    let src = if start + PANEL_WIDTH <= a.out_dim {
+                        &a.bias[start..start + PANEL_WIDTH]
+                    } else {
+                        &padded_bias[..]
+                    };
+                    bias[g * PANEL_WIDTH..(g + 1) * PANEL_WIDTH].copy_from_slice(src);
                 }
-                r += rows;
+                let mut r = 0;
+                while r < chunk {
+                    let rows = R.min(chunk - r);
+                    // SAFETY (pointer arithmetic): the packed group of row r is inside `pack`;
+                    // k0 < in_dim, p < panels and (p + group) * 16 <= out_stride, so the other
+                    // offsets are inside the buffers whose lengths `dense` checked.
+                    unsafe {
+                        tile(Tile {
+                            rows,
+                            panels: group,
+                            x: a.pack.add(r * k).cast_const(),
+                            k,
+                            w: a.packed.add(p * panel_stride + k0 * PANEL_WIDTH),
+                            panel_stride,
+                            bias: bias.as_ptr(),
+                            accumulate: k0 > 0,
+                            out: a.out.add((r0 + r) * a.out_stride + p * PANEL_WIDTH),
+                            out_stride: a.out_stride,
+                        });
+                    }
+                    r += rows;
+                }
+                p += group;
             }
             k0 += k;
         }
-        p += group;
+        r0 += chunk;
+    }
+}
+
+/// Copies inputs `k0..k0 + k` of rows `r0..r0 + rows` into `a.pack`, input-major in groups of
+/// `R` rows: group `g` starts at `g * R * k`, and holds input `i` of its row `r` at `i * R + r`
+/// (zeros for the missing rows of a last, partial group).
+///
+/// # Safety
+/// The rows and inputs must be inside `a.x`, and `rows.div_ceil(R) * R * k` floats inside
+/// `a.pack`.
+#[inline(always)]
+unsafe fn pack_rows<const R: usize>(
+    a: &DenseArgs<'_>,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    k: usize,
+) {
+    let mut g = 0;
+    while g * R < rows {
+        let in_group = R.min(rows - g * R);
+        // SAFETY: the caller guarantees both ranges; a missing row reads its group's first
+        // row (inside `x`) and is then zeroed.
+        unsafe {
+            let src: [*const f32; R] = std::array::from_fn(|r| {
+                let row = r0 + g * R + if r < in_group { r } else { 0 };
+                a.x.add(row * a.x_stride + k0)
+            });
+            let dst = a.pack.add(g * R * k);
+            for i in 0..k {
+                for r in 0..R {
+                    let v = if r < in_group { *src[r].add(i) } else { 0.0 };
+                    *dst.add(i * R + r) = v;
+                }
+            }
+        }
+        g += 1;
     }
 }
 
 /// Dispatches a tile to the micro-kernel instantiated for its exact shape.
 macro_rules! dispatch_rows {
-    ($kernel:ident, $t:expr, $panels:literal, [$($r:literal),+]) => {
+    ($kernel:ident, $t:expr, $group:literal, $panels:literal, [$($r:literal),+]) => {
         match $t.rows {
-            $($r => $kernel::<$r, $panels>($t),)+
+            $($r => $kernel::<$group, $r, $panels>($t),)+
             _ => unreachable!("tile rows beyond the kernel's register block"),
         }
     };
@@ -219,9 +279,9 @@ unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
     unsafe {
         walk::<8, 2>(a, padded_bias, |t| {
             if t.panels == 2 {
-                dispatch_rows!(micro_avx512, t, 2, [1, 2, 3, 4, 5, 6, 7, 8])
+                dispatch_rows!(micro_avx512, t, 8, 2, [1, 2, 3, 4, 5, 6, 7, 8])
             } else {
-                dispatch_rows!(micro_avx512, t, 1, [1, 2, 3, 4, 5, 6, 7, 8])
+                dispatch_rows!(micro_avx512, t, 8, 1, [1, 2, 3, 4, 5, 6, 7, 8])
             }
         })
     }
@@ -238,7 +298,7 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
     // all the micro-kernels need.
     unsafe {
         walk::<6, 1>(a, padded_bias, |t| {
-            dispatch_rows!(micro_avx2, t, 1, [1, 2, 3, 4, 5, 6])
+            dispatch_rows!(micro_avx2, t, 6, 1, [1, 2, 3, 4, 5, 6])
         })
     }
 }
@@ -251,22 +311,22 @@ unsafe fn portable_tile(t: Tile) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match t.rows {
-            4 => portable_micro::<4>(t),
-            3 => portable_micro::<3>(t),
-            2 => portable_micro::<2>(t),
-            _ => portable_micro::<1>(t),
+            4 => portable_micro::<4, 4>(t),
+            3 => portable_micro::<4, 3>(t),
+            2 => portable_micro::<4, 2>(t),
+            _ => portable_micro::<4, 1>(t),
         }
     }
 }
 
-/// Portable `R` rows times one panel. Every accumulator sees the same operation sequence for
-/// any `R`.
+/// Portable `R` rows (of a packed group of `G`) times one panel. Every accumulator sees the
+/// same operation sequence for any `R`.
 ///
 /// # Safety
-/// `t` must describe `R` readable rows of `t.k` inputs, one panel of `16 t.k` weights, 16
-/// biases and `R` writable output rows of 16.
+/// `t` must describe a packed group of `G` rows of `t.k` readable inputs, one panel of `16 t.k`
+/// weights, 16 biases and `R` writable output rows of 16.
 #[inline(always)]
-unsafe fn portable_micro<const R: usize>(t: Tile) {
+unsafe fn portable_micro<const G: usize, const R: usize>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let mut acc = [[0.0f32; PANEL_WIDTH]; R];
@@ -281,7 +341,7 @@ unsafe fn portable_micro<const R: usize>(t: Tile) {
         for i in 0..t.k {
             let w = *t.w.add(i * PANEL_WIDTH).cast::<[f32; PANEL_WIDTH]>();
             for r in 0..R {
-                let xv = *t.x.add(r * t.x_stride + i);
+                let xv = *t.x.add(i * G + r);
                 for j in 0..PANEL_WIDTH {
                     // Separate multiply and add: `mul_add` would be a slow libm call without FMA.
                     acc[r][j] += xv * w[j];
@@ -297,16 +357,17 @@ unsafe fn portable_micro<const R: usize>(t: Tile) {
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// `R` rows x `P` panels with one 16-lane accumulator per row and panel.
+/// `R` rows (of a packed group of `G`) x `P` panels with one 16-lane accumulator per row and
+/// panel.
 ///
 /// # Safety
-/// AVX-512F must be available; `t` must describe `R` readable rows of `t.k` inputs, `P` panels
-/// of `16 t.k` readable weights `t.panel_stride` apart, `16 P` biases and `R` writable output
-/// rows of `16 P`.
+/// AVX-512F must be available; `t` must describe a packed group of `G` rows of `t.k` readable
+/// inputs, `P` panels of `16 t.k` readable weights `t.panel_stride` apart, `16 P` biases and
+/// `R` writable output rows of `16 P`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn micro_avx512<const R: usize, const P: usize>(t: Tile) {
+unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
@@ -319,16 +380,13 @@ unsafe fn micro_avx512<const R: usize, const P: usize>(t: Tile) {
                 };
             }
         }
-        // One pointer per row, indexed by the input: LLVM keeps them in registers and
-        // addresses each broadcast as `row + 4 i`.
-        let rows: [*const f32; R] = std::array::from_fn(|r| t.x.add(r * t.x_stride));
         for i in 0..t.k {
             let mut wv = [_mm512_setzero_ps(); P];
             for p in 0..P {
                 wv[p] = _mm512_loadu_ps(t.w.add(p * t.panel_stride + i * PANEL_WIDTH));
             }
             for r in 0..R {
-                let xv = _mm512_set1_ps(*rows[r].add(i));
+                let xv = _mm512_set1_ps(*t.x.add(i * G + r));
                 for p in 0..P {
                     acc[r][p] = _mm512_fmadd_ps(xv, wv[p], acc[r][p]);
                 }
@@ -342,14 +400,14 @@ unsafe fn micro_avx512<const R: usize, const P: usize>(t: Tile) {
     }
 }
 
-/// `R` rows x one panel with two 8-lane accumulators per row.
+/// `R` rows (of a packed group of `G`) x one panel with two 8-lane accumulators per row.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `t` as for [`micro_avx512`] with `P = 1`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn micro_avx2<const R: usize, const P: usize>(t: Tile) {
+unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
@@ -362,12 +420,11 @@ unsafe fn micro_avx2<const R: usize, const P: usize>(t: Tile) {
             lo[r] = _mm256_loadu_ps(init);
             hi[r] = _mm256_loadu_ps(init.add(8));
         }
-        let rows: [*const f32; R] = std::array::from_fn(|r| t.x.add(r * t.x_stride));
         for i in 0..t.k {
             let w0 = _mm256_loadu_ps(t.w.add(i * PANEL_WIDTH));
             let w1 = _mm256_loadu_ps(t.w.add(i * PANEL_WIDTH + 8));
             for r in 0..R {
-                let xv = _mm256_set1_ps(*rows[r].add(i));
+                let xv = _mm256_set1_ps(*t.x.add(i * G + r));
                 lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
                 hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
             }
@@ -409,32 +466,25 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for n in [1usize, 5, 6, 9, 13, 25] {
+        // Row counts around every kernel's row group and beyond one packed chunk of rows.
+        for n in [1usize, 5, 6, 9, 13, 25, 64, 71] {
             let x: Vec<f32> = (0..n * d).map(|_| next()).collect();
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
             let b: Vec<f32> = (0..o).map(|_| next()).collect();
             let packed = pack_panels(&w, o, d);
             let stride = padded_rows(o);
             let expect = naive(&x, n, d, &w, o, &b);
+            let mut pack = vec![f32::NAN; PACK_FLOATS];
+            let pk = &mut pack;
             for isa in Isa::all_supported() {
                 let unblocked = KernelPlan { isa, k_block: d };
                 let mut reference = vec![f32::NAN; n * stride];
-                dense(
-                    &unblocked,
-                    &x,
-                    n,
-                    d,
-                    d,
-                    &packed,
-                    o,
-                    &b,
-                    &mut reference,
-                    stride,
-                );
+                let refs = &mut reference;
+                dense(&unblocked, &x, n, d, d, &packed, o, &b, refs, stride, pk);
                 for k_block in [1, 8, 16, 36, 64] {
                     let plan = KernelPlan { isa, k_block };
                     let mut out = vec![f32::NAN; n * stride];
-                    dense(&plan, &x, n, d, d, &packed, o, &b, &mut out, stride);
+                    dense(&plan, &x, n, d, d, &packed, o, &b, &mut out, stride, pk);
                     assert_eq!(out, reference, "{isa:?}: blocking changed the results");
                 }
                 for r in 0..n {
@@ -462,6 +512,7 @@ mod tests {
                         &b,
                         &mut single,
                         stride,
+                        pk,
                     );
                     assert_eq!(&single[..], &reference[r * stride..(r + 1) * stride]);
                 }

@@ -13,7 +13,7 @@ mod dense;
 pub mod rows;
 
 pub use cpu::CpuCaches;
-pub use dense::dense;
+pub use dense::{dense, MAX_K_BLOCK, PACK_FLOATS, PACK_ROWS};
 
 /// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.
 pub const PANEL_WIDTH: usize = 16;
@@ -118,7 +118,7 @@ impl KernelPlan {
         let k_block = (caches.l1d_bytes / 2 / per_input) / 32 * 32;
         KernelPlan {
             isa,
-            k_block: k_block.max(64),
+            k_block: k_block.clamp(64, MAX_K_BLOCK),
         }
     }
 }
