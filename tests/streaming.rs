@@ -9,7 +9,8 @@ use std::sync::Arc;
 use common::{assert_rel, model_of, random_model, strips};
 use msclam::{random_weights, synthetic_slide};
 use msclam_engine::{
-    reference, AttentionKind, Isa, Model, ModelConfig, ModelSize, SlideSession, TileClassifierKind,
+    reference, AttentionKind, Error, Isa, Model, ModelConfig, ModelSize, SessionOptions,
+    SlideSession, TileClassifierKind,
 };
 use proptest::prelude::*;
 
@@ -334,6 +335,123 @@ fn same_inputs_give_bit_identical_outputs_run_after_run() {
     for _ in 0..3 {
         assert_eq!(run(), first);
     }
+}
+
+/// Everything a slide gives, as bits: the score after each push, then the finalized outputs.
+fn stream_bits(s: &mut SlideSession<'_>, emb: &[f32], d: usize, sizes: &[usize]) -> Vec<u32> {
+    s.reset();
+    let n = emb.len() / d;
+    let mut bits = Vec::new();
+    for strip in strips(n, sizes) {
+        let pushed = s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
+        bits.push(pushed.slide_tumor_probability.to_bits());
+    }
+    let r = s.finalize().unwrap();
+    for v in [
+        r.slide_logits,
+        r.attention,
+        r.attention_logits,
+        r.tile_probabilities,
+    ] {
+        bits.extend(v.iter().map(|x| x.to_bits()));
+    }
+    bits
+}
+
+#[test]
+fn any_thread_count_gives_bit_identical_results_and_matches_the_reference() {
+    for config in [
+        ModelConfig::ms_clam(ModelSize::Small),
+        ModelConfig::clam_sb(ModelSize::Tiny),
+    ] {
+        let d = config.input_dim;
+        let (weights, model) = random_model(config, 21);
+        let n = 1500;
+        let (emb, _, _) = synthetic_slide(d, n, 0.1, 22);
+        let want = reference::forward(&weights, &emb);
+        for isa in Isa::all_supported() {
+            let one = SlideSession::with_isa(model.clone(), n, isa).unwrap();
+            let mut one = one;
+            for sizes in [&[1500][..], &[300, 1, 64, 129], &[64]] {
+                let expected = stream_bits(&mut one, &emb, d, sizes);
+                for threads in [2, 3, 5] {
+                    let options = SessionOptions { isa, threads };
+                    let mut many = SlideSession::with_options(model.clone(), n, options).unwrap();
+                    let got = stream_bits(&mut many, &emb, d, sizes);
+                    assert!(
+                        got == expected,
+                        "{isa:?}, {threads} threads, strips {sizes:?}"
+                    );
+                }
+            }
+            let mut many =
+                SlideSession::with_options(model.clone(), n, SessionOptions { isa, threads: 2 })
+                    .unwrap();
+            many.push(&emb, None).unwrap();
+            let r = many.finalize().unwrap();
+            for i in (0..n).step_by(97) {
+                assert_rel(r.attention[i] as f64, want.attention[i], REL, "attention");
+                assert_rel(
+                    r.tile_probabilities[i] as f64,
+                    want.tile_probabilities[i],
+                    REL,
+                    "tile probability",
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_threaded_push_with_a_bad_tile_changes_nothing() {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let d = config.input_dim;
+    let (_, model) = random_model(config, 23);
+    let (mut emb, _, _) = synthetic_slide(d, 600, 0.1, 24);
+    let options = SessionOptions {
+        threads: 3,
+        ..SessionOptions::default()
+    };
+    let mut s = SlideSession::with_options(model.clone(), 600, options).unwrap();
+    s.push(&emb[..100 * d], None).unwrap();
+    let before = (
+        s.tumor_probability().unwrap(),
+        s.tile_probabilities().to_vec(),
+    );
+    emb[450 * d + 3] = f32::NAN;
+    let err = s.push(&emb[100 * d..], None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFiniteInput {
+                tile: 350,
+                feature: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(s.len(), 100);
+    assert_eq!(s.tumor_probability().unwrap(), before.0);
+    assert_eq!(s.tile_probabilities(), &before.1[..]);
+    assert!(SlideSession::with_options(
+        model.clone(),
+        10,
+        SessionOptions {
+            threads: 0,
+            ..options
+        }
+    )
+    .is_err());
+    assert!(SlideSession::with_options(
+        model,
+        10,
+        SessionOptions {
+            threads: 65,
+            ..options
+        }
+    )
+    .is_err());
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! The network's forward pass over one block of tiles, folded into the slide's running
 //! attention-weighted sum: the arithmetic of a push, without the session's bookkeeping.
 //!
-//! For each tile: `h = ReLU(W1 x + b1)`, the attention logit from `tanh(Va h)` (gated by
-//! `sigmoid(Ua h)`), the tumor probability from the tile classifier, then `h` is added to the
-//! slide accumulator with weight `exp(logit - max)` (an online softmax in f64). The whole pass
-//! is compiled once per instruction set, so the row-wise activations vectorise as widely as the
+//! [`compute_block`], for each tile: `h = ReLU(W1 x + b1)`, the attention logit from
+//! `tanh(Va h)` (gated by `sigmoid(Ua h)`), the tumor probability from the tile classifier.
+//! [`fold_block`]: each `h` added to the slide accumulator with weight `exp(logit - max)` (an
+//! online softmax in f64). Blocks may be computed on several threads, but are always folded in
+//! slide order, so the result does not depend on the thread count. Every function here is
+//! compiled once per instruction set, so the row-wise activations vectorise as widely as the
 //! matrix kernels.
 
 use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan};
@@ -35,6 +37,35 @@ pub(crate) struct Aggregate<'a> {
     pub weight_sum: f64,
 }
 
+/// Defines `$name(isa, args..)`, which runs `$body(args..)` compiled for `isa`.
+macro_rules! dispatch_by_isa {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident) => {
+        $(#[$doc])*
+        pub(crate) fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            fn avx512($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a session only runs an instruction set this CPU supports (checked
+                // when it is created); the body needs nothing else.
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+
 /// The block's input and where its per-tile outputs go.
 pub(crate) struct Block<'a> {
     /// `n` rows of `D` embeddings, `stride` apart.
@@ -47,86 +78,42 @@ pub(crate) struct Block<'a> {
     pub probs: &'a mut [f32],
 }
 
-/// Runs the network over `block.n <= BLOCK_TILES` tiles and folds them into `agg`.
-///
-/// Returns the index (in the block) of the first tile whose attention or tile logit is not
-/// finite; the aggregate is then partly updated and the caller must roll it back.
-pub(crate) fn forward_block(
-    plan: &KernelPlan,
-    w: &WeightViews<'_>,
-    dims: (usize, usize, usize),
-    block: Block<'_>,
-    scratch: &mut BlockScratch<'_>,
-    agg: &mut Aggregate<'_>,
-) -> Result<(), usize> {
-    match plan.isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a session only holds a plan whose instruction set this CPU supports (checked
-        // at creation), and `forward_avx512` needs nothing else.
-        Isa::Avx512 => unsafe { forward_avx512(plan, w, dims, block, scratch, agg) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { forward_avx2(plan, w, dims, block, scratch, agg) },
-        _ => forward_body(plan, w, dims, block, scratch, agg),
-    }
+dispatch_by_isa! {
+    /// Runs the network over `block.n <= BLOCK_TILES` tiles: attention logits and tumor
+    /// probabilities into the block's outputs, hidden vectors left in `scratch.hidden`.
+    ///
+    /// Returns the block's largest attention logit, or the index (in the block) of the first
+    /// tile whose attention or tile logit is not finite.
+    fn compute_block(
+        plan: &KernelPlan,
+        w: &WeightViews<'_>,
+        dims: (usize, usize, usize),
+        block: Block<'_>,
+        scratch: &mut BlockScratch<'_>
+    ) -> Result<f64, usize> = compute_body
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn forward_avx512(
-    plan: &KernelPlan,
-    w: &WeightViews<'_>,
-    dims: (usize, usize, usize),
-    block: Block<'_>,
-    scratch: &mut BlockScratch<'_>,
-    agg: &mut Aggregate<'_>,
-) -> Result<(), usize> {
-    forward_body(plan, w, dims, block, scratch, agg)
+dispatch_by_isa! {
+    /// Folds a computed block (`n` attention logits, and the hidden vectors in `hidden`,
+    /// `padded_rows(H)` apart) into the slide's aggregate, given the block's largest logit.
+    fn fold_block(
+        agg: &mut Aggregate<'_>,
+        logits: &[f32],
+        hidden: &[f32],
+        h: usize,
+        block_max: f64
+    ) -> () = fold_body
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_avx2(
-    plan: &KernelPlan,
-    w: &WeightViews<'_>,
-    dims: (usize, usize, usize),
-    block: Block<'_>,
-    scratch: &mut BlockScratch<'_>,
-    agg: &mut Aggregate<'_>,
-) -> Result<(), usize> {
-    forward_body(plan, w, dims, block, scratch, agg)
-}
-
-/// The first `(tile, feature)` of `n` rows of `d` embeddings (`stride` apart) that is NaN or
-/// infinite, if any: the check before a push, vectorised as widely as the pass.
-pub(crate) fn find_non_finite(
-    isa: Isa,
-    x: &[f32],
-    n: usize,
-    stride: usize,
-    d: usize,
-) -> Option<(usize, usize)> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: sessions only use instruction sets this CPU supports (checked at creation).
-        Isa::Avx512 => unsafe { find_non_finite_avx512(x, n, stride, d) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2Fma => unsafe { find_non_finite_avx2(x, n, stride, d) },
-        _ => find_non_finite_body(x, n, stride, d),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn find_non_finite_avx512(x: &[f32], n: usize, stride: usize, d: usize) -> Option<(usize, usize)> {
-    find_non_finite_body(x, n, stride, d)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn find_non_finite_avx2(x: &[f32], n: usize, stride: usize, d: usize) -> Option<(usize, usize)> {
-    find_non_finite_body(x, n, stride, d)
+dispatch_by_isa! {
+    /// The first `(tile, feature)` of `n` rows of `d` embeddings (`stride` apart) that is NaN
+    /// or infinite, if any: the check before a push, vectorised as widely as the pass.
+    fn find_non_finite(
+        x: &[f32],
+        n: usize,
+        stride: usize,
+        d: usize
+    ) -> Option<(usize, usize)> = find_non_finite_body
 }
 
 #[inline(always)]
@@ -144,14 +131,13 @@ fn find_non_finite_body(x: &[f32], n: usize, stride: usize, d: usize) -> Option<
 /// The pass itself, inlined into each instruction set's wrapper. Its row-wise arithmetic uses
 /// no fused multiply-add, so only the matrix kernels differ between instruction sets.
 #[inline(always)]
-fn forward_body(
+fn compute_body(
     plan: &KernelPlan,
     w: &WeightViews<'_>,
     (d, h, k): (usize, usize, usize),
     block: Block<'_>,
     scratch: &mut BlockScratch<'_>,
-    agg: &mut Aggregate<'_>,
-) -> Result<(), usize> {
+) -> Result<f64, usize> {
     let (h16, k16) = (padded_rows(h), padded_rows(k));
     let Block {
         x,
@@ -186,17 +172,22 @@ fn forward_body(
         probs[r] = rows::sigmoid(z) as f32;
         block_max = block_max.max(s32 as f64);
     }
-    // Online softmax: rescale the aggregate to the new maximum, then add the block.
+    Ok(block_max)
+}
+
+/// Online softmax: rescale the aggregate to the new maximum, then add the block.
+#[inline(always)]
+fn fold_body(agg: &mut Aggregate<'_>, logits: &[f32], hidden: &[f32], h: usize, block_max: f64) {
+    let h16 = padded_rows(h);
     if block_max > agg.max_logit {
         let scale = (agg.max_logit - block_max).exp();
         agg.weight_sum *= scale;
         agg.acc.iter_mut().for_each(|a| *a *= scale);
         agg.max_logit = block_max;
     }
-    for r in 0..n {
-        let weight = (logits[r] as f64 - agg.max_logit).exp();
+    for (r, logit) in logits.iter().enumerate() {
+        let weight = (*logit as f64 - agg.max_logit).exp();
         agg.weight_sum += weight;
         rows::axpy_f64(agg.acc, weight, &hidden[r * h16..r * h16 + h]);
     }
-    Ok(())
 }

@@ -40,6 +40,7 @@ mod model;
 pub mod reference;
 mod session;
 mod weights;
+mod workers;
 
 pub use config::{AttentionKind, ModelConfig, ModelSize, TileClassifierKind, MAX_CLASSES, MAX_DIM};
 pub use error::{Error, Result};
@@ -47,5 +48,7 @@ pub use forward::BLOCK_TILES;
 pub use kernels::{Isa, KernelPlan};
 pub use memory::SESSION_ALIGNMENT;
 pub use model::{Metadata, Model, ModelMemory};
-pub use session::{PushSummary, SlideResult, SlideSession, MAX_CAPACITY};
+pub use session::{
+    PushSummary, SessionOptions, SlideResult, SlideSession, MAX_CAPACITY, MAX_THREADS,
+};
 pub use weights::ModelWeights;

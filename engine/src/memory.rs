@@ -11,17 +11,30 @@ use crate::model::Model;
 /// Alignment of the session's memory region and of each buffer in it.
 pub const SESSION_ALIGNMENT: usize = 64;
 
+/// Byte offsets of one worker's scratch buffers inside its slice of [`Plan::scratch`].
+#[derive(Debug, Clone)]
+pub(crate) struct ScratchLayout {
+    /// `BLOCK_TILES x padded_rows(H)` f32.
+    pub hidden: Range<usize>,
+    /// `BLOCK_TILES x padded_rows(K)` f32.
+    pub att_a: Range<usize>,
+    /// `BLOCK_TILES x padded_rows(K)` f32 if gated, else empty.
+    pub att_b: Range<usize>,
+    /// [`PACK_FLOATS`] f32.
+    pub pack: Range<usize>,
+    /// Bytes of one worker's scratch, a multiple of [`SESSION_ALIGNMENT`].
+    pub stride: usize,
+}
+
 /// Byte ranges of each buffer inside the session's region, in region order.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     // f64 buffers first.
     pub acc: Range<usize>,
     pub snapshot: Range<usize>,
-    // f32 scratch.
-    pub hidden: Range<usize>,
-    pub att_a: Range<usize>,
-    pub att_b: Range<usize>,
-    pub pack: Range<usize>,
+    /// One [`ScratchLayout`] per worker thread, `stride` apart.
+    pub scratch: Range<usize>,
+    pub layout: ScratchLayout,
     pub slide_logits: Range<usize>,
     pub slide_probs: Range<usize>,
     // Per tile.
@@ -33,40 +46,52 @@ pub(crate) struct Plan {
     pub total: usize,
 }
 
+/// Hands out 64-byte-aligned ranges one after the other, checking every size for overflow.
+struct Cursor(usize);
+
+impl Cursor {
+    fn take(&mut self, bytes: Option<usize>) -> Option<Range<usize>> {
+        let start = self.0;
+        let end = start.checked_add(bytes?)?;
+        self.0 = end.checked_add(SESSION_ALIGNMENT - 1)? / SESSION_ALIGNMENT * SESSION_ALIGNMENT;
+        Some(start..end)
+    }
+}
+
 impl Plan {
-    /// The plan for `capacity` tiles, or `None` if a size overflows.
-    pub fn new(model: &Model, capacity: usize) -> Option<Plan> {
+    /// The plan for `capacity` tiles and `workers` threads (at least 1), or `None` if a size
+    /// overflows.
+    pub fn new(model: &Model, capacity: usize, workers: usize) -> Option<Plan> {
         let c = model.config();
         let (h, k, nc) = (c.hidden_dim, c.attention_dim, c.num_classes);
         let gated = c.attention == AttentionKind::Gated;
-        let mut cursor = 0usize;
-        let mut take = |bytes: Option<usize>| -> Option<Range<usize>> {
-            let start = cursor;
-            let end = start.checked_add(bytes?)?;
-            cursor =
-                end.checked_add(SESSION_ALIGNMENT - 1)? / SESSION_ALIGNMENT * SESSION_ALIGNMENT;
-            Some(start..end)
-        };
-        let per_tile = |size: usize| capacity.checked_mul(size);
-        Some(Plan {
-            acc: take(Some(h * 8))?,
-            snapshot: take(Some(h * 8))?,
-            hidden: take(Some(BLOCK_TILES * padded_rows(h) * 4))?,
-            att_a: take(Some(BLOCK_TILES * padded_rows(k) * 4))?,
-            att_b: take(Some(if gated {
+        let mut inner = Cursor(0);
+        let layout = ScratchLayout {
+            hidden: inner.take(Some(BLOCK_TILES * padded_rows(h) * 4))?,
+            att_a: inner.take(Some(BLOCK_TILES * padded_rows(k) * 4))?,
+            att_b: inner.take(Some(if gated {
                 BLOCK_TILES * padded_rows(k) * 4
             } else {
                 0
             }))?,
-            pack: take(Some(PACK_FLOATS * 4))?,
-            slide_logits: take(Some(nc * 4))?,
-            slide_probs: take(Some(nc * 4))?,
-            logits: take(per_tile(4))?,
-            probs: take(per_tile(4))?,
-            attention: take(per_tile(4))?,
-            coords: take(per_tile(8))?,
-            mask: take(per_tile(1))?,
-            total: cursor,
+            pack: inner.take(Some(PACK_FLOATS * 4))?,
+            stride: inner.0,
+        };
+        let mut cursor = Cursor(0);
+        let per_tile = |size: usize| capacity.checked_mul(size);
+        Some(Plan {
+            acc: cursor.take(Some(h * 8))?,
+            snapshot: cursor.take(Some(h * 8))?,
+            scratch: cursor.take(layout.stride.checked_mul(workers.max(1)))?,
+            layout,
+            slide_logits: cursor.take(Some(nc * 4))?,
+            slide_probs: cursor.take(Some(nc * 4))?,
+            logits: cursor.take(per_tile(4))?,
+            probs: cursor.take(per_tile(4))?,
+            attention: cursor.take(per_tile(4))?,
+            coords: cursor.take(per_tile(8))?,
+            mask: cursor.take(per_tile(1))?,
+            total: cursor.0,
         })
     }
 }

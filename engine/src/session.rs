@@ -13,10 +13,38 @@ use std::sync::Arc;
 use ndarray::ArrayView2;
 
 use crate::error::{Error, Result};
-use crate::forward::{find_non_finite, forward_block, Aggregate, Block, BlockScratch, BLOCK_TILES};
+use crate::forward::{
+    compute_block, find_non_finite, fold_block, Aggregate, Block, BlockScratch, BLOCK_TILES,
+};
 use crate::kernels::{Isa, KernelPlan};
 use crate::memory::{split_disjoint, Block64, Plan, Region, SESSION_ALIGNMENT};
 use crate::model::Model;
+use crate::workers::Workers;
+/// Largest number of threads of one session.
+pub const MAX_THREADS: usize = 64;
+
+/// How a session runs: kernels and threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Instruction set of the kernels (default: the best this CPU has).
+    pub isa: Isa,
+    /// Threads that score a strip together (default 1). The extra `threads - 1` are created
+    /// with the session and parked between pushes; a push splits its strip into blocks of
+    /// [`BLOCK_TILES`] tiles across them, so strips of at least `threads * BLOCK_TILES` tiles
+    /// use them all. Results are bit-identical for any thread count. One session per core,
+    /// each with one thread, is the alternative for scoring several slides at once.
+    pub threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            isa: Isa::detect(),
+            threads: 1,
+        }
+    }
+}
+
 /// Largest tile capacity of a session (2^32 tiles, far beyond any slide; it keeps every
 /// size computation far from overflow).
 pub const MAX_CAPACITY: usize = 1 << 32;
@@ -69,6 +97,7 @@ pub struct SlideResult<'s> {
 pub struct SlideSession<'m> {
     model: Arc<Model>,
     kernels: KernelPlan,
+    workers: Workers,
     capacity: usize,
     plan: Plan,
     region: Region<'m>,
@@ -83,6 +112,7 @@ impl std::fmt::Debug for SlideSession<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlideSession")
             .field("kernels", &self.kernels)
+            .field("threads", &self.workers.threads())
             .field("capacity", &self.capacity)
             .field("len", &self.len)
             .field("memory_bytes", &self.plan.total)
@@ -100,7 +130,16 @@ impl SlideSession<'static> {
     /// Like [`SlideSession::new`] with a chosen instruction set (e.g. [`Isa::Portable`] for
     /// results that are identical on every x86-64 machine). Errors if this CPU lacks it.
     pub fn with_isa(model: Arc<Model>, capacity: usize, isa: Isa) -> Result<Self> {
-        let plan = Self::plan(&model, capacity)?;
+        Self::with_options(model, capacity, SessionOptions { isa, threads: 1 })
+    }
+
+    /// Like [`SlideSession::new`] with chosen kernels and threads ([`SessionOptions`]).
+    pub fn with_options(
+        model: Arc<Model>,
+        capacity: usize,
+        options: SessionOptions,
+    ) -> Result<Self> {
+        let plan = Self::plan(&model, capacity, options.threads)?;
         let blocks = plan.total.div_ceil(64);
         let mut memory = Vec::new();
         // Fallible: a capacity the machine cannot hold is an error, not an abort.
@@ -111,7 +150,7 @@ impl SlideSession<'static> {
             ))
         })?;
         memory.resize(blocks, Block64([0; 64]));
-        Self::build(model, capacity, isa, plan, Region::Owned(memory))
+        Self::build(model, capacity, options, plan, Region::Owned(memory))
     }
 }
 
@@ -126,10 +165,25 @@ impl<'m> SlideSession<'m> {
     /// rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
     /// not 64-byte aligned.
     pub fn memory_bytes(model: &Model, capacity: usize) -> Result<usize> {
-        Ok(Self::plan(model, capacity)?.total)
+        Ok(Self::plan(model, capacity, 1)?.total)
     }
 
-    fn plan(model: &Model, capacity: usize) -> Result<Plan> {
+    /// [`SlideSession::memory_bytes`] for a session of `threads` threads: each thread beyond
+    /// the first adds its own scratch (`256 * (H16 + K16 * g) + 73,728` bytes).
+    pub fn memory_bytes_with_threads(
+        model: &Model,
+        capacity: usize,
+        threads: usize,
+    ) -> Result<usize> {
+        Ok(Self::plan(model, capacity, threads)?.total)
+    }
+
+    fn plan(model: &Model, capacity: usize, threads: usize) -> Result<Plan> {
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(Error::invalid_argument(format!(
+                "a session runs on 1 to {MAX_THREADS} threads, not {threads}"
+            )));
+        }
         if capacity == 0 {
             return Err(Error::invalid_argument(
                 "a session needs a capacity of at least 1 tile",
@@ -140,7 +194,7 @@ impl<'m> SlideSession<'m> {
                 "capacity {capacity} exceeds the maximum of {MAX_CAPACITY} tiles"
             )));
         }
-        Plan::new(model, capacity).ok_or_else(|| {
+        Plan::new(model, capacity, threads).ok_or_else(|| {
             Error::invalid_argument(format!(
                 "capacity {capacity} tiles overflows the address space"
             ))
@@ -160,7 +214,7 @@ impl<'m> SlideSession<'m> {
         buffer: &'m mut [u8],
         isa: Isa,
     ) -> Result<Self> {
-        let plan = Self::plan(&model, capacity)?;
+        let plan = Self::plan(&model, capacity, 1)?;
         let skip = buffer
             .as_ptr()
             .align_offset(SESSION_ALIGNMENT)
@@ -175,16 +229,23 @@ impl<'m> SlideSession<'m> {
             });
         }
         let region = Region::Borrowed(&mut buffer[..plan.total]);
-        Self::build(model, capacity, isa, plan, region)
+        Self::build(
+            model,
+            capacity,
+            SessionOptions { isa, threads: 1 },
+            plan,
+            region,
+        )
     }
 
     fn build(
         model: Arc<Model>,
         capacity: usize,
-        isa: Isa,
+        options: SessionOptions,
         plan: Plan,
         region: Region<'m>,
     ) -> Result<Self> {
+        let isa = options.isa;
         if !isa.is_supported() {
             return Err(Error::invalid_argument(format!(
                 "this CPU does not support the {} kernels",
@@ -194,6 +255,7 @@ impl<'m> SlideSession<'m> {
         let mut session = SlideSession {
             model,
             kernels: KernelPlan::for_isa(isa),
+            workers: Workers::start(options.threads)?,
             capacity,
             plan,
             region,
@@ -436,32 +498,28 @@ impl<'m> SlideSession<'m> {
 
     /// Runs the network over `n` validated tiles, writing their logits and probabilities after
     /// the current `len` and folding them into the aggregate. Saves the aggregate first.
+    ///
+    /// The strip is cut into blocks of [`BLOCK_TILES`]; each round computes one block per
+    /// thread, then folds the round's blocks in slide order on this thread.
     fn score_tiles(&mut self, x: &[f32], n: usize, stride: usize) -> Result<()> {
         let model = Arc::clone(&self.model);
         let config = model.config();
         let weights = model.weights();
-        let dims = (config.input_dim, config.hidden_dim, config.attention_dim);
+        let (h, isa, kernels) = (config.hidden_dim, self.kernels.isa, self.kernels);
+        let dims = (config.input_dim, h, config.attention_dim);
         let plan = self.plan.clone();
-        let [acc, snapshot, hidden, att_a, att_b, pack, logits, probs] = split_disjoint(
+        let layout = &plan.layout;
+        let [acc, snapshot, scratch, logits, probs] = split_disjoint(
             self.region.bytes_mut(),
             [
                 &plan.acc,
                 &plan.snapshot,
-                &plan.hidden,
-                &plan.att_a,
-                &plan.att_b,
-                &plan.pack,
+                &plan.scratch,
                 &plan.logits,
                 &plan.probs,
             ],
         );
         snapshot.copy_from_slice(acc);
-        let mut scratch = BlockScratch {
-            hidden: bytemuck::cast_slice_mut(hidden),
-            att_a: bytemuck::cast_slice_mut(att_a),
-            att_b: bytemuck::cast_slice_mut(att_b),
-            pack: bytemuck::cast_slice_mut(pack),
-        };
         let mut agg = Aggregate {
             acc: bytemuck::cast_slice_mut(acc),
             max_logit: self.max_logit,
@@ -469,22 +527,72 @@ impl<'m> SlideSession<'m> {
         };
         let logits: &mut [f32] = bytemuck::cast_slice_mut(logits);
         let probs: &mut [f32] = bytemuck::cast_slice_mut(probs);
-
-        let mut start = 0;
-        while start < n {
-            let nb = BLOCK_TILES.min(n - start);
-            let base = self.len + start;
-            let block = Block {
-                x: &x[start * stride..],
-                n: nb,
-                stride,
-                logits: &mut logits[base..base + nb],
-                probs: &mut probs[base..base + nb],
+        let threads = self.workers.threads();
+        let blocks = n.div_ceil(BLOCK_TILES);
+        let mut results = [Ok(0.0f64); MAX_THREADS];
+        let mut first = 0;
+        while first < blocks {
+            let count = threads.min(blocks - first);
+            let (scratch_out, logits_out, probs_out) = (
+                SharedMut(scratch.as_mut_ptr()),
+                SharedMut(logits.as_mut_ptr()),
+                SharedMut(probs.as_mut_ptr()),
+            );
+            let results_out = SharedMut(results.as_mut_ptr());
+            let base = self.len;
+            let job = |worker: usize| {
+                if worker >= count {
+                    return;
+                }
+                let start = (first + worker) * BLOCK_TILES;
+                let nb = BLOCK_TILES.min(n - start);
+                // SAFETY: worker `w < count <= threads` uses only scratch slice `w` (inside the
+                // scratch region, which holds `threads` slices), its own block's tiles
+                // `base + start..base + start + nb` of the per-tile outputs (inside them:
+                // the push was checked against the capacity) and result slot `w`: disjoint
+                // between workers, and alive until `run` returns.
+                let (mine, block_logits, block_probs, result) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(
+                            scratch_out.get().add(worker * layout.stride),
+                            layout.stride,
+                        ),
+                        std::slice::from_raw_parts_mut(logits_out.get().add(base + start), nb),
+                        std::slice::from_raw_parts_mut(probs_out.get().add(base + start), nb),
+                        &mut *results_out.get().add(worker),
+                    )
+                };
+                let [hidden, att_a, att_b, pack] = split_disjoint(
+                    mine,
+                    [&layout.hidden, &layout.att_a, &layout.att_b, &layout.pack],
+                );
+                let mut block_scratch = BlockScratch {
+                    hidden: bytemuck::cast_slice_mut(hidden),
+                    att_a: bytemuck::cast_slice_mut(att_a),
+                    att_b: bytemuck::cast_slice_mut(att_b),
+                    pack: bytemuck::cast_slice_mut(pack),
+                };
+                let block = Block {
+                    x: &x[start * stride..],
+                    n: nb,
+                    stride,
+                    logits: block_logits,
+                    probs: block_probs,
+                };
+                *result = compute_block(isa, &kernels, &weights, dims, block, &mut block_scratch);
             };
-            forward_block(&self.kernels, &weights, dims, block, &mut scratch, &mut agg)
-                .map_err(|r| Error::NumericalOverflow { tile: start + r })?;
+            self.workers.run(&job)?;
+            for (worker, result) in results[..count].iter().enumerate() {
+                let start = (first + worker) * BLOCK_TILES;
+                let nb = BLOCK_TILES.min(n - start);
+                let block_max = result.map_err(|r| Error::NumericalOverflow { tile: start + r })?;
+                let mine = &scratch[worker * layout.stride..(worker + 1) * layout.stride];
+                let hidden: &[f32] = bytemuck::cast_slice(&mine[layout.hidden.clone()]);
+                let block_logits = &logits[base + start..base + start + nb];
+                fold_block(isa, &mut agg, block_logits, hidden, h, block_max);
+            }
             (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
-            start += nb;
+            first += count;
         }
         if !agg.acc.iter().all(|v| v.is_finite()) {
             return Err(Error::NumericalOverflow { tile: n - 1 });
@@ -593,3 +701,19 @@ impl<'m> SlideSession<'m> {
         bytemuck::cast_slice_mut::<u8, f64>(&mut self.region.bytes_mut()[plan.acc]).fill(0.0);
     }
 }
+
+/// A raw pointer shared with the worker threads for the duration of one job.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: the workers write through these pointers only to disjoint ranges, one per worker
+// (see `score_tiles`), while the session waits for them.
+unsafe impl<T> Sync for SharedMut<T> {}
+unsafe impl<T> Send for SharedMut<T> {}

@@ -20,7 +20,9 @@ use std::time::Instant;
 use clap::Parser;
 use msclam::{random_weights, synthetic_slide};
 use msclam_engine::format::ModelWriter;
-use msclam_engine::{Isa, Model, ModelConfig, ModelSize, ModelWeights, SlideSession};
+use msclam_engine::{
+    Isa, Model, ModelConfig, ModelSize, ModelWeights, SessionOptions, SlideSession,
+};
 
 use report::{Measurements, Report};
 
@@ -54,6 +56,10 @@ struct Args {
     /// Replace the measured section of this Markdown file with the table.
     #[arg(long)]
     write_doc: Option<PathBuf>,
+    /// Only measure intra-slide threads: the engine with 1 and with this many threads,
+    /// interleaved, at strips of 256 and more (run it on that many cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Only time the matrix kernels (GFLOP/s per instruction set and input block), not the
     /// peers: a diagnostic for kernel work.
     #[arg(long)]
@@ -72,6 +78,9 @@ fn run(args: &Args) -> Result<(), String> {
     if args.kernels {
         kernels::report(args.rounds);
         return Ok(());
+    }
+    if let Some(threads) = args.threads {
+        return threads_report(args, threads);
     }
     let config = ModelConfig::ms_clam(ModelSize::Small);
     let weights = random_weights(config, 1);
@@ -211,6 +220,52 @@ fn run(args: &Args) -> Result<(), String> {
         eprintln!("wrote the table into {}", doc.display());
     }
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// The engine with one thread and with `threads`, interleaved, on the best instruction set.
+fn threads_report(args: &Args, threads: usize) -> Result<(), String> {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let bytes = ModelWriter::new(&random_weights(config, 1))
+        .to_bytes()
+        .map_err(|e| e.to_string())?;
+    let model = Arc::new(Model::from_bytes(&bytes).map_err(|e| e.to_string())?);
+    let d = config.input_dim;
+    let strips: Vec<usize> = args.strips.iter().copied().filter(|s| *s >= 256).collect();
+    let most = strips.iter().copied().max().unwrap_or(256).max(args.tiles);
+    let (embeddings, _, _) = synthetic_slide(d, most, 0.1, 7);
+    let mut sessions = Vec::new();
+    for t in [1, threads] {
+        let options = SessionOptions {
+            threads: t,
+            ..SessionOptions::default()
+        };
+        let s =
+            SlideSession::with_options(model.clone(), most, options).map_err(|e| e.to_string())?;
+        sessions.push((t, s));
+    }
+    let isa = sessions[0].1.isa().name();
+    let mut m = Measurements::default();
+    for round in 0..args.rounds {
+        eprintln!("round {}/{}", round + 1, args.rounds);
+        for &strip in &strips {
+            let tiles = tiles_for(strip, args.tiles);
+            for (t, s) in sessions.iter_mut() {
+                let secs = time_engine(s, &embeddings[..tiles * d], d, strip)?;
+                m.add(
+                    &format!("msclam {isa} f32, {t} thread(s)"),
+                    strip,
+                    tiles as f64 / secs,
+                );
+            }
+        }
+    }
+    let table = report::render_threads(&m, &strips, threads, args.rounds);
+    println!("{table}");
+    if let Some(doc) = &args.write_doc {
+        report::write_section_named(doc, "threads", &table)?;
+        eprintln!("wrote the thread table into {}", doc.display());
+    }
     Ok(())
 }
 

@@ -231,17 +231,71 @@ impl Report {
     }
 }
 
-const BEGIN: &str = "<!-- scripts/bench: begin -->";
-const END: &str = "<!-- scripts/bench: end -->";
+/// The intra-slide threads table: tiles/s with 1 and `threads` threads, and the speed-up.
+pub fn render_threads(m: &Measurements, strips: &[usize], threads: usize, rounds: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Measured {} by `scripts/bench` on {threads} cores ({rounds} rounds, interleaved; median \
+         tiles/s with the range). CPU: {}.\n",
+        today(),
+        cpu_model()
+    );
+    let _ = writeln!(
+        s,
+        "| tiles/s | {} |",
+        strips
+            .iter()
+            .map(|v| format!("strip {v}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(s, "|---|{}", "---|".repeat(strips.len()));
+    for (label, by_strip) in &m.rows {
+        let cells: Vec<String> = strips
+            .iter()
+            .map(|st| match by_strip.get(st) {
+                Some(v) => {
+                    let (med, lo, hi) = stats(v);
+                    format!("{} ({}–{})", thousands(med), thousands(lo), thousands(hi))
+                }
+                None => "—".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+    }
+    if let [(one, _), (many, _)] = &m.rows[..] {
+        let cells: Vec<String> = strips
+            .iter()
+            .map(|st| match (m.median(one, *st), m.median(many, *st)) {
+                (Some(a), Some(b)) => format!("{:.2}x", b / a),
+                _ => "—".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| speed-up, {threads} threads | {} |", cells.join(" | "));
+    }
+    s
+}
 
-/// Replaces the text between the bench markers of `doc` with `table` (appends a section with
-/// the markers if there is none).
+/// Replaces the text between the main bench markers of `doc` with `table` (appends a section
+/// with the markers if there is none).
 pub fn write_section(doc: &Path, table: &str) -> Result<(), String> {
+    write_section_named(doc, "peers", table)
+}
+
+/// Replaces the text between the markers `<!-- scripts/bench NAME: begin/end -->` of `doc`.
+pub fn write_section_named(doc: &Path, name: &str, table: &str) -> Result<(), String> {
+    let (begin, end) = (
+        format!("<!-- scripts/bench {name}: begin -->"),
+        format!("<!-- scripts/bench {name}: end -->"),
+    );
     let text = std::fs::read_to_string(doc).map_err(|e| format!("{}: {e}", doc.display()))?;
-    let section = format!("{BEGIN}\n{table}\n{END}");
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &text[..b], &text[e + END.len()..]),
-        _ => format!("{text}\n## Engine against its peers (`scripts/bench`)\n\n{section}\n"),
+    let section = format!("{begin}\n{table}\n{end}");
+    let new = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{section}{}", &text[..b], &text[e + end.len()..])
+        }
+        _ => format!("{text}\n{section}\n"),
     };
     std::fs::write(doc, new).map_err(|e| format!("{}: {e}", doc.display()))
 }

@@ -1,0 +1,209 @@
+//! A session's worker threads: created with the session, parked between pushes, and handed
+//! one job at a time. Running a job allocates nothing and creates no thread: the job is a
+//! borrowed closure, published under a mutex and awaited on condition variables.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// A job: called once per worker with the worker's index (`1..workers`; the caller runs 0).
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// A job whose lifetime was erased to cross into the worker threads.
+#[derive(Clone, Copy)]
+struct ErasedJob(*const (dyn Fn(usize) + Sync + 'static));
+
+// SAFETY: the pointee is `Sync` (callable from any thread through a shared reference), and
+// `Workers::run` keeps it alive until every worker has finished calling it.
+unsafe impl Send for ErasedJob {}
+
+struct State {
+    /// Incremented for every job; a worker runs each generation once.
+    generation: u64,
+    job: Option<ErasedJob>,
+    /// Workers that have not finished the current job.
+    pending: usize,
+    /// Whether a worker's call of the current job panicked.
+    panicked: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    start: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A worker never panics while holding the lock (jobs run unlocked, inside
+        // `catch_unwind`), so a poisoned lock still holds consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `threads - 1` parked worker threads (the session's own thread is worker 0). A single
+/// thread needs nothing: no allocation at all (sessions in a caller's buffer rely on it).
+pub(crate) struct Workers {
+    shared: Option<Arc<Shared>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `threads - 1` workers (none for 1 thread).
+    pub fn start(threads: usize) -> Result<Workers> {
+        if threads <= 1 {
+            return Ok(Workers {
+                shared: None,
+                handles: Vec::new(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                generation: 0,
+                job: None,
+                pending: 0,
+                panicked: false,
+                shutdown: false,
+            }),
+            start: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let mut workers = Workers {
+            shared: Some(Arc::clone(&shared)),
+            handles: Vec::with_capacity(threads - 1),
+        };
+        for index in 1..threads {
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("msclam-worker-{index}"))
+                .spawn(move || worker_loop(&shared, index))
+                .map_err(|e| {
+                    Error::invalid_argument(format!("cannot start worker thread {index}: {e}"))
+                })?;
+            workers.handles.push(handle);
+        }
+        // A first, empty job: whatever a thread sets up lazily on its first wait and wake-up
+        // happens now, not in the first push.
+        workers.run(&|_| {})?;
+        Ok(workers)
+    }
+
+    /// Number of threads a job runs on, the caller's included.
+    pub fn threads(&self) -> usize {
+        self.handles.len() + 1
+    }
+
+    /// Calls `job(i)` for every worker `i` at once (`i = 0` on this thread) and returns when
+    /// all calls have returned. Errors if a call panicked (after all have returned).
+    pub fn run(&self, job: Job<'_>) -> Result<()> {
+        let shared = match &self.shared {
+            Some(shared) if !self.handles.is_empty() => shared,
+            _ => {
+                job(0);
+                return Ok(());
+            }
+        };
+        // SAFETY: only the lifetime is erased; this function does not return before `pending`
+        // is back to 0, i.e. before every worker has finished with the job (a worker's panic
+        // is caught and still counted), and it clears the job before returning.
+        let erased: ErasedJob = ErasedJob(unsafe {
+            std::mem::transmute::<Job<'_>, *const (dyn Fn(usize) + Sync + 'static)>(job)
+        });
+        {
+            let mut state = shared.lock();
+            state.generation += 1;
+            state.job = Some(erased);
+            state.pending = self.handles.len();
+            state.panicked = false;
+        }
+        shared.start.notify_all();
+        let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
+        let mut state = shared.lock();
+        while state.pending > 0 {
+            state = shared.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.job = None;
+        let panicked = state.panicked;
+        drop(state);
+        if let Err(payload) = mine {
+            std::panic::resume_unwind(payload);
+        }
+        if panicked {
+            return Err(Error::invalid_argument("a worker thread panicked"));
+        }
+        Ok(())
+    }
+}
+
+fn worker_loop(shared: &Shared, index: usize) {
+    let mut seen = 0u64;
+    loop {
+        let job = {
+            let mut state = shared.lock();
+            while state.generation == seen && !state.shutdown {
+                state = shared.start.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.shutdown {
+                return;
+            }
+            seen = state.generation;
+            state.job
+        };
+        let ok = match job {
+            // SAFETY: `Workers::run` keeps the job alive until this worker decrements
+            // `pending` below.
+            Some(ErasedJob(f)) => catch_unwind(AssertUnwindSafe(|| unsafe { (*f)(index) })).is_ok(),
+            None => true,
+        };
+        let mut state = shared.lock();
+        state.panicked |= !ok;
+        state.pending -= 1;
+        if state.pending == 0 {
+            shared.done.notify_all();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        shared.lock().shutdown = true;
+        shared.start.notify_all();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_worker_runs_each_job_once() {
+        let workers = Workers::start(3).unwrap();
+        let calls: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for _ in 0..100 {
+            workers
+                .run(&|i| {
+                    calls[i].fetch_add(1, Ordering::Relaxed);
+                })
+                .unwrap();
+        }
+        assert!(calls.iter().all(|c| c.load(Ordering::Relaxed) == 100));
+    }
+
+    #[test]
+    fn a_panicking_worker_is_an_error_and_the_pool_survives() {
+        let workers = Workers::start(2).unwrap();
+        let err = workers
+            .run(&|i| assert!(i != 1, "worker 1 fails"))
+            .unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        workers.run(&|_| {}).unwrap();
+    }
+}
