@@ -199,6 +199,7 @@ fn memory_formula_is_as_documented_and_a_few_mb_for_100k_tiles() {
         + r64(256 * h)
         + 2 * r64(256 * k)
         + 73_728
+        + 4 * r64(8 * h)
         + 2 * r64(4 * c)
         + 3 * r64(4 * 100_000)
         + r64(8 * 100_000)

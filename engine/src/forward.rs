@@ -3,9 +3,11 @@
 //!
 //! [`compute_block`], for each tile: `h = ReLU(W1 x + b1)`, the attention logit from
 //! `tanh(Va h)` (gated by `sigmoid(Ua h)`), the tumor probability from the tile classifier.
-//! [`fold_block`]: each `h` added to the slide accumulator with weight `exp(logit - max)` (an
-//! online softmax in f64). Blocks may be computed on several threads, but are always folded in
-//! slide order, so the result does not depend on the thread count. Every function here is
+//! It also sums the block's own attention-weighted hidden vectors, `sum_i exp(s_i - m_b) h_i`
+//! with `m_b` the block's largest logit (a [`Partial`], in f64). [`combine`] then adds the
+//! partials to the slide's aggregate in slide order (an online softmax over blocks). Blocks may
+//! be computed on several threads; the partials are combined in the same order whatever the
+//! thread count, so the result does not depend on it. Every function here is
 //! compiled once per instruction set, so the row-wise activations vectorise as widely as the
 //! matrix kernels.
 
@@ -25,6 +27,16 @@ pub(crate) struct BlockScratch<'a> {
     pub att_b: &'a mut [f32],
     /// [`crate::kernels::PACK_FLOATS`]: the matrix kernels' packed input rows.
     pub pack: &'a mut [f32],
+}
+
+/// One block's attention-weighted sum of hidden vectors, relative to its largest logit.
+pub(crate) struct Partial<'a> {
+    /// `sum_i exp(s_i - max_logit) h_i`, `H` values.
+    pub acc: &'a mut [f64],
+    /// The block's largest attention logit.
+    pub max_logit: f64,
+    /// `sum_i exp(s_i - max_logit)`.
+    pub weight_sum: f64,
 }
 
 /// The slide's running attention-weighted sum of hidden vectors (online softmax).
@@ -80,29 +92,31 @@ pub(crate) struct Block<'a> {
 
 dispatch_by_isa! {
     /// Runs the network over `block.n <= BLOCK_TILES` tiles: attention logits and tumor
-    /// probabilities into the block's outputs, hidden vectors left in `scratch.hidden`.
+    /// probabilities into the block's outputs, and the block's [`Partial`] into `partial`
+    /// (`acc` of `H` values; its other fields are set here).
     ///
-    /// Returns the block's largest attention logit, or the index (in the block) of the first
-    /// tile whose attention or tile logit is not finite.
+    /// Errors with the index (in the block) of the first tile whose attention or tile logit is
+    /// not finite.
     fn compute_block(
         plan: &KernelPlan,
         w: &WeightViews<'_>,
         dims: (usize, usize, usize),
         block: Block<'_>,
-        scratch: &mut BlockScratch<'_>
-    ) -> Result<f64, usize> = compute_body
+        scratch: &mut BlockScratch<'_>,
+        partial: &mut Partial<'_>
+    ) -> Result<(), usize> = compute_body
 }
 
-dispatch_by_isa! {
-    /// Folds a computed block (`n` attention logits, and the hidden vectors in `hidden`,
-    /// `padded_rows(H)` apart) into the slide's aggregate, given the block's largest logit.
-    fn fold_block(
-        agg: &mut Aggregate<'_>,
-        logits: &[f32],
-        hidden: &[f32],
-        h: usize,
-        block_max: f64
-    ) -> () = fold_body
+/// Adds a block's partial sum (`acc`, relative to `max_logit`, with `weight_sum`) to the
+/// slide's aggregate: an online softmax over blocks.
+pub(crate) fn combine(agg: &mut Aggregate<'_>, acc: &[f64], max_logit: f64, weight_sum: f64) {
+    let max = agg.max_logit.max(max_logit);
+    let (old, new) = ((agg.max_logit - max).exp(), (max_logit - max).exp());
+    agg.weight_sum = agg.weight_sum * old + weight_sum * new;
+    for (a, p) in agg.acc.iter_mut().zip(acc) {
+        *a = *a * old + *p * new;
+    }
+    agg.max_logit = max;
 }
 
 dispatch_by_isa! {
@@ -137,7 +151,8 @@ fn compute_body(
     (d, h, k): (usize, usize, usize),
     block: Block<'_>,
     scratch: &mut BlockScratch<'_>,
-) -> Result<f64, usize> {
+    partial: &mut Partial<'_>,
+) -> Result<(), usize> {
     let (h16, k16) = (padded_rows(h), padded_rows(k));
     let Block {
         x,
@@ -172,22 +187,13 @@ fn compute_body(
         probs[r] = rows::sigmoid(z) as f32;
         block_max = block_max.max(s32 as f64);
     }
-    Ok(block_max)
-}
-
-/// Online softmax: rescale the aggregate to the new maximum, then add the block.
-#[inline(always)]
-fn fold_body(agg: &mut Aggregate<'_>, logits: &[f32], hidden: &[f32], h: usize, block_max: f64) {
-    let h16 = padded_rows(h);
-    if block_max > agg.max_logit {
-        let scale = (agg.max_logit - block_max).exp();
-        agg.weight_sum *= scale;
-        agg.acc.iter_mut().for_each(|a| *a *= scale);
-        agg.max_logit = block_max;
-    }
+    partial.acc.fill(0.0);
+    partial.max_logit = block_max;
+    partial.weight_sum = 0.0;
     for (r, logit) in logits.iter().enumerate() {
-        let weight = (*logit as f64 - agg.max_logit).exp();
-        agg.weight_sum += weight;
-        rows::axpy_f64(agg.acc, weight, &hidden[r * h16..r * h16 + h]);
+        let weight = (*logit as f64 - block_max).exp();
+        partial.weight_sum += weight;
+        rows::axpy_f64(partial.acc, weight, &hidden[r * h16..r * h16 + h]);
     }
+    Ok(())
 }

@@ -11,6 +11,9 @@ use crate::model::Model;
 /// Alignment of the session's memory region and of each buffer in it.
 pub const SESSION_ALIGNMENT: usize = 64;
 
+/// Most blocks one worker computes between two synchronisations of a session's threads.
+pub(crate) const BLOCKS_PER_JOB: usize = 4;
+
 /// Byte offsets of one worker's scratch buffers inside its slice of [`Plan::scratch`].
 #[derive(Debug, Clone)]
 pub(crate) struct ScratchLayout {
@@ -22,6 +25,10 @@ pub(crate) struct ScratchLayout {
     pub att_b: Range<usize>,
     /// [`PACK_FLOATS`] f32.
     pub pack: Range<usize>,
+    /// [`BLOCKS_PER_JOB`] partial sums of `H` f64 each, `partial_stride` bytes apart.
+    pub partials: Range<usize>,
+    /// Bytes between two partial sums (`8 H` rounded up to 64).
+    pub partial_stride: usize,
     /// Bytes of one worker's scratch, a multiple of [`SESSION_ALIGNMENT`].
     pub stride: usize,
 }
@@ -65,6 +72,7 @@ impl Plan {
         let c = model.config();
         let (h, k, nc) = (c.hidden_dim, c.attention_dim, c.num_classes);
         let gated = c.attention == AttentionKind::Gated;
+        let partial_stride = (h * 8).div_ceil(SESSION_ALIGNMENT) * SESSION_ALIGNMENT;
         let mut inner = Cursor(0);
         let layout = ScratchLayout {
             hidden: inner.take(Some(BLOCK_TILES * padded_rows(h) * 4))?,
@@ -75,6 +83,8 @@ impl Plan {
                 0
             }))?,
             pack: inner.take(Some(PACK_FLOATS * 4))?,
+            partials: inner.take(Some(BLOCKS_PER_JOB * partial_stride))?,
+            partial_stride,
             stride: inner.0,
         };
         let mut cursor = Cursor(0);

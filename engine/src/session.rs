@@ -14,10 +14,10 @@ use ndarray::ArrayView2;
 
 use crate::error::{Error, Result};
 use crate::forward::{
-    compute_block, find_non_finite, fold_block, Aggregate, Block, BlockScratch, BLOCK_TILES,
+    combine, compute_block, find_non_finite, Aggregate, Block, BlockScratch, Partial, BLOCK_TILES,
 };
 use crate::kernels::{Isa, KernelPlan};
-use crate::memory::{split_disjoint, Block64, Plan, Region, SESSION_ALIGNMENT};
+use crate::memory::{split_disjoint, Block64, Plan, Region, BLOCKS_PER_JOB, SESSION_ALIGNMENT};
 use crate::model::Model;
 use crate::workers::Workers;
 /// Largest number of threads of one session.
@@ -161,15 +161,15 @@ impl<'m> SlideSession<'m> {
     /// coordinates as two u32, mask as u8) `+ 16 * H` (the f64 slide accumulator and its
     /// rollback copy) `+ 256 * (H16 + K16 * g)` (scratch for 64 tiles of hidden and attention
     /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 73,728` (the matrix
-    /// kernels' packed inputs, [`crate::kernels::PACK_FLOATS`] floats) `+ 8 * C`, each buffer
-    /// rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
+    /// kernels' packed inputs, [`crate::kernels::PACK_FLOATS`] floats) `+ 4 * 8 * H` (the f64
+    /// sums of 4 blocks) `+ 8 * C`, each buffer rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
     /// not 64-byte aligned.
     pub fn memory_bytes(model: &Model, capacity: usize) -> Result<usize> {
         Ok(Self::plan(model, capacity, 1)?.total)
     }
 
     /// [`SlideSession::memory_bytes`] for a session of `threads` threads: each thread beyond
-    /// the first adds its own scratch (`256 * (H16 + K16 * g) + 73,728` bytes).
+    /// the first adds its own scratch (`256 * (H16 + K16 * g) + 73,728 + 32 * H` bytes).
     pub fn memory_bytes_with_threads(
         model: &Model,
         capacity: usize,
@@ -529,42 +529,45 @@ impl<'m> SlideSession<'m> {
         let probs: &mut [f32] = bytemuck::cast_slice_mut(probs);
         let threads = self.workers.threads();
         let blocks = n.div_ceil(BLOCK_TILES);
-        let mut results = [Ok(0.0f64); MAX_THREADS];
+        let mut results = [WorkerReport::default(); MAX_THREADS];
+        let base = self.len;
         let mut first = 0;
         while first < blocks {
-            let count = threads.min(blocks - first);
+            // Each worker takes `per` consecutive blocks, in slide order.
+            let per = BLOCKS_PER_JOB.min((blocks - first).div_ceil(threads));
+            let used = threads.min((blocks - first).div_ceil(per));
+            results[..used].fill(WorkerReport::default());
             let (scratch_out, logits_out, probs_out) = (
                 SharedMut(scratch.as_mut_ptr()),
                 SharedMut(logits.as_mut_ptr()),
                 SharedMut(probs.as_mut_ptr()),
             );
             let results_out = SharedMut(results.as_mut_ptr());
-            let base = self.len;
             let job = |worker: usize| {
-                if worker >= count {
+                if worker >= used {
                     return;
                 }
-                let start = (first + worker) * BLOCK_TILES;
-                let nb = BLOCK_TILES.min(n - start);
-                // SAFETY: worker `w < count <= threads` uses only scratch slice `w` (inside the
-                // scratch region, which holds `threads` slices), its own block's tiles
-                // `base + start..base + start + nb` of the per-tile outputs (inside them:
-                // the push was checked against the capacity) and result slot `w`: disjoint
+                // SAFETY: worker `w < used <= threads` uses only scratch slice `w` (the
+                // scratch region holds `threads` slices) and result slot `w`: disjoint
                 // between workers, and alive until `run` returns.
-                let (mine, block_logits, block_probs, result) = unsafe {
+                let (mine, result) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(
                             scratch_out.get().add(worker * layout.stride),
                             layout.stride,
                         ),
-                        std::slice::from_raw_parts_mut(logits_out.get().add(base + start), nb),
-                        std::slice::from_raw_parts_mut(probs_out.get().add(base + start), nb),
                         &mut *results_out.get().add(worker),
                     )
                 };
-                let [hidden, att_a, att_b, pack] = split_disjoint(
+                let [hidden, att_a, att_b, pack, partials] = split_disjoint(
                     mine,
-                    [&layout.hidden, &layout.att_a, &layout.att_b, &layout.pack],
+                    [
+                        &layout.hidden,
+                        &layout.att_a,
+                        &layout.att_b,
+                        &layout.pack,
+                        &layout.partials,
+                    ],
                 );
                 let mut block_scratch = BlockScratch {
                     hidden: bytemuck::cast_slice_mut(hidden),
@@ -572,27 +575,72 @@ impl<'m> SlideSession<'m> {
                     att_b: bytemuck::cast_slice_mut(att_b),
                     pack: bytemuck::cast_slice_mut(pack),
                 };
-                let block = Block {
-                    x: &x[start * stride..],
-                    n: nb,
-                    stride,
-                    logits: block_logits,
-                    probs: block_probs,
-                };
-                *result = compute_block(isa, &kernels, &weights, dims, block, &mut block_scratch);
+                let mine_first = first + worker * per;
+                let mine_end = (mine_first + per).min(blocks);
+                for (slot, b) in (mine_first..mine_end).enumerate() {
+                    let start = b * BLOCK_TILES;
+                    let nb = BLOCK_TILES.min(n - start);
+                    // SAFETY: block `b` belongs to this worker alone; its tiles
+                    // `base + start..base + start + nb` are inside the per-tile outputs (the
+                    // push was checked against the capacity), alive until `run` returns.
+                    let (block_logits, block_probs) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(logits_out.get().add(base + start), nb),
+                            std::slice::from_raw_parts_mut(probs_out.get().add(base + start), nb),
+                        )
+                    };
+                    let at = slot * layout.partial_stride;
+                    let mut partial = Partial {
+                        acc: &mut bytemuck::cast_slice_mut(&mut partials[at..at + h * 8])[..],
+                        max_logit: f64::NEG_INFINITY,
+                        weight_sum: 0.0,
+                    };
+                    let block = Block {
+                        x: &x[start * stride..],
+                        n: nb,
+                        stride,
+                        logits: block_logits,
+                        probs: block_probs,
+                    };
+                    let done = compute_block(
+                        isa,
+                        &kernels,
+                        &weights,
+                        dims,
+                        block,
+                        &mut block_scratch,
+                        &mut partial,
+                    );
+                    if let Err(r) = done {
+                        result.overflow = Some((b, r));
+                        return;
+                    }
+                    result.scalars[slot] = (partial.max_logit, partial.weight_sum);
+                }
             };
             self.workers.run(&job)?;
-            for (worker, result) in results[..count].iter().enumerate() {
-                let start = (first + worker) * BLOCK_TILES;
-                let nb = BLOCK_TILES.min(n - start);
-                let block_max = result.map_err(|r| Error::NumericalOverflow { tile: start + r })?;
+            for worker in 0..used {
                 let mine = &scratch[worker * layout.stride..(worker + 1) * layout.stride];
-                let hidden: &[f32] = bytemuck::cast_slice(&mine[layout.hidden.clone()]);
-                let block_logits = &logits[base + start..base + start + nb];
-                fold_block(isa, &mut agg, block_logits, hidden, h, block_max);
+                let partials = &mine[layout.partials.clone()];
+                let mine_first = first + worker * per;
+                let mine_end = (mine_first + per).min(blocks);
+                let report = &results[worker];
+                for (slot, b) in (mine_first..mine_end).enumerate() {
+                    if let Some((bad, r)) = report.overflow {
+                        if bad == b {
+                            return Err(Error::NumericalOverflow {
+                                tile: b * BLOCK_TILES + r,
+                            });
+                        }
+                    }
+                    let at = slot * layout.partial_stride;
+                    let acc: &[f64] = bytemuck::cast_slice(&partials[at..at + h * 8]);
+                    let (max_logit, weight_sum) = report.scalars[slot];
+                    combine(&mut agg, acc, max_logit, weight_sum);
+                }
             }
             (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
-            first += count;
+            first = (first + used * per).min(blocks);
         }
         if !agg.acc.iter().all(|v| v.is_finite()) {
             return Err(Error::NumericalOverflow { tile: n - 1 });
@@ -700,6 +748,15 @@ impl<'m> SlideSession<'m> {
         let plan = self.plan.clone();
         bytemuck::cast_slice_mut::<u8, f64>(&mut self.region.bytes_mut()[plan.acc]).fill(0.0);
     }
+}
+
+/// What one worker reports of its blocks in a job.
+#[derive(Debug, Clone, Copy, Default)]
+struct WorkerReport {
+    /// Each block's largest attention logit and weight sum (its [`Partial`]'s scalars).
+    scalars: [(f64, f64); BLOCKS_PER_JOB],
+    /// The first of its blocks (in the slide) whose tile `r` overflowed, as `(block, r)`.
+    overflow: Option<(usize, usize)>,
 }
 
 /// A raw pointer shared with the worker threads for the duration of one job.
