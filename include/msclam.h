@@ -170,6 +170,11 @@ typedef struct {
   uint32_t isa;
   // Maximum number of tiles per slide (default 100000). Memory grows by 21 bytes per tile.
   size_t max_tiles;
+  // Threads that score a strip together (default 1, at most 64): the extra threads are
+  // created with the session and parked between pushes; strips of at least 64 tiles per
+  // thread use them all. Results are bit-identical for any count. Sessions created in an
+  // arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
+  uint32_t threads;
 } msclam_session_options;
 
 // Results of a slide from msclam_session_finalize(). Set `struct_size` (use
@@ -277,7 +282,7 @@ msclam_status msclam_model_metadata_key(const msclam_model *model,
                                         size_t capacity,
                                         size_t *out_len);
 
-// Default session options: automatic kernels, 100000 tiles per slide.
+// Default session options: automatic kernels, 100000 tiles per slide, one thread.
 msclam_session_options msclam_session_options_default(void);
 
 // A msclam_slide_result with `struct_size` set and every other field zero.

@@ -1,6 +1,6 @@
 //! Session handles: creation (heap or caller arena), pushing strips, reading results.
 
-use msclam_engine::{Isa, SlideSession, SESSION_ALIGNMENT};
+use msclam_engine::{Isa, SessionOptions as EngineOptions, SlideSession, SESSION_ALIGNMENT};
 
 use crate::boundary::{
     guard, reference, reference_mut, slice_in, slice_out, write_optional, FfiError,
@@ -94,15 +94,21 @@ pub struct SessionOptions {
     pub isa: u32,
     /// Maximum number of tiles per slide (default 100000). Memory grows by 21 bytes per tile.
     pub max_tiles: usize,
+    /// Threads that score a strip together (default 1, at most 64): the extra threads are
+    /// created with the session and parked between pushes; strips of at least 64 tiles per
+    /// thread use them all. Results are bit-identical for any count. Sessions created in an
+    /// arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
+    pub threads: u32,
 }
 
-/// Default session options: automatic kernels, 100000 tiles per slide.
+/// Default session options: automatic kernels, 100000 tiles per slide, one thread.
 #[no_mangle]
 pub extern "C" fn msclam_session_options_default() -> SessionOptions {
     SessionOptions {
         struct_size: std::mem::size_of::<SessionOptions>() as u32,
         isa: MSCLAM_ISA_AUTO,
         max_tiles: 100_000,
+        threads: 1,
     }
 }
 
@@ -142,7 +148,7 @@ pub extern "C" fn msclam_slide_result_init() -> SlideResult {
 ///
 /// # Safety
 /// `options` must be NULL or valid for reading `struct_size` bytes.
-unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa), FfiError> {
+unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa, usize), FfiError> {
     let mut opts = msclam_session_options_default();
     if !options.is_null() {
         // SAFETY: valid for reading its first field per the contract.
@@ -152,7 +158,7 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa), F
                 "options->struct_size must be sizeof(msclam_session_options)",
             ));
         }
-        let ends = field_ends!(SessionOptions, opts, struct_size, isa, max_tiles);
+        let ends = field_ends!(SessionOptions, opts, struct_size, isa, max_tiles, threads);
         let n = whole_fields(size, &ends);
         // SAFETY: the caller's struct holds at least `size >= n` bytes; no overlap.
         unsafe {
@@ -179,7 +185,10 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa), F
             "options->isa names kernels this CPU does not support",
         ));
     }
-    Ok((opts.max_tiles, isa))
+    if !(1..=msclam_engine::MAX_THREADS as u32).contains(&opts.threads) {
+        return Err(FfiError::Invalid("options->threads must be from 1 to 64"));
+    }
+    Ok((opts.max_tiles, isa, opts.threads as usize))
 }
 
 /// Bytes before the session's memory region in an arena: the handle, rounded up.
@@ -213,10 +222,11 @@ pub unsafe extern "C" fn msclam_session_create(
         // SAFETY: per the contract.
         let model = unsafe { reference(model, "model") }?;
         // SAFETY: per the contract.
-        let (max_tiles, isa) = unsafe { read_options(options) }?;
+        let (max_tiles, isa, threads) = unsafe { read_options(options) }?;
         // SAFETY: per the contract.
         let out = unsafe { reference_mut(out_session, "out_session") }?;
-        let inner = SlideSession::with_isa(model.inner.clone(), max_tiles, isa)?;
+        let options = EngineOptions { isa, threads };
+        let inner = SlideSession::with_options(model.inner.clone(), max_tiles, options)?;
         *out = Box::into_raw(Box::new(Session {
             inner,
             in_arena: false,
@@ -242,7 +252,12 @@ pub unsafe extern "C" fn msclam_session_arena_size(
         // SAFETY: per the contract.
         let model = unsafe { reference(model, "model") }?;
         // SAFETY: per the contract.
-        let (max_tiles, _) = unsafe { read_options(options) }?;
+        let (max_tiles, _, threads) = unsafe { read_options(options) }?;
+        if threads != 1 {
+            return Err(FfiError::Invalid(
+                "a session in an arena runs on one thread",
+            ));
+        }
         // SAFETY: per the contract.
         let out = unsafe { reference_mut(out_bytes, "out_bytes") }?;
         *out = arena_bytes_needed(model, max_tiles)?;
@@ -270,7 +285,12 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
         // SAFETY: per the contract.
         let model = unsafe { reference(model, "model") }?;
         // SAFETY: per the contract.
-        let (max_tiles, isa) = unsafe { read_options(options) }?;
+        let (max_tiles, isa, threads) = unsafe { read_options(options) }?;
+        if threads != 1 {
+            return Err(FfiError::Invalid(
+                "a session in an arena runs on one thread",
+            ));
+        }
         // SAFETY: per the contract.
         let out = unsafe { reference_mut(out_session, "out_session") }?;
         if arena.is_null() {

@@ -1,6 +1,8 @@
 /* The C API end to end: loading, metadata, streaming against the Rust engine's outputs, every
  * error path, the arena variant, lifetimes. Usage: test_api <fixture dir> */
 #define _POSIX_C_SOURCE 200809L
+#include <stddef.h>
+
 #include "check.h"
 
 static const double REL = 1e-5;
@@ -196,6 +198,23 @@ static void test_streaming(const fixture *fx, msclam_model *model) {
     stream_and_compare(s, fx, 1);
     msclam_session_free(s);
 
+    /* Worker threads: bit-identical to one thread (checked exactly on the portable kernels). */
+    CHECK(msclam_session_options_default().threads == 1, "one thread by default");
+    opts.threads = 3;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    stream_and_compare(s, fx, 1);
+    finalize_and_compare(s, fx);
+    msclam_session_free(s);
+    opts.threads = 0;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    opts.threads = 65;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    /* An options struct from before `threads` existed means one thread. */
+    opts.struct_size = (uint32_t)offsetof(msclam_session_options, threads);
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    stream_and_compare(s, fx, 1);
+    msclam_session_free(s);
+
     /* NULL options mean defaults. */
     CHECK_STATUS(msclam_session_create(model, NULL, &s), MSCLAM_STATUS_OK);
     CHECK(msclam_session_capacity(s) == 100000, "default capacity");
@@ -316,6 +335,10 @@ static void test_arena(const fixture *fx, msclam_model *model) {
     CHECK(strstr(msclam_last_error_message(), "needed") != NULL, "size explained: %s", msclam_last_error_message());
     CHECK_STATUS(msclam_session_create_in_arena(model, &opts, arena + 8, needed, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(msclam_session_create_in_arena(model, &opts, NULL, needed, &s), MSCLAM_STATUS_NULL_ARGUMENT);
+    opts.threads = 2; /* an arena session creates no thread */
+    CHECK_STATUS(msclam_session_arena_size(model, &opts, &needed), MSCLAM_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(msclam_session_create_in_arena(model, &opts, arena, needed, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    opts.threads = 1;
     CHECK(s == NULL, "no session from failures");
     CHECK_STATUS(msclam_session_create_in_arena(model, &opts, arena, needed, &s), MSCLAM_STATUS_OK);
     CHECK((unsigned char *)s >= arena && (unsigned char *)s < arena + needed, "the handle lives in the arena");
