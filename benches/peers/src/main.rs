@@ -53,6 +53,10 @@ struct Args {
     /// Engine instruction sets to run (default: every one this CPU has).
     #[arg(long, value_delimiter = ',')]
     isa: Vec<String>,
+    /// Fail unless every peer ran and agrees with the engine (tile probabilities within 1e-4):
+    /// for the smoke run in the test suite.
+    #[arg(long)]
+    require_peers: bool,
     /// Replace the measured section of this Markdown file with the table.
     #[arg(long)]
     write_doc: Option<PathBuf>,
@@ -182,6 +186,22 @@ fn run(args: &Args) -> Result<(), String> {
             "tract".into(),
             max_abs_diff(&engine_probs[..n], &theirs[..n]),
         ));
+    }
+
+    if args.require_peers {
+        if let Some((what, why)) = report
+            .skipped
+            .iter()
+            .find(|(w, _)| !w.starts_with("engine"))
+        {
+            return Err(format!("--require-peers: {what} did not run ({why})"));
+        }
+        if let Some((peer, diff)) = report.agreement.iter().find(|(_, d)| !(*d <= 1e-4)) {
+            return Err(format!(
+                "{peer} disagrees with the engine: tile probabilities differ by {diff:e}"
+            ));
+        }
+        eprintln!("every peer ran and agrees with the engine within 1e-4");
     }
 
     let mut m = Measurements::default();
