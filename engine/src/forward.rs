@@ -130,16 +130,16 @@ dispatch_by_isa! {
     ) -> Option<(usize, usize)> = find_non_finite_body
 }
 
+// A plain loop: iterator adapters would not be inlined into the per-instruction-set wrappers.
 #[inline(always)]
 fn find_non_finite_body(x: &[f32], n: usize, stride: usize, d: usize) -> Option<(usize, usize)> {
-    (0..n).find_map(|tile| {
+    for tile in 0..n {
         let row = &x[tile * stride..tile * stride + d];
-        if rows::all_finite(row) {
-            None
-        } else {
-            row.iter().position(|v| !v.is_finite()).map(|f| (tile, f))
+        if !rows::all_finite(row) {
+            return row.iter().position(|v| !v.is_finite()).map(|f| (tile, f));
         }
-    })
+    }
+    None
 }
 
 /// The pass itself, inlined into each instruction set's wrapper. Its row-wise arithmetic uses

@@ -196,7 +196,11 @@ fn run(args: &Args) -> Result<(), String> {
         {
             return Err(format!("--require-peers: {what} did not run ({why})"));
         }
-        if let Some((peer, diff)) = report.agreement.iter().find(|(_, d)| !(*d <= 1e-4)) {
+        if let Some((peer, diff)) = report
+            .agreement
+            .iter()
+            .find(|(_, d)| d.is_nan() || *d > 1e-4)
+        {
             return Err(format!(
                 "{peer} disagrees with the engine: tile probabilities differ by {diff:e}"
             ));

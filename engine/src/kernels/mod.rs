@@ -110,7 +110,7 @@ impl KernelPlan {
     pub fn for_caches(isa: Isa, caches: CpuCaches) -> KernelPlan {
         // Floats per input held in L1 by one micro-tile: its panels' weights and its rows.
         let (panels, rows) = match isa {
-            Isa::Avx512 => (2, 8),
+            Isa::Avx512 => (2, 12),
             Isa::Avx2Fma => (1, 6),
             Isa::Portable => (1, 4),
         };

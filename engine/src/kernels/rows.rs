@@ -168,7 +168,11 @@ pub fn all_finite(row: &[f32]) -> bool {
     for (l, v) in tail.iter().enumerate() {
         lanes[l] += v * 0.0;
     }
-    lanes.iter().all(|v| *v == 0.0)
+    let mut sum = 0.0;
+    for l in 0..LANES {
+        sum += lanes[l];
+    }
+    sum == 0.0
 }
 
 /// `acc += weight * h` with `acc` in f64.
