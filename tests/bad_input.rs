@@ -196,9 +196,9 @@ fn memory_formula_is_as_documented_and_a_few_mb_for_100k_tiles() {
     let (h, k, c) = (512usize, 256usize, 2usize);
     let r64 = |b: usize| b.div_ceil(64) * 64;
     let formula = r64(8 * h) * 2
-        + r64(256 * h)
-        + 2 * r64(256 * k)
-        + 73_728
+        + r64(512 * h)
+        + 2 * r64(512 * k)
+        + 147_456
         + 4 * r64(8 * h)
         + 2 * r64(4 * c)
         + 3 * r64(4 * 100_000)

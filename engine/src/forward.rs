@@ -15,7 +15,7 @@ use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan};
 use crate::model::WeightViews;
 
 /// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
-pub const BLOCK_TILES: usize = 64;
+pub const BLOCK_TILES: usize = 128;
 
 /// Scratch for one block: hidden and attention pre-activations of [`BLOCK_TILES`] tiles.
 pub(crate) struct BlockScratch<'a> {

@@ -159,8 +159,8 @@ impl<'m> SlideSession<'m> {
     ///
     /// `21 * capacity` (attention logit, tile probability and normalised attention as f32,
     /// coordinates as two u32, mask as u8) `+ 16 * H` (the f64 slide accumulator and its
-    /// rollback copy) `+ 256 * (H16 + K16 * g)` (scratch for 64 tiles of hidden and attention
-    /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 73,728` (the matrix
+    /// rollback copy) `+ 512 * (H16 + K16 * g)` (scratch for 128 tiles of hidden and attention
+    /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 147,456` (the matrix
     /// kernels' packed inputs, [`crate::kernels::PACK_FLOATS`] floats) `+ 4 * 8 * H` (the f64
     /// sums of 4 blocks) `+ 8 * C`, each buffer rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
     /// not 64-byte aligned.
@@ -169,7 +169,7 @@ impl<'m> SlideSession<'m> {
     }
 
     /// [`SlideSession::memory_bytes`] for a session of `threads` threads: each thread beyond
-    /// the first adds its own scratch (`256 * (H16 + K16 * g) + 73,728 + 32 * H` bytes).
+    /// the first adds its own scratch (`512 * (H16 + K16 * g) + 147,456 + 32 * H` bytes).
     pub fn memory_bytes_with_threads(
         model: &Model,
         capacity: usize,

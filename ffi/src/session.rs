@@ -95,7 +95,7 @@ pub struct SessionOptions {
     /// Maximum number of tiles per slide (default 100000). Memory grows by 21 bytes per tile.
     pub max_tiles: usize,
     /// Threads that score a strip together (default 1, at most 64): the extra threads are
-    /// created with the session and parked between pushes; strips of at least 64 tiles per
+    /// created with the session and parked between pushes; strips of at least 128 tiles per
     /// thread use them all. Results are bit-identical for any count. Sessions created in an
     /// arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
     pub threads: u32,

@@ -20,7 +20,7 @@
 use super::{padded_rows, Isa, KernelPlan, PANEL_WIDTH};
 
 /// Rows packed at once: a session's block of tiles.
-pub const PACK_ROWS: usize = 64;
+pub const PACK_ROWS: usize = 128;
 /// Largest input block a plan uses.
 pub const MAX_K_BLOCK: usize = 256;
 /// Floats of the packing buffer [`dense`] needs: [`PACK_ROWS`] rounded up to whole row groups
