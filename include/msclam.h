@@ -57,6 +57,16 @@
 // Values of `msclam_model_info.attention`: gated attention (CLAM's default).
 #define MSCLAM_ATTENTION_GATED 1
 
+// Values of `msclam_model_info.weight_dtype`: the large matrices are f32.
+#define MSCLAM_DTYPE_F32 0
+
+// Values of `msclam_model_info.weight_dtype`: f16 (widened to f32 when the model is loaded).
+#define MSCLAM_DTYPE_F16 1
+
+// Values of `msclam_model_info.weight_dtype`: bf16 (read as bf16 by the kernels: half the
+// bytes per tile; see `msclam_session_options.bf16_dot`).
+#define MSCLAM_DTYPE_BF16 2
+
 // Values of `msclam_model_info.tile_classifier`: one binary tile classifier (MS-CLAM).
 #define MSCLAM_TILE_CLASSIFIER_SINGLE 0
 
@@ -151,8 +161,9 @@ typedef struct {
   uint16_t format_version_minor;
   // Number of metadata entries.
   uint32_t metadata_count;
-  // Padding; always 0.
-  uint32_t reserved;
+  // Element type of the three large matrices: MSCLAM_DTYPE_F32, _F16 or _BF16. (This was a
+  // padding field, always 0 = f32, before 0.1.1.)
+  uint32_t weight_dtype;
   // Size of the model file in bytes.
   size_t file_bytes;
   // Bytes of weights used in place from the file's memory (map or caller buffer).
@@ -175,6 +186,11 @@ typedef struct {
   // thread use them all. Results are bit-identical for any count. Sessions created in an
   // arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
   uint32_t threads;
+  // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use the
+  // AVX-512 BF16 dot products where the CPU has them with the AVX-512 kernels, which also
+  // round inputs to bf16 (faster at strips of a few tiles, slower at large strips); 0
+  // (default) to widen the weights to f32 in the kernels, exactly. (Added in 0.1.1.)
+  uint32_t bf16_dot;
 } msclam_session_options;
 
 // Results of a slide from msclam_session_finalize(). Set `struct_size` (use

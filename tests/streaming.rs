@@ -375,7 +375,11 @@ fn any_thread_count_gives_bit_identical_results_and_matches_the_reference() {
             for sizes in [&[1500][..], &[300, 1, 64, 129], &[64]] {
                 let expected = stream_bits(&mut one, &emb, d, sizes);
                 for threads in [2, 3, 5] {
-                    let options = SessionOptions { isa, threads };
+                    let options = SessionOptions {
+                        isa,
+                        threads,
+                        ..SessionOptions::default()
+                    };
                     let mut many = SlideSession::with_options(model.clone(), n, options).unwrap();
                     let got = stream_bits(&mut many, &emb, d, sizes);
                     assert!(
@@ -384,9 +388,16 @@ fn any_thread_count_gives_bit_identical_results_and_matches_the_reference() {
                     );
                 }
             }
-            let mut many =
-                SlideSession::with_options(model.clone(), n, SessionOptions { isa, threads: 2 })
-                    .unwrap();
+            let mut many = SlideSession::with_options(
+                model.clone(),
+                n,
+                SessionOptions {
+                    isa,
+                    threads: 2,
+                    ..SessionOptions::default()
+                },
+            )
+            .unwrap();
             many.push(&emb, None).unwrap();
             let r = many.finalize().unwrap();
             for i in (0..n).step_by(97) {
@@ -396,6 +407,77 @@ fn any_thread_count_gives_bit_identical_results_and_matches_the_reference() {
                     want.tile_probabilities[i],
                     REL,
                     "tile probability",
+                );
+            }
+        }
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as f32.
+fn round_bf16(v: f32) -> f32 {
+    let bits = v.to_bits();
+    f32::from_bits(((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16)
+}
+
+#[test]
+fn a_bf16_model_matches_the_reference_over_its_rounded_weights() {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let d = config.input_dim;
+    let weights = random_weights(config, 31);
+    let bytes = msclam_engine::format::ModelWriter::new(&weights)
+        .matrix_dtype(msclam_engine::format::Dtype::Bf16)
+        .to_bytes()
+        .unwrap();
+    let model = Arc::new(Model::from_bytes(&bytes).unwrap());
+    assert_eq!(model.weight_dtype(), msclam_engine::format::Dtype::Bf16);
+    let mut rounded = weights.clone();
+    for m in [
+        &mut rounded.fc_weight,
+        &mut rounded.attention_a_weight,
+        &mut rounded.attention_b_weight,
+    ] {
+        m.iter_mut().for_each(|v| *v = round_bf16(*v));
+    }
+    let n = 700;
+    let (emb, _, _) = synthetic_slide(d, n, 0.1, 32);
+    let want = reference::forward(&rounded, &emb);
+    for isa in Isa::all_supported() {
+        for bf16_dot in [false, true] {
+            let options = SessionOptions {
+                isa,
+                threads: 1,
+                bf16_dot,
+            };
+            let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();
+            for strip in strips(n, &[1, 64, 300]) {
+                s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
+            }
+            let dot = s.uses_bf16_dot();
+            assert_eq!(
+                dot,
+                bf16_dot && isa == Isa::Avx512 && is_x86_feature_detected!("avx512bf16")
+            );
+            let r = s.finalize().unwrap();
+            // Widened bf16 weights are exact: the f32 tolerance. The dot products also round
+            // every input and hidden value to bf16 (8 significant bits).
+            let (rel, abs_prob) = if dot { (3e-2, 1e-2) } else { (REL, 1e-6) };
+            for i in 0..n {
+                let (got, w) = (r.attention_logits[i] as f64, want.attention_logits[i]);
+                assert!(
+                    (got - w).abs() <= rel * (1.0 + w.abs()),
+                    "{isa:?} dot {dot}: logit {i}: {got} vs {w}"
+                );
+                let (got, w) = (r.tile_probabilities[i] as f64, want.tile_probabilities[i]);
+                assert!(
+                    (got - w).abs() <= abs_prob + REL * w,
+                    "{isa:?} dot {dot}: tile probability {i}: {got} vs {w}"
+                );
+            }
+            for (c, p) in want.slide_probabilities.iter().enumerate() {
+                let got = r.slide_probabilities[c] as f64;
+                assert!(
+                    (got - p).abs() <= abs_prob + REL,
+                    "{isa:?} dot {dot}: slide {got} vs {p}"
                 );
             }
         }

@@ -60,7 +60,11 @@ fn streaming_with_worker_threads_allocates_nothing_in_any_thread() {
     let total = 1 + 64 * 3 + 700 * 3;
     let (emb, _, _) = synthetic_slide(d, total, 0.1, 2);
     for isa in Isa::all_supported() {
-        let options = SessionOptions { isa, threads: 3 };
+        let options = SessionOptions {
+            isa,
+            threads: 3,
+            ..SessionOptions::default()
+        };
         let mut session = SlideSession::with_options(model.clone(), total, options).unwrap();
         let mut checksum = 0.0f64;
         COUNTING.store(true, Ordering::SeqCst);

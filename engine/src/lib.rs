@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use forward::BLOCK_TILES;
 pub use kernels::{Isa, KernelPlan};
 pub use memory::SESSION_ALIGNMENT;
-pub use model::{Metadata, Model, ModelMemory};
+pub use model::{MatrixWeights, Metadata, Model, ModelMemory};
 pub use session::{
     PushSummary, SessionOptions, SlideResult, SlideSession, MAX_CAPACITY, MAX_THREADS,
 };

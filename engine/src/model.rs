@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Layout, ParsedFile, TensorEntry, TensorId};
-use crate::kernels::pack_panels;
+use crate::kernels::{pack_panels, PANEL_WIDTH};
 
 /// 64 bytes with 64-byte alignment: the unit of owned model storage.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -73,8 +73,42 @@ pub struct Model {
     storage: Storage,
     arena: Vec<f32>,
     tensors: [Option<TensorLoc>; TensorId::ALL.len()],
+    /// The large matrices in bf16 for the bf16 kernels, when the file stores them as bf16.
+    bf16: Option<Bf16Matrices>,
     parsed: ParsedFile,
     memory: ModelMemory,
+}
+
+/// The three large matrices of a bf16 model as the bf16 kernels read them.
+struct Bf16Matrices {
+    /// Panel layout, bf16 bits: per matrix a range of `plain`.
+    plain: Vec<u16>,
+    plain_ranges: [Range<usize>; 3],
+    /// Pair-interleaved panels for the AVX-512 BF16 dot products (built only on CPUs that have
+    /// them): per panel and pair of inputs `(2q, 2q + 1)`, 16 `u32`s holding both inputs'
+    /// weights of one output.
+    pairs: Vec<u32>,
+    pair_ranges: Option<[Range<usize>; 3]>,
+}
+
+/// Index of a large matrix among the three.
+fn large_index(id: TensorId) -> usize {
+    match id {
+        TensorId::FcWeight => 0,
+        TensorId::AttentionAWeight => 1,
+        _ => 2,
+    }
+}
+
+/// A large matrix's weights as a kernel reads them.
+#[derive(Debug, Clone, Copy)]
+pub enum MatrixWeights<'a> {
+    /// f32 in panel layout.
+    F32(&'a [f32]),
+    /// bf16 bits in panel layout (widened to f32 in the kernel).
+    Bf16(&'a [u16]),
+    /// bf16 pairs (see the model's pair layout), for AVX-512 BF16 dot products.
+    Bf16Pairs(&'a [u32]),
 }
 
 impl std::fmt::Debug for Model {
@@ -89,11 +123,11 @@ impl std::fmt::Debug for Model {
 
 /// The weights as the kernels use them (large matrices panel-packed, the rest row-major).
 pub(crate) struct WeightViews<'a> {
-    pub fc_weight: &'a [f32],
+    pub fc_weight: MatrixWeights<'a>,
     pub fc_bias: &'a [f32],
-    pub attention_a_weight: &'a [f32],
+    pub attention_a_weight: MatrixWeights<'a>,
     pub attention_a_bias: &'a [f32],
-    pub attention_b: Option<(&'a [f32], &'a [f32])>,
+    pub attention_b: Option<(MatrixWeights<'a>, &'a [f32])>,
     pub attention_c_weight: &'a [f32],
     pub attention_c_bias: f32,
     pub classifier_weight: &'a [f32],
@@ -204,19 +238,24 @@ impl Model {
             });
         }
         arena.shrink_to_fit();
+        let bf16 = Bf16Matrices::build(&parsed, bytes);
         if !aligned {
             log::debug!("model bytes are not 4-byte aligned: weights were copied");
         }
+        let bf16_bytes = bf16
+            .as_ref()
+            .map_or(0, |b| b.plain.len() * 2 + b.pairs.len() * 4);
         let memory = ModelMemory {
             file_bytes: bytes.len(),
             in_place_bytes,
-            converted_bytes: arena.len() * 4,
+            converted_bytes: arena.len() * 4 + bf16_bytes,
             file_copied: matches!(storage, Storage::Owned { .. }),
         };
         Ok(Model {
             storage,
             arena,
             tensors,
+            bf16,
             parsed,
             memory,
         })
@@ -247,6 +286,14 @@ impl Model {
         self.memory
     }
 
+    /// Element type of the large matrices (`fc`, `attention_a`, `attention_b`) in the file:
+    /// f32, or bf16 (computed with bf16 kernels), or f16 (widened to f32 at load).
+    pub fn weight_dtype(&self) -> Dtype {
+        self.parsed
+            .tensor(TensorId::FcWeight)
+            .map_or(Dtype::F32, |e| e.dtype)
+    }
+
     /// A tensor's structure (dtype, layout, shape) as stored in the file.
     pub fn tensor_entry(&self, id: TensorId) -> Option<&TensorEntry> {
         self.parsed.tensor(id)
@@ -262,7 +309,26 @@ impl Model {
         }
     }
 
-    pub(crate) fn weights(&self) -> WeightViews<'_> {
+    /// A large matrix for the kernels: bf16 pairs when `pairs` is asked for and built, else
+    /// bf16 panels for a bf16 model, else f32 panels.
+    fn matrix(&self, id: TensorId, pairs: bool) -> Option<MatrixWeights<'_>> {
+        if let Some(b) = &self.bf16 {
+            let i = large_index(id);
+            if let (true, Some(ranges)) = (pairs, &b.pair_ranges) {
+                return Some(MatrixWeights::Bf16Pairs(&b.pairs[ranges[i].clone()]));
+            }
+            return Some(MatrixWeights::Bf16(&b.plain[b.plain_ranges[i].clone()]));
+        }
+        self.tensor_values(id).map(MatrixWeights::F32)
+    }
+
+    /// Whether the bf16 dot-product kernels can run this model on this CPU.
+    pub(crate) fn has_bf16_pairs(&self) -> bool {
+        self.bf16.as_ref().is_some_and(|b| b.pair_ranges.is_some())
+    }
+
+    /// The weights for the kernels; `pairs`: the bf16 pair layout where the model has one.
+    pub(crate) fn weights(&self, pairs: bool) -> WeightViews<'_> {
         // Every required tensor was checked present by the parser; an absent one yields an
         // empty slice, which the session never reaches (shapes were validated).
         let get = |id| self.tensor_values(id).unwrap_or(&[]);
@@ -272,16 +338,20 @@ impl Model {
         let tile_w = get(TensorId::TileClassifierWeight);
         let tile_b = get(TensorId::TileClassifierBias);
         let attention_b = match (
-            self.tensor_values(TensorId::AttentionBWeight),
+            self.matrix(TensorId::AttentionBWeight, pairs),
             self.tensor_values(TensorId::AttentionBBias),
         ) {
             (Some(w), Some(b)) => Some((w, b)),
             _ => None,
         };
         WeightViews {
-            fc_weight: get(TensorId::FcWeight),
+            fc_weight: self
+                .matrix(TensorId::FcWeight, pairs)
+                .unwrap_or(MatrixWeights::F32(&[])),
             fc_bias: get(TensorId::FcBias),
-            attention_a_weight: get(TensorId::AttentionAWeight),
+            attention_a_weight: self
+                .matrix(TensorId::AttentionAWeight, pairs)
+                .unwrap_or(MatrixWeights::F32(&[])),
             attention_a_bias: get(TensorId::AttentionABias),
             attention_b,
             attention_c_weight: get(TensorId::AttentionCWeight),
@@ -301,6 +371,109 @@ impl Model {
             ),
         }
     }
+}
+
+impl Bf16Matrices {
+    /// The bf16 forms of a file whose large matrices are bf16 (`None` otherwise).
+    fn build(parsed: &ParsedFile, bytes: &[u8]) -> Option<Bf16Matrices> {
+        let ids = [
+            TensorId::FcWeight,
+            TensorId::AttentionAWeight,
+            TensorId::AttentionBWeight,
+        ];
+        let bf16 = |id| parsed.tensor(id).is_some_and(|e| e.dtype == Dtype::Bf16);
+        if !bf16(TensorId::FcWeight) || !bf16(TensorId::AttentionAWeight) {
+            return None;
+        }
+        let with_pairs = bf16_dot_supported();
+        let (mut plain, mut pairs) = (Vec::new(), Vec::new());
+        let (mut plain_ranges, mut pair_ranges) =
+            (std::array::from_fn(|_| 0..0), std::array::from_fn(|_| 0..0));
+        for (i, id) in ids.into_iter().enumerate() {
+            let Some(entry) = parsed.tensor(id) else {
+                continue;
+            };
+            if entry.dtype != Dtype::Bf16 {
+                return None;
+            }
+            let raw: Vec<u16> = bytes[entry.data.clone()]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            let panels = match entry.layout {
+                Layout::Panel16 => raw,
+                Layout::RowMajor => pack_panels_u16(&raw, entry.rows, entry.cols),
+            };
+            let start = plain.len();
+            plain.extend_from_slice(&panels);
+            plain_ranges[i] = start..plain.len();
+            if with_pairs {
+                let start = pairs.len();
+                pairs.extend(pair_panels(&panels, entry.rows, entry.cols));
+                pair_ranges[i] = start..pairs.len();
+            }
+        }
+        Some(Bf16Matrices {
+            plain,
+            plain_ranges,
+            pairs,
+            pair_ranges: with_pairs.then_some(pair_ranges),
+        })
+    }
+}
+
+/// Whether this CPU has the AVX-512 BF16 dot products (and AVX-512F).
+pub(crate) fn bf16_dot_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512bf16") && crate::Isa::Avx512.is_supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`pack_panels`] for bf16 bits.
+fn pack_panels_u16(row_major: &[u16], rows: usize, cols: usize) -> Vec<u16> {
+    let mut packed = vec![0u16; crate::kernels::padded_rows(rows) * cols];
+    for row in 0..rows {
+        let (p, j) = (row / PANEL_WIDTH, row % PANEL_WIDTH);
+        for i in 0..cols {
+            packed[(p * cols + i) * PANEL_WIDTH + j] = row_major[row * cols + i];
+        }
+    }
+    packed
+}
+
+/// Test access to the pair layout.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// See [`super::pair_panels`].
+    pub fn pair_panels(panels: &[u16], rows: usize, cols: usize) -> Vec<u32> {
+        super::pair_panels(panels, rows, cols)
+    }
+}
+
+/// bf16 panels (`cols` inputs each) to pair-interleaved panels: per panel and input pair `q`,
+/// 16 `u32`s `w[2q] | w[2q + 1] << 16` (zero past the last input).
+fn pair_panels(panels: &[u16], rows: usize, cols: usize) -> Vec<u32> {
+    let pairs = cols.div_ceil(2);
+    let count = crate::kernels::panel_count(rows);
+    let mut out = vec![0u32; count * pairs * PANEL_WIDTH];
+    for p in 0..count {
+        for q in 0..pairs {
+            for j in 0..PANEL_WIDTH {
+                let at = |i: usize| {
+                    if i < cols {
+                        panels[(p * cols + i) * PANEL_WIDTH + j] as u32
+                    } else {
+                        0
+                    }
+                };
+                out[(p * pairs + q) * PANEL_WIDTH + j] = at(2 * q) | (at(2 * q + 1) << 16);
+            }
+        }
+    }
+    out
 }
 
 fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {

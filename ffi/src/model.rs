@@ -20,6 +20,13 @@ pub struct Model {
 pub const MSCLAM_ATTENTION_PLAIN: u32 = 0;
 /// Values of `msclam_model_info.attention`: gated attention (CLAM's default).
 pub const MSCLAM_ATTENTION_GATED: u32 = 1;
+/// Values of `msclam_model_info.weight_dtype`: the large matrices are f32.
+pub const MSCLAM_DTYPE_F32: u32 = 0;
+/// Values of `msclam_model_info.weight_dtype`: f16 (widened to f32 when the model is loaded).
+pub const MSCLAM_DTYPE_F16: u32 = 1;
+/// Values of `msclam_model_info.weight_dtype`: bf16 (read as bf16 by the kernels: half the
+/// bytes per tile; see `msclam_session_options.bf16_dot`).
+pub const MSCLAM_DTYPE_BF16: u32 = 2;
 /// Values of `msclam_model_info.tile_classifier`: one binary tile classifier (MS-CLAM).
 pub const MSCLAM_TILE_CLASSIFIER_SINGLE: u32 = 0;
 /// Values of `msclam_model_info.tile_classifier`: one binary classifier per class (CLAM).
@@ -56,8 +63,9 @@ pub struct ModelInfo {
     pub format_version_minor: u16,
     /// Number of metadata entries.
     pub metadata_count: u32,
-    /// Padding; always 0.
-    pub reserved: u32,
+    /// Element type of the three large matrices: MSCLAM_DTYPE_F32, _F16 or _BF16. (This was a
+    /// padding field, always 0 = f32, before 0.1.1.)
+    pub weight_dtype: u32,
     /// Size of the model file in bytes.
     pub file_bytes: usize,
     /// Bytes of weights used in place from the file's memory (map or caller buffer).
@@ -82,7 +90,7 @@ pub extern "C" fn msclam_model_info_init() -> ModelInfo {
         format_version_major: 0,
         format_version_minor: 0,
         metadata_count: 0,
-        reserved: 0,
+        weight_dtype: MSCLAM_DTYPE_F32,
         file_bytes: 0,
         in_place_bytes: 0,
         converted_bytes: 0,
@@ -238,7 +246,11 @@ pub unsafe extern "C" fn msclam_model_get_info(
             format_version_major: major,
             format_version_minor: minor,
             metadata_count: m.metadata().len() as u32,
-            reserved: 0,
+            weight_dtype: match m.weight_dtype() {
+                msclam_engine::format::Dtype::F32 => MSCLAM_DTYPE_F32,
+                msclam_engine::format::Dtype::F16 => MSCLAM_DTYPE_F16,
+                msclam_engine::format::Dtype::Bf16 => MSCLAM_DTYPE_BF16,
+            },
             file_bytes: memory.file_bytes,
             in_place_bytes: memory.in_place_bytes,
             converted_bytes: memory.converted_bytes,
@@ -258,7 +270,7 @@ pub unsafe extern "C" fn msclam_model_get_info(
             format_version_major,
             format_version_minor,
             metadata_count,
-            reserved,
+            weight_dtype,
             file_bytes,
             in_place_bytes,
             converted_bytes

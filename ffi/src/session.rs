@@ -99,6 +99,11 @@ pub struct SessionOptions {
     /// thread use them all. Results are bit-identical for any count. Sessions created in an
     /// arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
     pub threads: u32,
+    /// For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use the
+    /// AVX-512 BF16 dot products where the CPU has them with the AVX-512 kernels, which also
+    /// round inputs to bf16 (faster at strips of a few tiles, slower at large strips); 0
+    /// (default) to widen the weights to f32 in the kernels, exactly. (Added in 0.1.1.)
+    pub bf16_dot: u32,
 }
 
 /// Default session options: automatic kernels, 100000 tiles per slide, one thread.
@@ -109,6 +114,7 @@ pub extern "C" fn msclam_session_options_default() -> SessionOptions {
         isa: MSCLAM_ISA_AUTO,
         max_tiles: 100_000,
         threads: 1,
+        bf16_dot: 0,
     }
 }
 
@@ -148,7 +154,7 @@ pub extern "C" fn msclam_slide_result_init() -> SlideResult {
 ///
 /// # Safety
 /// `options` must be NULL or valid for reading `struct_size` bytes.
-unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa, usize), FfiError> {
+unsafe fn read_options(options: *const SessionOptions) -> Result<ReadOptions, FfiError> {
     let mut opts = msclam_session_options_default();
     if !options.is_null() {
         // SAFETY: valid for reading its first field per the contract.
@@ -158,7 +164,15 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa, us
                 "options->struct_size must be sizeof(msclam_session_options)",
             ));
         }
-        let ends = field_ends!(SessionOptions, opts, struct_size, isa, max_tiles, threads);
+        let ends = field_ends!(
+            SessionOptions,
+            opts,
+            struct_size,
+            isa,
+            max_tiles,
+            threads,
+            bf16_dot
+        );
         let n = whole_fields(size, &ends);
         // SAFETY: the caller's struct holds at least `size >= n` bytes; no overlap.
         unsafe {
@@ -188,7 +202,23 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<(usize, Isa, us
     if !(1..=msclam_engine::MAX_THREADS as u32).contains(&opts.threads) {
         return Err(FfiError::Invalid("options->threads must be from 1 to 64"));
     }
-    Ok((opts.max_tiles, isa, opts.threads as usize))
+    if opts.bf16_dot > 1 {
+        return Err(FfiError::Invalid("options->bf16_dot must be 0 or 1"));
+    }
+    Ok(ReadOptions {
+        max_tiles: opts.max_tiles,
+        isa,
+        threads: opts.threads as usize,
+        bf16_dot: opts.bf16_dot == 1,
+    })
+}
+
+/// Validated session options.
+struct ReadOptions {
+    max_tiles: usize,
+    isa: Isa,
+    threads: usize,
+    bf16_dot: bool,
 }
 
 /// Bytes before the session's memory region in an arena: the handle, rounded up.
@@ -222,11 +252,15 @@ pub unsafe extern "C" fn msclam_session_create(
         // SAFETY: per the contract.
         let model = unsafe { reference(model, "model") }?;
         // SAFETY: per the contract.
-        let (max_tiles, isa, threads) = unsafe { read_options(options) }?;
+        let o = unsafe { read_options(options) }?;
         // SAFETY: per the contract.
         let out = unsafe { reference_mut(out_session, "out_session") }?;
-        let options = EngineOptions { isa, threads };
-        let inner = SlideSession::with_options(model.inner.clone(), max_tiles, options)?;
+        let options = EngineOptions {
+            isa: o.isa,
+            threads: o.threads,
+            bf16_dot: o.bf16_dot,
+        };
+        let inner = SlideSession::with_options(model.inner.clone(), o.max_tiles, options)?;
         *out = Box::into_raw(Box::new(Session {
             inner,
             in_arena: false,
@@ -252,8 +286,9 @@ pub unsafe extern "C" fn msclam_session_arena_size(
         // SAFETY: per the contract.
         let model = unsafe { reference(model, "model") }?;
         // SAFETY: per the contract.
-        let (max_tiles, _, threads) = unsafe { read_options(options) }?;
-        if threads != 1 {
+        let o = unsafe { read_options(options) }?;
+        let max_tiles = o.max_tiles;
+        if o.threads != 1 {
             return Err(FfiError::Invalid(
                 "a session in an arena runs on one thread",
             ));
@@ -285,8 +320,9 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
         // SAFETY: per the contract.
         let model = unsafe { reference(model, "model") }?;
         // SAFETY: per the contract.
-        let (max_tiles, isa, threads) = unsafe { read_options(options) }?;
-        if threads != 1 {
+        let o = unsafe { read_options(options) }?;
+        let (max_tiles, isa) = (o.max_tiles, o.isa);
+        if o.threads != 1 {
             return Err(FfiError::Invalid(
                 "a session in an arena runs on one thread",
             ));
@@ -316,7 +352,13 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
         let region: &'static mut [u8] = unsafe {
             std::slice::from_raw_parts_mut(base.add(ARENA_HEADER), arena_bytes - ARENA_HEADER)
         };
-        let inner = SlideSession::in_buffer_with_isa(model.inner.clone(), max_tiles, region, isa)?;
+        let options = EngineOptions {
+            isa,
+            threads: 1,
+            bf16_dot: o.bf16_dot,
+        };
+        let inner =
+            SlideSession::in_buffer_with_options(model.inner.clone(), max_tiles, region, options)?;
         let slot = base.cast::<Session>();
         // SAFETY: the slot is 64-byte aligned (>= align_of Session), ARENA_HEADER >= its size,
         // and writable per the contract.

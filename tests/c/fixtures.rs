@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use msclam::{random_weights, synthetic_slide};
-use msclam_engine::format::{keys, ModelWriter};
+use msclam_engine::format::{keys, Dtype, ModelWriter};
 use msclam_engine::{Isa, Model, ModelConfig, ModelSize, SlideSession};
 
 const TILES: usize = 300;
@@ -63,6 +63,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .metadata(keys::EMBEDDER_NAME, "resnet50_trunc")?
         .metadata(keys::EMBEDDER_DIM, "1024")?
         .write(&model_path)?;
+    // The same weights with bf16 matrices.
+    ModelWriter::new(&random_weights(config, 1))
+        .matrix_dtype(Dtype::Bf16)
+        .write(dir.join("model_bf16.mscl"))?;
     let model = Arc::new(Model::load(&model_path)?);
     let (emb, coords, _) = synthetic_slide(config.input_dim, TILES, 0.2, 2);
     write_f32(&dir.join("slide.f32"), &emb)?;

@@ -105,6 +105,7 @@ static void test_model_loading_and_metadata(const fixture *fx) {
     CHECK(info.threshold == fx->threshold, "threshold %g", info.threshold);
     CHECK(info.format_version_major == 1, "format major");
     CHECK(info.in_place_bytes > 3000000 && info.converted_bytes == 0, "memory-mapped weights used in place");
+    CHECK(info.weight_dtype == MSCLAM_DTYPE_F32, "f32 weights: %u", info.weight_dtype);
 
     char value[64];
     size_t len = 0;
@@ -348,6 +349,42 @@ static void test_arena(const fixture *fx, msclam_model *model) {
     free(arena);
 }
 
+/* The same weights stored as bf16: widened in the kernels by default, AVX-512 BF16 dot
+ * products on request; both close to the f32 model's outputs. */
+static void test_bf16_model(const fixture *fx) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model_bf16.mscl", fx->dir);
+    msclam_model *model = NULL;
+    CHECK_STATUS(msclam_model_load(path, &model), MSCLAM_STATUS_OK);
+    msclam_model_info info = msclam_model_info_init();
+    CHECK_STATUS(msclam_model_get_info(model, &info), MSCLAM_STATUS_OK);
+    CHECK(info.weight_dtype == MSCLAM_DTYPE_BF16, "bf16 weights: %u", info.weight_dtype);
+    float *probs = (float *)malloc(fx->tiles * sizeof(float));
+    for (uint32_t dot = 0; dot < 3; dot++) {
+        msclam_session_options opts = msclam_session_options_default();
+        opts.max_tiles = fx->tiles;
+        opts.bf16_dot = dot;
+        msclam_session *s = NULL;
+        if (dot == 2) {
+            CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+            continue;
+        }
+        CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+        float slide = -1.0f;
+        CHECK_STATUS(msclam_session_push(s, fx->slide, fx->tiles, fx->dim, NULL, probs, NULL, &slide), MSCLAM_STATUS_OK);
+        float worst = 0.0f;
+        for (size_t t = 0; t < fx->tiles; t++) {
+            float diff = fabsf(probs[t] - fx->tile_probs[t]);
+            if (diff > worst) worst = diff;
+        }
+        CHECK(worst < 2e-2f, "bf16 (dot %u) tile probabilities within 2e-2 of f32: %g", dot, worst);
+        CHECK(fabsf(slide - fx->slide_probs[fx->tumor_class]) < 1e-2f, "bf16 slide %g", slide);
+        msclam_session_free(s);
+    }
+    free(probs);
+    msclam_model_free(model);
+}
+
 static void test_session_outlives_model(const fixture *fx) {
     msclam_model *model = NULL;
     CHECK_STATUS(msclam_model_load(fx->model_path, &model), MSCLAM_STATUS_OK);
@@ -376,6 +413,7 @@ int main(int argc, char **argv) {
     test_arena(&fx, model);
     msclam_model_free(model);
     test_session_outlives_model(&fx);
+    test_bf16_model(&fx);
     free_fixture(&fx);
     return finish("test_api");
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use msclam_engine::kernels::{dense, pack_panels, padded_rows, KernelPlan, PACK_FLOATS};
-use msclam_engine::Isa;
+use msclam_engine::{Isa, MatrixWeights};
 
 use crate::fma::fma_peaks_with;
 
@@ -37,7 +37,17 @@ pub fn report(rounds: usize) {
                     let start = Instant::now();
                     for _ in 0..reps {
                         dense(
-                            &plan, &x, n, d, d, &packed, o, &b, &mut out, stride, &mut pack,
+                            &plan,
+                            &x,
+                            n,
+                            d,
+                            d,
+                            MatrixWeights::F32(&packed),
+                            o,
+                            &b,
+                            &mut out,
+                            stride,
+                            &mut pack,
                         );
                     }
                     let secs = start.elapsed().as_secs_f64() / reps as f64;

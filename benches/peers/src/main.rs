@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use msclam::{random_weights, synthetic_slide};
-use msclam_engine::format::ModelWriter;
+use msclam_engine::format::{Dtype, ModelWriter};
 use msclam_engine::{
     Isa, Model, ModelConfig, ModelSize, ModelWeights, SessionOptions, SlideSession,
 };
@@ -149,11 +149,36 @@ fn run(args: &Args) -> Result<(), String> {
         .into_iter()
         .filter(|i| args.isa.is_empty() || args.isa.iter().any(|n| n == i.name()))
         .collect();
-    let mut sessions: Vec<SlideSession<'static>> = isas
-        .iter()
-        .map(|isa| SlideSession::with_isa(model.clone(), most, *isa))
-        .collect::<Result<_, _>>()
+    // f32 sessions first (the agreement check uses the first), then the same weights stored
+    // as bf16: widened to f32 in the kernels, and with the AVX-512 BF16 dot products.
+    let mut sessions: Vec<(String, SlideSession<'static>)> = Vec::new();
+    for isa in &isas {
+        let s = SlideSession::with_isa(model.clone(), most, *isa).map_err(|e| e.to_string())?;
+        sessions.push((format!("msclam {} f32", isa.name()), s));
+    }
+    let bf16_bytes = ModelWriter::new(&weights)
+        .matrix_dtype(Dtype::Bf16)
+        .to_bytes()
         .map_err(|e| e.to_string())?;
+    let bf16_model = Arc::new(Model::from_bytes(&bf16_bytes).map_err(|e| e.to_string())?);
+    for isa in &isas {
+        for bf16_dot in [false, true] {
+            let options = SessionOptions {
+                isa: *isa,
+                threads: 1,
+                bf16_dot,
+            };
+            let s = SlideSession::with_options(bf16_model.clone(), most, options)
+                .map_err(|e| e.to_string())?;
+            if s.uses_bf16_dot() == bf16_dot {
+                let kind = if bf16_dot { "bf16 dot" } else { "bf16 widened" };
+                sessions.push((format!("msclam {} {kind}", isa.name()), s));
+            }
+        }
+    }
+    if !sessions.iter().any(|(l, _)| l.ends_with("bf16 dot")) {
+        report.skip("engine bf16 dot products", "this CPU lacks AVX-512 BF16");
+    }
     for isa in [Isa::Avx2Fma, Isa::Avx512] {
         if !isa.is_supported() {
             report.skip(&format!("engine {}", isa.name()), "this CPU lacks it");
@@ -163,7 +188,7 @@ fn run(args: &Args) -> Result<(), String> {
     // Same weights, same answers: compare the tile probabilities of the first 64 tiles.
     let check_tiles = 64.min(most);
     let engine_probs = {
-        let s = &mut sessions[0];
+        let s = &mut sessions[0].1;
         s.reset();
         s.push(&embeddings[..check_tiles * d], None)
             .map_err(|e| e.to_string())?;
@@ -185,6 +210,24 @@ fn run(args: &Args) -> Result<(), String> {
         report.agreement.push((
             "tract".into(),
             max_abs_diff(&engine_probs[..n], &theirs[..n]),
+        ));
+    }
+
+    // bf16 against f32, same slide: largest tile and slide probability differences.
+    let f32_result = slide_outputs(&mut sessions[0].1, &embeddings, d)?;
+    for (label, s) in sessions.iter_mut().filter(|(l, _)| l.contains("bf16")) {
+        let (tiles_p, slide_p) = slide_outputs(s, &embeddings, d)?;
+        let tile_diff = max_abs_diff(&tiles_p, &f32_result.0);
+        let flips = tiles_p
+            .iter()
+            .zip(&f32_result.0)
+            .filter(|(a, b)| (**a >= 0.5) != (**b >= 0.5))
+            .count();
+        report.bf16_accuracy.push(format!(
+            "{label}: largest |tile probability difference| from f32 {tile_diff:.1e} over {} \
+             tiles ({flips} change side of 0.5), slide probability {:.1e}",
+            f32_result.0.len(),
+            (slide_p - f32_result.1).abs()
         ));
     }
 
@@ -214,13 +257,9 @@ fn run(args: &Args) -> Result<(), String> {
         for &strip in &args.strips {
             let tiles = tiles_for(strip, args.tiles);
             let x = &embeddings[..tiles * d];
-            for s in sessions.iter_mut() {
+            for (label, s) in sessions.iter_mut() {
                 let secs = time_engine(s, x, d, strip)?;
-                m.add(
-                    &format!("msclam {} f32", s.isa().name()),
-                    strip,
-                    tiles as f64 / secs,
-                );
+                m.add(label, strip, tiles as f64 / secs);
             }
             if let Some(p) = peers.as_mut() {
                 for (peer, label) in [("ort", "ONNX Runtime"), ("torch", "PyTorch (libtorch)")] {
@@ -291,6 +330,22 @@ fn threads_report(args: &Args, threads: usize) -> Result<(), String> {
         eprintln!("wrote the thread table into {}", doc.display());
     }
     Ok(())
+}
+
+/// Tile probabilities and the slide's tumor probability of `embeddings` in one push.
+fn slide_outputs(
+    s: &mut SlideSession<'_>,
+    embeddings: &[f32],
+    d: usize,
+) -> Result<(Vec<f32>, f32), String> {
+    s.reset();
+    let p = s
+        .push(
+            &embeddings[..(embeddings.len() / d).min(s.capacity()) * d],
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((s.tile_probabilities().to_vec(), p.slide_tumor_probability))
 }
 
 /// Tiles per measurement: a whole number of strips, enough to time reliably.

@@ -66,6 +66,8 @@ pub struct Report {
     pub skipped: Vec<(String, String)>,
     /// `(peer, largest |difference| of tile probabilities against the engine)`.
     pub agreement: Vec<(String, f64)>,
+    /// One line per bf16 session: its differences from the f32 engine.
+    pub bf16_accuracy: Vec<String>,
     pub measurements: Measurements,
     /// Tiles, and seconds of each finalize.
     pub finalize: (usize, Vec<f64>),
@@ -79,6 +81,7 @@ impl Report {
             versions: Vec::new(),
             skipped: Vec::new(),
             agreement: Vec::new(),
+            bf16_accuracy: Vec::new(),
             measurements: Measurements::default(),
             finalize: (0, Vec::new()),
         }
@@ -131,6 +134,9 @@ impl Report {
                 "- same answers: largest |tile probability difference| from the \
                 engine over 64 tiles, {peer}: {diff:.1e}"
             );
+        }
+        for line in &self.bf16_accuracy {
+            let _ = writeln!(s, "- bf16 weights (same random model, same slide), {line}");
         }
         let _ = writeln!(s);
         let _ = write!(s, "| tiles/s | ");

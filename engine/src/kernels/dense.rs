@@ -18,6 +18,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{padded_rows, Isa, KernelPlan, PANEL_WIDTH};
+use crate::model::MatrixWeights;
 
 /// Rows packed at once: a session's block of tiles.
 pub const PACK_ROWS: usize = 128;
@@ -31,7 +32,10 @@ pub const PACK_FLOATS: usize = PACK_ROWS.div_ceil(24) * 24 * MAX_K_BLOCK;
 /// blocking of `plan`.
 ///
 /// - `x`: `n` rows of `in_dim` values, row `r` starting at `r * x_stride`;
-/// - `packed`: `W` (`out_dim x in_dim`) in panel layout ([`super::pack_panels`]);
+/// - `weights`: `W` (`out_dim x in_dim`) in panel layout ([`super::pack_panels`]), as f32,
+///   bf16 (widened to f32 in the kernel: the same result as f32 kernels over the widened
+///   weights) or bf16 pairs (AVX-512 BF16 dot products, which also round the inputs to bf16;
+///   only with [`Isa::Avx512`] on a CPU that has them);
 /// - `out`: `n` rows starting at `r * out_stride`, `out_stride >= padded_rows(out_dim)`; the
 ///   padding columns receive zeros;
 /// - `pack`: scratch of at least [`PACK_FLOATS`] floats for the packed input rows.
@@ -47,7 +51,7 @@ pub fn dense(
     n: usize,
     in_dim: usize,
     x_stride: usize,
-    packed: &[f32],
+    weights: MatrixWeights<'_>,
     out_dim: usize,
     bias: &[f32],
     out: &mut [f32],
@@ -66,10 +70,15 @@ pub fn dense(
     };
     let out_width = padded_rows(out_dim);
     assert!(x_stride >= in_dim && span(n, x_stride, in_dim).is_some_and(|need| x.len() >= need));
+    let (weights_len, inputs_stored, packed) = match weights {
+        MatrixWeights::F32(w) => (w.len(), in_dim, w.as_ptr().cast::<u8>()),
+        MatrixWeights::Bf16(w) => (w.len(), in_dim, w.as_ptr().cast::<u8>()),
+        MatrixWeights::Bf16Pairs(w) => (w.len(), in_dim.div_ceil(2), w.as_ptr().cast::<u8>()),
+    };
     assert!(
         out_width
-            .checked_mul(in_dim)
-            .is_some_and(|need| packed.len() >= need)
+            .checked_mul(inputs_stored)
+            .is_some_and(|need| weights_len >= need)
             && bias.len() >= out_dim
     );
     assert!(
@@ -87,13 +96,17 @@ pub fn dense(
         n,
         in_dim,
         x_stride,
-        packed: packed.as_ptr(),
+        packed,
         out_dim,
         bias,
         // Derived from the exclusive borrow of the output: the kernels write through it.
         out: out.as_mut_ptr(),
         out_stride,
-        k_block: plan.k_block.clamp(1, MAX_K_BLOCK),
+        // Pairs of inputs stay together: blocks of an even number of inputs.
+        k_block: match weights {
+            MatrixWeights::Bf16Pairs(_) => plan.k_block.clamp(2, MAX_K_BLOCK) & !1,
+            _ => plan.k_block.clamp(1, MAX_K_BLOCK),
+        },
         pack: pack.as_mut_ptr(),
     };
     // The bias of a last, partial panel, padded with zeros.
@@ -101,17 +114,35 @@ pub fn dense(
     if tail != 0 {
         padded_bias[..tail].copy_from_slice(&bias[out_dim - tail..out_dim]);
     }
-    match plan.isa {
+    let bf16 = matches!(weights, MatrixWeights::Bf16(_));
+    match (plan.isa, weights) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, MatrixWeights::Bf16Pairs(_)) => {
+            assert!(
+                crate::model::bf16_dot_supported(),
+                "bf16 dot products on this CPU"
+            );
+            // SAFETY: the CPU supports AVX-512F and AVX-512 BF16 (asserted above); `args`
+            // describes buffers whose lengths were checked above.
+            unsafe { dense_avx512_bf16_pairs(&args, &padded_bias) }
+        }
+        (_, MatrixWeights::Bf16Pairs(_)) => {
+            panic!("bf16 pairs need the AVX-512 kernels")
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (asserted above); `args` describes
         // buffers whose lengths were checked above.
-        Isa::Avx512 => unsafe { dense_avx512(&args, &padded_bias) },
+        (Isa::Avx512, _) => unsafe { dense_avx512(&args, &padded_bias, bf16) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX2 and FMA (asserted above); buffers as above.
-        Isa::Avx2Fma => unsafe { dense_avx2(&args, &padded_bias) },
+        (Isa::Avx2Fma, _) => unsafe { dense_avx2(&args, &padded_bias, bf16) },
         // SAFETY: buffers as above; the portable kernel needs no CPU feature.
         // `walk` hands out tiles inside the buffers `dense` checked, as `portable_tile` needs.
-        _ => unsafe { walk::<4, 1>(&args, &padded_bias, |t| portable_tile(t)) },
+        _ if bf16 => unsafe {
+            walk::<4, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<true>(t))
+        },
+        // SAFETY: as above.
+        _ => unsafe { walk::<4, 1, false, 4>(&args, &padded_bias, |t| portable_tile::<false>(t)) },
     }
 }
 
@@ -121,7 +152,8 @@ struct DenseArgs<'a> {
     n: usize,
     in_dim: usize,
     x_stride: usize,
-    packed: *const f32,
+    /// The weights' first byte (f32, bf16 or bf16 pairs: the kernel knows which).
+    packed: *const u8,
     out_dim: usize,
     bias: &'a [f32],
     out: *mut f32,
@@ -137,12 +169,13 @@ struct Tile {
     rows: usize,
     panels: usize,
     /// The rows' inputs for this input block, packed input-major: input `i` of row `r` at
-    /// `x[i * R + r]` (`R` the kernel's row group, whatever `rows`).
-    x: *const f32,
+    /// `x[i * R + r]` (`R` the kernel's row group, whatever `rows`); for bf16 pairs, pair `q`
+    /// (inputs `2q`, `2q + 1`) of row `r` is the `u32` at `q * R + r`.
+    x: *const u8,
     k: usize,
-    /// First panel's weights, at the block's first input.
-    w: *const f32,
-    /// Distance between consecutive panels' weights.
+    /// First panel's weights, at the block's first input (f32, bf16 or bf16 pairs).
+    w: *const u8,
+    /// Distance between consecutive panels' weights, in weight elements.
     panel_stride: usize,
     /// 16 biases per panel, consecutive; used when `accumulate` is false.
     bias: *const f32,
@@ -158,14 +191,18 @@ struct Tile {
 /// # Safety
 /// `a` must describe buffers of the lengths [`dense`] checks; `tile` must be safe to call with
 /// pointers inside those buffers on this CPU.
+///
+/// `PAIRS`: the weights are bf16 pairs and the inputs are packed as bf16 pairs; `WB`: bytes
+/// per weight element (4 for f32 and pairs, 2 for bf16).
 #[inline(always)]
-unsafe fn walk<const R: usize, const P: usize>(
+unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usize>(
     a: &DenseArgs<'_>,
     padded_bias: &[f32; PANEL_WIDTH],
     mut tile: impl FnMut(Tile),
 ) {
     let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
-    let panel_stride = a.in_dim * PANEL_WIDTH;
+    let stored = |inputs: usize| if PAIRS { inputs.div_ceil(2) } else { inputs };
+    let panel_stride = stored(a.in_dim) * PANEL_WIDTH;
     // 16 biases per panel, the last one padded; re-filled per group of panels.
     let mut bias = [0.0f32; 4 * PANEL_WIDTH];
     let mut r0 = 0;
@@ -176,7 +213,13 @@ unsafe fn walk<const R: usize, const P: usize>(
             let k = a.k_block.min(a.in_dim - k0);
             // SAFETY: rows r0..r0 + chunk and inputs k0..k0 + k are inside `x`; the packed
             // groups take chunk.div_ceil(R) * R * k <= PACK_FLOATS floats of `pack`.
-            unsafe { pack_rows::<R>(a, r0, chunk, k0, k) };
+            unsafe {
+                if PAIRS {
+                    pack_pairs::<R>(a, r0, chunk, k0, k)
+                } else {
+                    pack_rows::<R>(a, r0, chunk, k0, k)
+                }
+            };
             let mut p = 0;
             while p < panels {
                 let group = P.min(panels - p);
@@ -199,9 +242,10 @@ unsafe fn walk<const R: usize, const P: usize>(
                         tile(Tile {
                             rows,
                             panels: group,
-                            x: a.pack.add(r * k).cast_const(),
+                            x: a.pack.add(r * stored(k)).cast_const().cast::<u8>(),
                             k,
-                            w: a.packed.add(p * panel_stride + k0 * PANEL_WIDTH),
+                            w: a.packed
+                                .add((p * panel_stride + stored(k0) * PANEL_WIDTH) * WB),
                             panel_stride,
                             bias: bias.as_ptr(),
                             accumulate: k0 > 0,
@@ -272,6 +316,58 @@ unsafe fn pack_rows<const R: usize>(
     }
 }
 
+/// Like [`pack_rows`] for the bf16 dot products: group `g` starts at `g * R * ceil(k / 2)`
+/// `u32`s and holds the pair of inputs `(2q, 2q + 1)` of its row `r`, rounded to bf16 (to
+/// nearest, ties to even; zero past the last input and for missing rows), at `q * R + r`.
+///
+/// # Safety
+/// As for [`pack_rows`], with `rows.div_ceil(R) * R * k.div_ceil(2)` `u32`s inside `a.pack`.
+#[inline(never)]
+unsafe fn pack_pairs<const R: usize>(
+    a: &DenseArgs<'_>,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    k: usize,
+) {
+    let pairs = k.div_ceil(2);
+    let pack = a.pack.cast::<u32>();
+    let mut g = 0;
+    while g * R < rows {
+        let in_group = R.min(rows - g * R);
+        for r in 0..R {
+            // SAFETY: the caller guarantees both ranges.
+            unsafe {
+                let dst = pack.add(g * R * pairs + r);
+                if r >= in_group {
+                    for q in 0..pairs {
+                        *dst.add(q * R) = 0;
+                    }
+                    continue;
+                }
+                let src = a.x.add((r0 + g * R + r) * a.x_stride + k0);
+                for q in 0..pairs {
+                    let lo = bf16_bits(*src.add(2 * q));
+                    let hi = if 2 * q + 1 < k {
+                        bf16_bits(*src.add(2 * q + 1))
+                    } else {
+                        0
+                    };
+                    *dst.add(q * R) = lo | (hi << 16);
+                }
+            }
+        }
+        g += 1;
+    }
+}
+
+/// The bf16 nearest to a finite f32 (ties to even), as the low 16 bits.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let bits = v.to_bits();
+    (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1))) >> 16
+}
+
 #[cfg(target_arch = "x86_64")]
 mod sse {
     use std::arch::x86_64::*;
@@ -310,9 +406,19 @@ mod sse {
 
 /// Dispatches a tile to the micro-kernel instantiated for its exact shape.
 macro_rules! dispatch_rows {
-    ($kernel:ident, $t:expr, $group:literal, $panels:literal, [$($r:literal),+]) => {
+    ($kernel:ident, $t:expr, $group:literal, $panels:literal, $bf16:literal, [$($r:literal),+]) => {
         match $t.rows {
-            $($r => $kernel::<$group, $r, $panels>($t),)+
+            $($r => $kernel::<$group, $r, $panels, $bf16>($t),)+
+            _ => unreachable!("tile rows beyond the kernel's register block"),
+        }
+    };
+}
+
+/// [`dispatch_rows`] for the bf16 dot-product kernel (row groups of 12).
+macro_rules! dispatch_pair_rows {
+    ($t:expr, $panels:literal, [$($r:literal),+]) => {
+        match $t.rows {
+            $($r => micro_avx512_pairs::<12, $r, $panels>($t),)+
             _ => unreachable!("tile rows beyond the kernel's register block"),
         }
     };
@@ -322,7 +428,7 @@ macro_rules! dispatch_rows {
 #[target_feature(enable = "avx512f,avx2,fma")]
 /// # Safety
 /// AVX-512F, AVX2 and FMA must be available; `a` as for [`walk`].
-unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
+unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], bf16: bool) {
     // 12 rows x 2 panels = 24 zmm accumulators; per input: 2 weight loads, 12 broadcasts and
     // 24 fused multiply-adds, so the two FMA ports (not the loads) are the limit. (8 x 2
     // measured 1-3 % slower on an Intel Xeon with two 512-bit FMA units.)
@@ -330,23 +436,69 @@ unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
     // checked buffers, and AVX-512F is available (this function's contract), which is all
     // the micro-kernels need.
     unsafe {
-        walk::<12, 2>(a, padded_bias, |t| {
+        if bf16 {
+            walk::<12, 2, false, 2>(a, padded_bias, |t| {
+                if t.panels == 2 {
+                    dispatch_rows!(
+                        micro_avx512,
+                        t,
+                        12,
+                        2,
+                        true,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                    )
+                } else {
+                    dispatch_rows!(
+                        micro_avx512,
+                        t,
+                        12,
+                        1,
+                        true,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                    )
+                }
+            })
+        } else {
+            walk::<12, 2, false, 4>(a, padded_bias, |t| {
+                if t.panels == 2 {
+                    dispatch_rows!(
+                        micro_avx512,
+                        t,
+                        12,
+                        2,
+                        false,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                    )
+                } else {
+                    dispatch_rows!(
+                        micro_avx512,
+                        t,
+                        12,
+                        1,
+                        false,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                    )
+                }
+            })
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+/// # Safety
+/// AVX-512F and AVX-512 BF16 must be available; `a` as for [`walk`], its weights bf16 pairs.
+unsafe fn dense_avx512_bf16_pairs(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
+    // 12 rows x 2 panels = 24 zmm accumulators; per pair of inputs: 2 weight loads, 12
+    // broadcasts and 24 dot products of 32 multiply-adds each.
+    // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
+    // checked buffers, and AVX-512F and BF16 are available (this function's contract).
+    unsafe {
+        walk::<12, 2, true, 4>(a, padded_bias, |t| {
             if t.panels == 2 {
-                dispatch_rows!(
-                    micro_avx512,
-                    t,
-                    12,
-                    2,
-                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                )
+                dispatch_pair_rows!(t, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
             } else {
-                dispatch_rows!(
-                    micro_avx512,
-                    t,
-                    12,
-                    1,
-                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                )
+                dispatch_pair_rows!(t, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
             }
         })
     }
@@ -356,15 +508,21 @@ unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
 #[target_feature(enable = "avx2,fma")]
 /// # Safety
 /// AVX2 and FMA must be available; `a` as for [`walk`].
-unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
+unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], bf16: bool) {
     // 6 rows x 1 panel = 12 ymm accumulators (two per row), 2 for the weights, 1 broadcast.
     // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
     // checked buffers, and AVX2 and FMA are available (this function's contract), which is
     // all the micro-kernels need.
     unsafe {
-        walk::<6, 1>(a, padded_bias, |t| {
-            dispatch_rows!(micro_avx2, t, 6, 1, [1, 2, 3, 4, 5, 6])
-        })
+        if bf16 {
+            walk::<6, 1, false, 2>(a, padded_bias, |t| {
+                dispatch_rows!(micro_avx2, t, 6, 1, true, [1, 2, 3, 4, 5, 6])
+            })
+        } else {
+            walk::<6, 1, false, 4>(a, padded_bias, |t| {
+                dispatch_rows!(micro_avx2, t, 6, 1, false, [1, 2, 3, 4, 5, 6])
+            })
+        }
     }
 }
 
@@ -372,14 +530,14 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH]) {
 ///
 /// # Safety
 /// As for [`portable_micro`] with `R = t.rows`.
-unsafe fn portable_tile(t: Tile) {
+unsafe fn portable_tile<const BF16: bool>(t: Tile) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match t.rows {
-            4 => portable_micro::<4, 4>(t),
-            3 => portable_micro::<4, 3>(t),
-            2 => portable_micro::<4, 2>(t),
-            _ => portable_micro::<4, 1>(t),
+            4 => portable_micro::<4, 4, BF16>(t),
+            3 => portable_micro::<4, 3, BF16>(t),
+            2 => portable_micro::<4, 2, BF16>(t),
+            _ => portable_micro::<4, 1, BF16>(t),
         }
     }
 }
@@ -391,7 +549,7 @@ unsafe fn portable_tile(t: Tile) {
 /// `t` must describe a packed group of `G` rows of `t.k` readable inputs, one panel of `16 t.k`
 /// weights, 16 biases and `R` writable output rows of 16.
 #[inline(always)]
-unsafe fn portable_micro<const G: usize, const R: usize>(t: Tile) {
+unsafe fn portable_micro<const G: usize, const R: usize, const BF16: bool>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let mut acc = [[0.0f32; PANEL_WIDTH]; R];
@@ -403,10 +561,21 @@ unsafe fn portable_micro<const G: usize, const R: usize>(t: Tile) {
             };
             acc[r] = *init.cast::<[f32; PANEL_WIDTH]>();
         }
+        let x = t.x.cast::<f32>();
         for i in 0..t.k {
-            let w = *t.w.add(i * PANEL_WIDTH).cast::<[f32; PANEL_WIDTH]>();
+            let w: [f32; PANEL_WIDTH] = if BF16 {
+                let bits =
+                    *t.w.cast::<u16>()
+                        .add(i * PANEL_WIDTH)
+                        .cast::<[u16; PANEL_WIDTH]>();
+                bits.map(|b| f32::from_bits((b as u32) << 16))
+            } else {
+                *t.w.cast::<f32>()
+                    .add(i * PANEL_WIDTH)
+                    .cast::<[f32; PANEL_WIDTH]>()
+            };
             for r in 0..R {
-                let xv = *t.x.add(i * G + r);
+                let xv = *x.add(i * G + r);
                 for j in 0..PANEL_WIDTH {
                     // Separate multiply and add: `mul_add` would be a slow libm call without FMA.
                     acc[r][j] += xv * w[j];
@@ -432,7 +601,7 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize>(t: Tile) {
+unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const BF16: bool>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
@@ -445,13 +614,21 @@ unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize>(t: Tile) 
                 };
             }
         }
+        let x = t.x.cast::<f32>();
         for i in 0..t.k {
             let mut wv = [_mm512_setzero_ps(); P];
             for p in 0..P {
-                wv[p] = _mm512_loadu_ps(t.w.add(p * t.panel_stride + i * PANEL_WIDTH));
+                let at = p * t.panel_stride + i * PANEL_WIDTH;
+                wv[p] = if BF16 {
+                    // bf16 is the top half of an f32: widen by a 16-bit shift.
+                    let bits = _mm256_loadu_si256(t.w.cast::<u16>().add(at).cast());
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+                } else {
+                    _mm512_loadu_ps(t.w.cast::<f32>().add(at))
+                };
             }
             for r in 0..R {
-                let xv = _mm512_set1_ps(*t.x.add(i * G + r));
+                let xv = _mm512_set1_ps(*x.add(i * G + r));
                 for p in 0..P {
                     acc[r][p] = _mm512_fmadd_ps(xv, wv[p], acc[r][p]);
                 }
@@ -472,7 +649,7 @@ unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize>(t: Tile) 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize>(t: Tile) {
+unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const BF16: bool>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
@@ -485,11 +662,23 @@ unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize>(t: Tile) {
             lo[r] = _mm256_loadu_ps(init);
             hi[r] = _mm256_loadu_ps(init.add(8));
         }
+        let x = t.x.cast::<f32>();
         for i in 0..t.k {
-            let w0 = _mm256_loadu_ps(t.w.add(i * PANEL_WIDTH));
-            let w1 = _mm256_loadu_ps(t.w.add(i * PANEL_WIDTH + 8));
+            let (w0, w1) = if BF16 {
+                let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
+                let widen = |b: __m128i| {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(b)))
+                };
+                (
+                    widen(_mm_loadu_si128(bits.cast())),
+                    widen(_mm_loadu_si128(bits.add(8).cast())),
+                )
+            } else {
+                let w = t.w.cast::<f32>().add(i * PANEL_WIDTH);
+                (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)))
+            };
             for r in 0..R {
-                let xv = _mm256_set1_ps(*t.x.add(i * G + r));
+                let xv = _mm256_set1_ps(*x.add(i * G + r));
                 lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
                 hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
             }
@@ -501,10 +690,141 @@ unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize>(t: Tile) {
     }
 }
 
+/// `R` rows (of a packed group of `G`) x `P` panels over bf16 pairs: one AVX-512 BF16 dot
+/// product per row and panel for every two inputs.
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16 must be available; `t` must describe a packed group of `G` rows
+/// of `t.k.div_ceil(2)` readable input pairs, `P` panels of `16 t.k.div_ceil(2)` readable
+/// weight pairs `t.panel_stride` apart, `16 P` biases and `R` writable output rows of `16 P`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+#[inline]
+unsafe fn micro_avx512_pairs<const G: usize, const R: usize, const P: usize>(t: Tile) {
+    // SAFETY: the caller guarantees every range read or written below.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for r in 0..R {
+            for p in 0..P {
+                acc[r][p] = if t.accumulate {
+                    _mm512_loadu_ps(t.out.add(r * t.out_stride + p * 16))
+                } else {
+                    _mm512_loadu_ps(t.bias.add(p * 16))
+                };
+            }
+        }
+        let (x, w) = (t.x.cast::<i32>(), t.w.cast::<u32>());
+        for q in 0..t.k.div_ceil(2) {
+            let mut wv = [_mm512_setzero_si512(); P];
+            for p in 0..P {
+                wv[p] = _mm512_loadu_si512(w.add(p * t.panel_stride + q * PANEL_WIDTH).cast());
+            }
+            for r in 0..R {
+                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(q * G + r)));
+                for p in 0..P {
+                    let wp: __m512bh = std::mem::transmute(wv[p]);
+                    acc[r][p] = _mm512_dpbf16_ps(acc[r][p], xv, wp);
+                }
+            }
+        }
+        for r in 0..R {
+            for p in 0..P {
+                _mm512_storeu_ps(t.out.add(r * t.out_stride + p * 16), acc[r][p]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::pack_panels;
+
+    /// bf16 bits of `v`, rounded to nearest even.
+    fn bf16(v: f32) -> u16 {
+        bf16_bits(v) as u16
+    }
+
+    fn widen(b: u16) -> f32 {
+        f32::from_bits((b as u32) << 16)
+    }
+
+    #[test]
+    fn bf16_weights_widened_equal_f32_kernels_and_pairs_match_bf16_products() {
+        let (d, o) = (37, 41);
+        let mut seed = 777u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let stride = padded_rows(o);
+        for n in [1usize, 7, 13, 130] {
+            let x: Vec<f32> = (0..n * d).map(|_| next()).collect();
+            let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
+            let b: Vec<f32> = (0..o).map(|_| next()).collect();
+            let w16: Vec<u16> = w.iter().map(|v| bf16(*v)).collect();
+            let widened: Vec<f32> = w16.iter().map(|v| widen(*v)).collect();
+            let panels32 = pack_panels(&widened, o, d);
+            // The bf16 panels: the f32 panels' top halves (widening is exact).
+            let panels16: Vec<u16> = panels32
+                .iter()
+                .map(|v| (v.to_bits() >> 16) as u16)
+                .collect();
+            let mut pack = vec![f32::NAN; PACK_FLOATS];
+            for isa in Isa::all_supported() {
+                for k_block in [8, 36, 64] {
+                    let plan = KernelPlan { isa, k_block };
+                    let mut want = vec![f32::NAN; n * stride];
+                    let mut got = vec![f32::NAN; n * stride];
+                    let weights = MatrixWeights::F32(&panels32);
+                    dense(
+                        &plan, &x, n, d, d, weights, o, &b, &mut want, stride, &mut pack,
+                    );
+                    let weights = MatrixWeights::Bf16(&panels16);
+                    dense(
+                        &plan, &x, n, d, d, weights, o, &b, &mut got, stride, &mut pack,
+                    );
+                    assert_eq!(got, want, "{isa:?}: bf16 weights widened differ from f32");
+                }
+            }
+            if !crate::model::bf16_dot_supported() {
+                continue;
+            }
+            // Pairs: inputs and weights rounded to bf16, products summed in f32.
+            let pairs = crate::model::tests_support::pair_panels(&panels16, o, d);
+            for k_block in [2, 8, 36, 64] {
+                let plan = KernelPlan {
+                    isa: Isa::Avx512,
+                    k_block,
+                };
+                let mut got = vec![f32::NAN; n * stride];
+                let weights = MatrixWeights::Bf16Pairs(&pairs);
+                dense(
+                    &plan, &x, n, d, d, weights, o, &b, &mut got, stride, &mut pack,
+                );
+                for r in 0..n {
+                    for j in 0..o {
+                        let want: f64 = b[j] as f64
+                            + (0..d)
+                                .map(|i| {
+                                    widen(bf16(x[r * d + i])) as f64 * widened[j * d + i] as f64
+                                })
+                                .sum::<f64>();
+                        let g = got[r * stride + j] as f64;
+                        assert!(
+                            (g - want).abs() < 1e-5,
+                            "pairs n={n} r={r} j={j}: {g} vs {want}"
+                        );
+                    }
+                    assert!(got[r * stride + o..(r + 1) * stride]
+                        .iter()
+                        .all(|v| *v == 0.0));
+                }
+            }
+        }
+    }
 
     fn naive(x: &[f32], n: usize, d: usize, w: &[f32], o: usize, b: &[f32]) -> Vec<f64> {
         let mut out = vec![0.0; n * o];
@@ -537,6 +857,7 @@ mod tests {
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
             let b: Vec<f32> = (0..o).map(|_| next()).collect();
             let packed = pack_panels(&w, o, d);
+            let f32w = MatrixWeights::F32(&packed);
             let stride = padded_rows(o);
             let expect = naive(&x, n, d, &w, o, &b);
             let mut pack = vec![f32::NAN; PACK_FLOATS];
@@ -545,11 +866,11 @@ mod tests {
                 let unblocked = KernelPlan { isa, k_block: d };
                 let mut reference = vec![f32::NAN; n * stride];
                 let refs = &mut reference;
-                dense(&unblocked, &x, n, d, d, &packed, o, &b, refs, stride, pk);
+                dense(&unblocked, &x, n, d, d, f32w, o, &b, refs, stride, pk);
                 for k_block in [1, 8, 16, 36, 64] {
                     let plan = KernelPlan { isa, k_block };
                     let mut out = vec![f32::NAN; n * stride];
-                    dense(&plan, &x, n, d, d, &packed, o, &b, &mut out, stride, pk);
+                    dense(&plan, &x, n, d, d, f32w, o, &b, &mut out, stride, pk);
                     assert_eq!(out, reference, "{isa:?}: blocking changed the results");
                 }
                 for r in 0..n {
@@ -572,7 +893,7 @@ mod tests {
                         1,
                         d,
                         d,
-                        &packed,
+                        f32w,
                         o,
                         &b,
                         &mut single,
