@@ -138,11 +138,13 @@ pub fn dense(
         (Isa::Avx2Fma, _) => unsafe { dense_avx2(&args, &padded_bias, bf16) },
         // SAFETY: buffers as above; the portable kernel needs no CPU feature.
         // `walk` hands out tiles inside the buffers `dense` checked, as `portable_tile` needs.
+        // Two rows: 8 of the 16 SSE registers hold the accumulators, with room for the weights
+        // (four rows spill to the stack).
         _ if bf16 => unsafe {
-            walk::<4, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<true>(t))
+            walk::<2, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<true>(t))
         },
         // SAFETY: as above.
-        _ => unsafe { walk::<4, 1, false, 4>(&args, &padded_bias, |t| portable_tile::<false>(t)) },
+        _ => unsafe { walk::<2, 1, false, 4>(&args, &padded_bias, |t| portable_tile::<false>(t)) },
     }
 }
 
@@ -526,7 +528,7 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], bf16: 
     }
 }
 
-/// Portable tiles: up to 4 rows of one panel, separate multiply and add (no FMA).
+/// Portable tiles: up to 2 rows of one panel, separate multiply and add (no FMA).
 ///
 /// # Safety
 /// As for [`portable_micro`] with `R = t.rows`.
@@ -534,10 +536,8 @@ unsafe fn portable_tile<const BF16: bool>(t: Tile) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match t.rows {
-            4 => portable_micro::<4, 4, BF16>(t),
-            3 => portable_micro::<4, 3, BF16>(t),
-            2 => portable_micro::<4, 2, BF16>(t),
-            _ => portable_micro::<4, 1, BF16>(t),
+            2 => portable_micro::<2, 2, BF16>(t),
+            _ => portable_micro::<2, 1, BF16>(t),
         }
     }
 }
@@ -559,32 +559,50 @@ unsafe fn portable_micro<const G: usize, const R: usize, const BF16: bool>(t: Ti
             } else {
                 t.bias
             };
-            acc[r] = *init.cast::<[f32; PANEL_WIDTH]>();
+            acc[r] = init.cast::<[f32; PANEL_WIDTH]>().read_unaligned();
         }
         let x = t.x.cast::<f32>();
         for i in 0..t.k {
             let w: [f32; PANEL_WIDTH] = if BF16 {
-                let bits =
-                    *t.w.cast::<u16>()
-                        .add(i * PANEL_WIDTH)
-                        .cast::<[u16; PANEL_WIDTH]>();
-                bits.map(|b| f32::from_bits((b as u32) << 16))
+                let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
+                std::array::from_fn(|j| f32::from_bits((bits.add(j).read_unaligned() as u32) << 16))
             } else {
-                *t.w.cast::<f32>()
+                t.w.cast::<f32>()
                     .add(i * PANEL_WIDTH)
                     .cast::<[f32; PANEL_WIDTH]>()
+                    .read_unaligned()
             };
             for r in 0..R {
                 let xv = *x.add(i * G + r);
-                for j in 0..PANEL_WIDTH {
-                    // Separate multiply and add: `mul_add` would be a slow libm call without FMA.
-                    acc[r][j] += xv * w[j];
-                }
+                portable_axpy16(&mut acc[r], xv, &w);
             }
         }
         for r in 0..R {
-            *t.out.add(r * t.out_stride).cast::<[f32; PANEL_WIDTH]>() = acc[r];
+            t.out
+                .add(r * t.out_stride)
+                .cast::<[f32; PANEL_WIDTH]>()
+                .write_unaligned(acc[r]);
         }
+    }
+}
+
+/// `acc += x * w` on 16 lanes, separate multiply and add (no FMA: identical on every CPU);
+/// SSE2 (the x86-64 baseline) four lanes at a time.
+#[inline(always)]
+fn portable_axpy16(acc: &mut [f32; PANEL_WIDTH], x: f32, w: &[f32; PANEL_WIDTH]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of x86-64; the loads and stores are inside the two arrays.
+    unsafe {
+        let xv = _mm_set1_ps(x);
+        for q in 0..4 {
+            let a = _mm_loadu_ps(acc.as_ptr().add(4 * q));
+            let p = _mm_mul_ps(xv, _mm_loadu_ps(w.as_ptr().add(4 * q)));
+            _mm_storeu_ps(acc.as_mut_ptr().add(4 * q), _mm_add_ps(a, p));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for j in 0..PANEL_WIDTH {
+        acc[j] += x * w[j];
     }
 }
 

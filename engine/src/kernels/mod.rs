@@ -112,7 +112,7 @@ impl KernelPlan {
         let (panels, rows) = match isa {
             Isa::Avx512 => (2, 12),
             Isa::Avx2Fma => (1, 6),
-            Isa::Portable => (1, 4),
+            Isa::Portable => (1, 2),
         };
         let per_input = 4 * (panels * PANEL_WIDTH + rows);
         let k_block = (caches.l1d_bytes / 2 / per_input) / 32 * 32;
