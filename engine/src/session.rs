@@ -678,9 +678,9 @@ impl<'m> SlideSession<'m> {
                     combine(&mut agg, acc, max_logit, weight_sum);
                 }
             }
-            (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
             first = (first + used * per).min(blocks);
         }
+        (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
         if !agg.acc.iter().all(|v| v.is_finite()) {
             return Err(Error::NumericalOverflow { tile: n - 1 });
         }

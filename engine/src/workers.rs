@@ -97,8 +97,9 @@ impl Workers {
     }
 
     /// Calls `job(i)` for every worker `i` at once (`i = 0` on this thread) and returns when
-    /// all calls have returned. Errors if a call panicked (after all have returned).
-    pub fn run(&self, job: Job<'_>) -> Result<()> {
+    /// all calls have returned. Errors if a call panicked (after all have returned). `&mut`:
+    /// one job at a time.
+    pub fn run(&mut self, job: Job<'_>) -> Result<()> {
         let shared = match &self.shared {
             Some(shared) if !self.handles.is_empty() => shared,
             _ => {
@@ -155,7 +156,14 @@ fn worker_loop(shared: &Shared, index: usize) {
         let ok = match job {
             // SAFETY: `Workers::run` keeps the job alive until this worker decrements
             // `pending` below.
-            Some(ErasedJob(f)) => catch_unwind(AssertUnwindSafe(|| unsafe { (*f)(index) })).is_ok(),
+            Some(ErasedJob(f)) => match catch_unwind(AssertUnwindSafe(|| unsafe { (*f)(index) })) {
+                Ok(()) => true,
+                Err(payload) => {
+                    // Its destructor could panic again, outside any catch: leak it instead.
+                    std::mem::forget(payload);
+                    false
+                }
+            },
             None => true,
         };
         let mut state = shared.lock();
@@ -185,7 +193,7 @@ mod tests {
 
     #[test]
     fn every_worker_runs_each_job_once() {
-        let workers = Workers::start(3).unwrap();
+        let mut workers = Workers::start(3).unwrap();
         let calls: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
         for _ in 0..100 {
             workers
@@ -199,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_panicking_worker_is_an_error_and_the_pool_survives() {
-        let workers = Workers::start(2).unwrap();
+        let mut workers = Workers::start(2).unwrap();
         let err = workers
             .run(&|i| assert!(i != 1, "worker 1 fails"))
             .unwrap_err();

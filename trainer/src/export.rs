@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use msclam_engine::format::{keys, ModelWriter};
+use msclam_engine::format::{keys, Dtype, ModelWriter};
 
 use crate::error::Result;
 use crate::model::Network;
@@ -19,6 +19,9 @@ pub struct ExportMetadata {
     pub magnification: Option<String>,
     /// Training configuration, fold and validation metrics (JSON).
     pub training_summary: String,
+    /// Element type of the three large matrices (`None`: f32). bf16 halves the bytes the
+    /// engine reads per tile; f16 is widened to f32 when the engine loads the model.
+    pub dtype: Option<Dtype>,
 }
 
 /// Writes `net` (eval mode semantics: no dropout) to `path` as a `.mscl` model.
@@ -26,6 +29,7 @@ pub fn export(net: &Network, path: &Path, meta: &ExportMetadata) -> Result<()> {
     let weights = net.to_weights()?;
     let dim = weights.config.input_dim.to_string();
     let mut writer = ModelWriter::new(&weights)
+        .matrix_dtype(meta.dtype.unwrap_or(Dtype::F32))
         .metadata(keys::EMBEDDER_NAME, &meta.embedder_name)?
         .metadata(keys::EMBEDDER_DIM, &dim)?
         .metadata(keys::TRAINING_SUMMARY, &meta.training_summary)?

@@ -269,6 +269,27 @@ struct ExportArgs {
     /// Name of the embedder the model was trained on.
     #[arg(long)]
     embedder_name: String,
+    /// Element type of the large matrices: f32, bf16 (half the bytes the engine reads per
+    /// tile) or f16 (widened to f32 when loaded).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DtypeArg> for msclam_engine::format::Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => Self::F32,
+            DtypeArg::F16 => Self::F16,
+            DtypeArg::Bf16 => Self::Bf16,
+        }
+    }
 }
 
 fn main() {
@@ -766,6 +787,78 @@ fn stream_through_engine(
         model_path.display(),
         streamed as f64 / secs
     );
+    compare_bf16(net, data, evals, dir, &model_path, capacity)
+}
+
+/// The demo's MS-CLAM exported with bf16 matrices, against the f32 export on every test
+/// slide: largest differences, tiles that change side of the mask threshold, slides that
+/// change class. Both bf16 kernels where the CPU has them (widened; AVX-512 BF16 dot products).
+fn compare_bf16(
+    net: &msclam_trainer::model::Network,
+    data: &data::Cohort,
+    evals: &[msclam_trainer::training::SlideEval],
+    dir: &Path,
+    f32_path: &Path,
+    capacity: usize,
+) -> Result<()> {
+    use msclam_engine::{format::Dtype, Model, SessionOptions, SlideSession};
+    let bf16_path = dir.join("model_bf16.mscl");
+    export(
+        net,
+        &bf16_path,
+        &ExportMetadata {
+            embedder_name: "synthetic".into(),
+            training_summary: "msclam demo (bf16)".into(),
+            dtype: Some(Dtype::Bf16),
+            ..Default::default()
+        },
+    )?;
+    let f32_model = std::sync::Arc::new(Model::load(f32_path)?);
+    let bf16_model = std::sync::Arc::new(Model::load(&bf16_path)?);
+    let mut reference = SlideSession::new(f32_model, capacity)?;
+    for bf16_dot in [false, true] {
+        let options = SessionOptions {
+            bf16_dot,
+            ..SessionOptions::default()
+        };
+        let mut session = SlideSession::with_options(bf16_model.clone(), capacity, options)?;
+        if session.uses_bf16_dot() != bf16_dot {
+            continue;
+        }
+        let (mut tile_worst, mut slide_worst, mut flips, mut class_changes, mut tiles) =
+            (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
+        for e in evals {
+            let s = &data.slides[e.slide];
+            let features =
+                Vec::<f32>::try_from(s.features_f32().to_device(tch::Device::Cpu).view([-1]))?;
+            reference.reset();
+            reference.push(&features, None)?;
+            session.reset();
+            session.push(&features, None)?;
+            let (a, b) = (reference.finalize()?, session.finalize()?);
+            slide_worst = slide_worst.max((a.tumor_probability - b.tumor_probability).abs() as f64);
+            class_changes += usize::from(a.predicted_class != b.predicted_class);
+            for ((p, q), (m, n)) in a
+                .tile_probabilities
+                .iter()
+                .zip(b.tile_probabilities)
+                .zip(a.tile_mask.iter().zip(b.tile_mask))
+            {
+                tile_worst = tile_worst.max((p - q).abs() as f64);
+                flips += usize::from(m != n);
+            }
+            tiles += s.num_tiles;
+        }
+        let kernels = if bf16_dot {
+            "AVX-512 BF16 dot products"
+        } else {
+            "widened to f32"
+        };
+        println!(
+            "      bf16 weights ({kernels}) against f32 on the {} test slides: largest tile probability difference {tile_worst:.1e}, slide {slide_worst:.1e}; {flips} of {tiles} tiles change side of the mask threshold; {class_changes} slides change class",
+            evals.len()
+        );
+    }
     Ok(())
 }
 
@@ -1008,6 +1101,7 @@ fn export_checkpoint(args: ExportArgs) -> Result<()> {
         &ExportMetadata {
             embedder_name: args.embedder_name,
             training_summary: summary.to_string(),
+            dtype: Some(args.dtype.into()),
             ..Default::default()
         },
     )?;

@@ -90,6 +90,10 @@ pub fn dense(
         "{} kernels on this CPU",
         plan.isa.name()
     );
+    assert!(
+        pack.len() >= PACK_FLOATS,
+        "the packing buffer needs PACK_FLOATS floats"
+    );
     let mut padded_bias = [0.0f32; PANEL_WIDTH];
     let args = DenseArgs {
         x: x.as_ptr(),

@@ -7,11 +7,14 @@
 // Lane loops index several fixed-size arrays by the same lane: ranges are clearer than zips.
 #![allow(clippy::needless_range_loop)]
 
-/// `x = max(x, 0)` for every element.
+/// `x = max(x, 0)` for every element; NaN stays NaN (an overflow in the layer before must
+/// reach the session's finiteness check, not become 0).
 #[inline(always)]
 pub fn relu_in_place(row: &mut [f32]) {
     for v in row {
-        *v = v.max(0.0);
+        if *v < 0.0 {
+            *v = 0.0;
+        }
     }
 }
 
@@ -192,6 +195,14 @@ mod tests {
         assert_eq!(sigmoid(0.0), 0.5);
         assert!(sigmoid(1e4) == 1.0 && sigmoid(-1e4) == 0.0);
         assert!((sigmoid(2.0) - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-15);
+    }
+
+    #[test]
+    fn relu_keeps_nan() {
+        let mut v = [-1.0f32, 2.0, f32::NAN, -0.0];
+        relu_in_place(&mut v);
+        assert_eq!(&v[..2], &[0.0, 2.0]);
+        assert!(v[2].is_nan() && v[3] == 0.0);
     }
 
     #[test]
