@@ -485,6 +485,65 @@ fn a_bf16_model_matches_the_reference_over_its_rounded_weights() {
 }
 
 #[test]
+fn an_f16_model_matches_the_reference_over_its_rounded_weights() {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let d = config.input_dim;
+    let weights = random_weights(config, 33);
+    let bytes = msclam_engine::format::ModelWriter::new(&weights)
+        .matrix_dtype(msclam_engine::format::Dtype::F16)
+        .to_bytes()
+        .unwrap();
+    let model = Arc::new(Model::from_bytes(&bytes).unwrap());
+    assert_eq!(model.weight_dtype(), msclam_engine::format::Dtype::F16);
+    // The f16 values of the large matrices, as the engine loads them.
+    use msclam_engine::format::TensorId;
+    let (h, k) = (config.hidden_dim, config.attention_dim);
+    let mut rounded = weights.clone();
+    for (m, id, rows, cols) in [
+        (&mut rounded.fc_weight, TensorId::FcWeight, h, d),
+        (
+            &mut rounded.attention_a_weight,
+            TensorId::AttentionAWeight,
+            k,
+            h,
+        ),
+        (
+            &mut rounded.attention_b_weight,
+            TensorId::AttentionBWeight,
+            k,
+            h,
+        ),
+    ] {
+        let widened = model.tensor_values(id).unwrap();
+        *m = msclam_engine::kernels::unpack_panels(widened, rows, cols);
+    }
+    let n = 500;
+    let (emb, _, _) = synthetic_slide(d, n, 0.1, 34);
+    let want = reference::forward(&rounded, &emb);
+    for isa in Isa::all_supported() {
+        let mut s = SlideSession::with_isa(model.clone(), n, isa).unwrap();
+        for strip in strips(n, &[1, 64, 300]) {
+            s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
+        }
+        let r = s.finalize().unwrap();
+        for i in 0..n {
+            assert_rel(
+                r.attention[i] as f64,
+                want.attention[i],
+                REL,
+                "f16 attention",
+            );
+            assert_rel(
+                r.tile_probabilities[i] as f64,
+                want.tile_probabilities[i],
+                REL,
+                "f16 tile probability",
+            );
+        }
+    }
+}
+
+#[test]
 fn a_threaded_push_with_a_bad_tile_changes_nothing() {
     let config = ModelConfig::ms_clam(ModelSize::Small);
     let d = config.input_dim;

@@ -73,14 +73,16 @@ pub struct Model {
     storage: Storage,
     arena: Vec<f32>,
     tensors: [Option<TensorLoc>; TensorId::ALL.len()],
-    /// The large matrices in bf16 for the bf16 kernels, when the file stores them as bf16.
+    /// The large matrices in bf16 or f16 for the 16-bit kernels, when the file stores them so.
     bf16: Option<Bf16Matrices>,
     parsed: ParsedFile,
     memory: ModelMemory,
 }
 
-/// The three large matrices of a bf16 model as the bf16 kernels read them.
+/// The three large matrices of a bf16 or f16 model as the 16-bit kernels read them.
 struct Bf16Matrices {
+    /// bf16 or f16.
+    dtype: Dtype,
     /// Panel layout, bf16 bits: per matrix a range of `plain`.
     plain: Vec<u16>,
     plain_ranges: [Range<usize>; 3],
@@ -107,6 +109,8 @@ pub enum MatrixWeights<'a> {
     F32(&'a [f32]),
     /// bf16 bits in panel layout (widened to f32 in the kernel).
     Bf16(&'a [u16]),
+    /// IEEE binary16 bits in panel layout (widened to f32 in the kernel).
+    F16(&'a [u16]),
     /// bf16 pairs (see the model's pair layout), for AVX-512 BF16 dot products.
     Bf16Pairs(&'a [u32]),
 }
@@ -287,7 +291,7 @@ impl Model {
     }
 
     /// Element type of the large matrices (`fc`, `attention_a`, `attention_b`) in the file:
-    /// f32, or bf16 (computed with bf16 kernels), or f16 (widened to f32 at load).
+    /// f32, bf16 or f16 (16-bit types are read as such by the kernels and widened there).
     pub fn weight_dtype(&self) -> Dtype {
         self.parsed
             .tensor(TensorId::FcWeight)
@@ -317,7 +321,11 @@ impl Model {
             if let (true, Some(ranges)) = (pairs, &b.pair_ranges) {
                 return Some(MatrixWeights::Bf16Pairs(&b.pairs[ranges[i].clone()]));
             }
-            return Some(MatrixWeights::Bf16(&b.plain[b.plain_ranges[i].clone()]));
+            let plain = &b.plain[b.plain_ranges[i].clone()];
+            return Some(match b.dtype {
+                Dtype::F16 => MatrixWeights::F16(plain),
+                _ => MatrixWeights::Bf16(plain),
+            });
         }
         self.tensor_values(id).map(MatrixWeights::F32)
     }
@@ -381,11 +389,15 @@ impl Bf16Matrices {
             TensorId::AttentionAWeight,
             TensorId::AttentionBWeight,
         ];
-        let bf16 = |id| parsed.tensor(id).is_some_and(|e| e.dtype == Dtype::Bf16);
-        if !bf16(TensorId::FcWeight) || !bf16(TensorId::AttentionAWeight) {
+        let dtype = parsed.tensor(TensorId::FcWeight)?.dtype;
+        if dtype == Dtype::F32 {
             return None;
         }
-        let with_pairs = bf16_dot_supported();
+        let same = |id| parsed.tensor(id).is_some_and(|e| e.dtype == dtype);
+        if !same(TensorId::AttentionAWeight) {
+            return None;
+        }
+        let with_pairs = dtype == Dtype::Bf16 && bf16_dot_supported();
         let (mut plain, mut pairs) = (Vec::new(), Vec::new());
         let (mut plain_ranges, mut pair_ranges) =
             (std::array::from_fn(|_| 0..0), std::array::from_fn(|_| 0..0));
@@ -414,6 +426,7 @@ impl Bf16Matrices {
             }
         }
         Some(Bf16Matrices {
+            dtype,
             plain,
             plain_ranges,
             pairs,

@@ -22,7 +22,8 @@ pub const MSCLAM_ATTENTION_PLAIN: u32 = 0;
 pub const MSCLAM_ATTENTION_GATED: u32 = 1;
 /// Values of `msclam_model_info.weight_dtype`: the large matrices are f32.
 pub const MSCLAM_DTYPE_F32: u32 = 0;
-/// Values of `msclam_model_info.weight_dtype`: f16 (widened to f32 when the model is loaded).
+/// Values of `msclam_model_info.weight_dtype`: f16 (read as f16 by the kernels: half the bytes
+/// per tile).
 pub const MSCLAM_DTYPE_F16: u32 = 1;
 /// Values of `msclam_model_info.weight_dtype`: bf16 (read as bf16 by the kernels: half the
 /// bytes per tile; see `msclam_session_options.bf16_dot`).

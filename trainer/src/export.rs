@@ -19,8 +19,8 @@ pub struct ExportMetadata {
     pub magnification: Option<String>,
     /// Training configuration, fold and validation metrics (JSON).
     pub training_summary: String,
-    /// Element type of the three large matrices (`None`: f32). bf16 halves the bytes the
-    /// engine reads per tile; f16 is widened to f32 when the engine loads the model.
+    /// Element type of the three large matrices (`None`: f32). bf16 and f16 halve the bytes
+    /// the engine reads per tile.
     pub dtype: Option<Dtype>,
 }
 

@@ -176,6 +176,15 @@ fn run(args: &Args) -> Result<(), String> {
             }
         }
     }
+    let f16_bytes = ModelWriter::new(&weights)
+        .matrix_dtype(Dtype::F16)
+        .to_bytes()
+        .map_err(|e| e.to_string())?;
+    let f16_model = Arc::new(Model::from_bytes(&f16_bytes).map_err(|e| e.to_string())?);
+    for isa in &isas {
+        let s = SlideSession::with_isa(f16_model.clone(), most, *isa).map_err(|e| e.to_string())?;
+        sessions.push((format!("msclam {} f16 widened", isa.name()), s));
+    }
     if !sessions.iter().any(|(l, _)| l.ends_with("bf16 dot")) {
         report.skip("engine bf16 dot products", "this CPU lacks AVX-512 BF16");
     }
@@ -215,7 +224,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     // bf16 against f32, same slide: largest tile and slide probability differences.
     let f32_result = slide_outputs(&mut sessions[0].1, &embeddings, d)?;
-    for (label, s) in sessions.iter_mut().filter(|(l, _)| l.contains("bf16")) {
+    for (label, s) in sessions.iter_mut().filter(|(l, _)| !l.ends_with("f32")) {
         let (tiles_p, slide_p) = slide_outputs(s, &embeddings, d)?;
         let tile_diff = max_abs_diff(&tiles_p, &f32_result.0);
         let flips = tiles_p

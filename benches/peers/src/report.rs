@@ -66,7 +66,7 @@ pub struct Report {
     pub skipped: Vec<(String, String)>,
     /// `(peer, largest |difference| of tile probabilities against the engine)`.
     pub agreement: Vec<(String, f64)>,
-    /// One line per bf16 session: its differences from the f32 engine.
+    /// One line per 16-bit-weight session: its differences from the f32 engine.
     pub bf16_accuracy: Vec<String>,
     pub measurements: Measurements,
     /// Tiles, and seconds of each finalize.
@@ -136,7 +136,10 @@ impl Report {
             );
         }
         for line in &self.bf16_accuracy {
-            let _ = writeln!(s, "- bf16 weights (same random model, same slide), {line}");
+            let _ = writeln!(
+                s,
+                "- 16-bit weights (same random model, same slide), {line}"
+            );
         }
         let _ = writeln!(s);
         let _ = write!(s, "| tiles/s | ");

@@ -20,6 +20,13 @@
 use super::{padded_rows, Isa, KernelPlan, PANEL_WIDTH};
 use crate::model::MatrixWeights;
 
+/// Weight element kinds of the widening kernels (a const parameter of the micro-kernels).
+const W_F32: u8 = 0;
+/// bf16: the top half of an f32, widened by a shift.
+const W_BF16: u8 = 1;
+/// IEEE binary16, widened by F16C / AVX-512F conversions.
+const W_F16: u8 = 2;
+
 /// Rows packed at once: a session's block of tiles.
 pub const PACK_ROWS: usize = 128;
 /// Largest input block a plan uses.
@@ -33,8 +40,8 @@ pub const PACK_FLOATS: usize = PACK_ROWS.div_ceil(24) * 24 * MAX_K_BLOCK;
 ///
 /// - `x`: `n` rows of `in_dim` values, row `r` starting at `r * x_stride`;
 /// - `weights`: `W` (`out_dim x in_dim`) in panel layout ([`super::pack_panels`]), as f32,
-///   bf16 (widened to f32 in the kernel: the same result as f32 kernels over the widened
-///   weights) or bf16 pairs (AVX-512 BF16 dot products, which also round the inputs to bf16;
+///   bf16 or f16 (widened to f32 in the kernel: the same result as f32 kernels over the
+///   widened weights) or bf16 pairs (AVX-512 BF16 dot products, which also round the inputs to bf16;
 ///   only with [`Isa::Avx512`] on a CPU that has them);
 /// - `out`: `n` rows starting at `r * out_stride`, `out_stride >= padded_rows(out_dim)`; the
 ///   padding columns receive zeros;
@@ -72,7 +79,9 @@ pub fn dense(
     assert!(x_stride >= in_dim && span(n, x_stride, in_dim).is_some_and(|need| x.len() >= need));
     let (weights_len, inputs_stored, packed) = match weights {
         MatrixWeights::F32(w) => (w.len(), in_dim, w.as_ptr().cast::<u8>()),
-        MatrixWeights::Bf16(w) => (w.len(), in_dim, w.as_ptr().cast::<u8>()),
+        MatrixWeights::Bf16(w) | MatrixWeights::F16(w) => {
+            (w.len(), in_dim, w.as_ptr().cast::<u8>())
+        }
         MatrixWeights::Bf16Pairs(w) => (w.len(), in_dim.div_ceil(2), w.as_ptr().cast::<u8>()),
     };
     assert!(
@@ -118,7 +127,11 @@ pub fn dense(
     if tail != 0 {
         padded_bias[..tail].copy_from_slice(&bias[out_dim - tail..out_dim]);
     }
-    let bf16 = matches!(weights, MatrixWeights::Bf16(_));
+    let kind = match weights {
+        MatrixWeights::Bf16(_) => W_BF16,
+        MatrixWeights::F16(_) => W_F16,
+        _ => W_F32,
+    };
     match (plan.isa, weights) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, MatrixWeights::Bf16Pairs(_)) => {
@@ -136,19 +149,23 @@ pub fn dense(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (asserted above); `args` describes
         // buffers whose lengths were checked above.
-        (Isa::Avx512, _) => unsafe { dense_avx512(&args, &padded_bias, bf16) },
+        (Isa::Avx512, _) => unsafe { dense_avx512(&args, &padded_bias, kind) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX2 and FMA (asserted above); buffers as above.
-        (Isa::Avx2Fma, _) => unsafe { dense_avx2(&args, &padded_bias, bf16) },
+        // SAFETY: the CPU supports AVX2, FMA and F16C (asserted above); buffers as above.
+        (Isa::Avx2Fma, _) => unsafe { dense_avx2(&args, &padded_bias, kind) },
         // SAFETY: buffers as above; the portable kernel needs no CPU feature.
         // `walk` hands out tiles inside the buffers `dense` checked, as `portable_tile` needs.
         // Two rows: 8 of the 16 SSE registers hold the accumulators, with room for the weights
         // (four rows spill to the stack).
-        _ if bf16 => unsafe {
-            walk::<2, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<true>(t))
+        _ if kind == W_BF16 => unsafe {
+            walk::<2, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<W_BF16>(t))
         },
         // SAFETY: as above.
-        _ => unsafe { walk::<2, 1, false, 4>(&args, &padded_bias, |t| portable_tile::<false>(t)) },
+        _ if kind == W_F16 => unsafe {
+            walk::<2, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<W_F16>(t))
+        },
+        // SAFETY: as above.
+        _ => unsafe { walk::<2, 1, false, 4>(&args, &padded_bias, |t| portable_tile::<W_F32>(t)) },
     }
 }
 
@@ -412,9 +429,9 @@ mod sse {
 
 /// Dispatches a tile to the micro-kernel instantiated for its exact shape.
 macro_rules! dispatch_rows {
-    ($kernel:ident, $t:expr, $group:literal, $panels:literal, $bf16:literal, [$($r:literal),+]) => {
+    ($kernel:ident, $t:expr, $group:literal, $panels:literal, $w:ident, [$($r:literal),+]) => {
         match $t.rows {
-            $($r => $kernel::<$group, $r, $panels, $bf16>($t),)+
+            $($r => $kernel::<$group, $r, $panels, $w>($t),)+
             _ => unreachable!("tile rows beyond the kernel's register block"),
         }
     };
@@ -434,59 +451,55 @@ macro_rules! dispatch_pair_rows {
 #[target_feature(enable = "avx512f,avx2,fma")]
 /// # Safety
 /// AVX-512F, AVX2 and FMA must be available; `a` as for [`walk`].
-unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], bf16: bool) {
+unsafe fn dense_avx512(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], kind: u8) {
     // 12 rows x 2 panels = 24 zmm accumulators; per input: 2 weight loads, 12 broadcasts and
     // 24 fused multiply-adds, so the two FMA ports (not the loads) are the limit. (8 x 2
     // measured 1-3 % slower on an Intel Xeon with two 512-bit FMA units.)
-    // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
-    // checked buffers, and AVX-512F is available (this function's contract), which is all
-    // the micro-kernels need.
+    // SAFETY: `a` is forwarded from the caller; AVX-512F is available (this function's
+    // contract), which is all the micro-kernels need.
     unsafe {
-        if bf16 {
-            walk::<12, 2, false, 2>(a, padded_bias, |t| {
-                if t.panels == 2 {
-                    dispatch_rows!(
-                        micro_avx512,
-                        t,
-                        12,
-                        2,
-                        true,
-                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                    )
-                } else {
-                    dispatch_rows!(
-                        micro_avx512,
-                        t,
-                        12,
-                        1,
-                        true,
-                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                    )
-                }
-            })
-        } else {
-            walk::<12, 2, false, 4>(a, padded_bias, |t| {
-                if t.panels == 2 {
-                    dispatch_rows!(
-                        micro_avx512,
-                        t,
-                        12,
-                        2,
-                        false,
-                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                    )
-                } else {
-                    dispatch_rows!(
-                        micro_avx512,
-                        t,
-                        12,
-                        1,
-                        false,
-                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-                    )
-                }
-            })
+        match kind {
+            W_BF16 => walk_avx512::<W_BF16, 2>(a, padded_bias),
+            W_F16 => walk_avx512::<W_F16, 2>(a, padded_bias),
+            _ => walk_avx512::<W_F32, 4>(a, padded_bias),
         }
+    }
+}
+
+/// [`walk`] with the AVX-512 micro-kernels for weights of kind `W` (`WB` bytes each).
+///
+/// # Safety
+/// As for [`dense_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn walk_avx512<const W: u8, const WB: usize>(
+    a: &DenseArgs<'_>,
+    padded_bias: &[f32; PANEL_WIDTH],
+) {
+    // SAFETY: the tiles `walk` produces lie inside the checked buffers; the caller runs on a
+    // CPU with AVX-512F.
+    unsafe {
+        walk::<12, 2, false, WB>(a, padded_bias, |t| {
+            if t.panels == 2 {
+                dispatch_rows!(
+                    micro_avx512,
+                    t,
+                    12,
+                    2,
+                    W,
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                )
+            } else {
+                dispatch_rows!(
+                    micro_avx512,
+                    t,
+                    12,
+                    1,
+                    W,
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                )
+            }
+        })
     }
 }
 
@@ -511,23 +524,25 @@ unsafe fn dense_avx512_bf16_pairs(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_W
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 /// # Safety
-/// AVX2 and FMA must be available; `a` as for [`walk`].
-unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], bf16: bool) {
+/// AVX2, FMA and F16C must be available; `a` as for [`walk`].
+unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], kind: u8) {
     // 6 rows x 1 panel = 12 ymm accumulators (two per row), 2 for the weights, 1 broadcast.
     // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
-    // checked buffers, and AVX2 and FMA are available (this function's contract), which is
-    // all the micro-kernels need.
+    // checked buffers, and AVX2, FMA and F16C are available (this function's contract),
+    // which is all the micro-kernels need.
     unsafe {
-        if bf16 {
-            walk::<6, 1, false, 2>(a, padded_bias, |t| {
-                dispatch_rows!(micro_avx2, t, 6, 1, true, [1, 2, 3, 4, 5, 6])
-            })
-        } else {
-            walk::<6, 1, false, 4>(a, padded_bias, |t| {
-                dispatch_rows!(micro_avx2, t, 6, 1, false, [1, 2, 3, 4, 5, 6])
-            })
+        match kind {
+            W_BF16 => walk::<6, 1, false, 2>(a, padded_bias, |t| {
+                dispatch_rows!(micro_avx2, t, 6, 1, W_BF16, [1, 2, 3, 4, 5, 6])
+            }),
+            W_F16 => walk::<6, 1, false, 2>(a, padded_bias, |t| {
+                dispatch_rows!(micro_avx2, t, 6, 1, W_F16, [1, 2, 3, 4, 5, 6])
+            }),
+            _ => walk::<6, 1, false, 4>(a, padded_bias, |t| {
+                dispatch_rows!(micro_avx2, t, 6, 1, W_F32, [1, 2, 3, 4, 5, 6])
+            }),
         }
     }
 }
@@ -536,12 +551,12 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], bf16: 
 ///
 /// # Safety
 /// As for [`portable_micro`] with `R = t.rows`.
-unsafe fn portable_tile<const BF16: bool>(t: Tile) {
+unsafe fn portable_tile<const W: u8>(t: Tile) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match t.rows {
-            2 => portable_micro::<2, 2, BF16>(t),
-            _ => portable_micro::<2, 1, BF16>(t),
+            2 => portable_micro::<2, 2, W>(t),
+            _ => portable_micro::<2, 1, W>(t),
         }
     }
 }
@@ -553,7 +568,7 @@ unsafe fn portable_tile<const BF16: bool>(t: Tile) {
 /// `t` must describe a packed group of `G` rows of `t.k` readable inputs, one panel of `16 t.k`
 /// weights, 16 biases and `R` writable output rows of 16.
 #[inline(always)]
-unsafe fn portable_micro<const G: usize, const R: usize, const BF16: bool>(t: Tile) {
+unsafe fn portable_micro<const G: usize, const R: usize, const W: u8>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let mut acc = [[0.0f32; PANEL_WIDTH]; R];
@@ -567,9 +582,12 @@ unsafe fn portable_micro<const G: usize, const R: usize, const BF16: bool>(t: Ti
         }
         let x = t.x.cast::<f32>();
         for i in 0..t.k {
-            let w: [f32; PANEL_WIDTH] = if BF16 {
+            let w: [f32; PANEL_WIDTH] = if W == W_BF16 {
                 let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
                 std::array::from_fn(|j| f32::from_bits((bits.add(j).read_unaligned() as u32) << 16))
+            } else if W == W_F16 {
+                let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
+                std::array::from_fn(|j| half::f16::from_bits(bits.add(j).read_unaligned()).to_f32())
             } else {
                 t.w.cast::<f32>()
                     .add(i * PANEL_WIDTH)
@@ -623,7 +641,7 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const BF16: bool>(t: Tile) {
+unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const W: u8>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
@@ -641,10 +659,12 @@ unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const BF1
             let mut wv = [_mm512_setzero_ps(); P];
             for p in 0..P {
                 let at = p * t.panel_stride + i * PANEL_WIDTH;
-                wv[p] = if BF16 {
+                wv[p] = if W == W_BF16 {
                     // bf16 is the top half of an f32: widen by a 16-bit shift.
                     let bits = _mm256_loadu_si256(t.w.cast::<u16>().add(at).cast());
                     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+                } else if W == W_F16 {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(t.w.cast::<u16>().add(at).cast()))
                 } else {
                     _mm512_loadu_ps(t.w.cast::<f32>().add(at))
                 };
@@ -667,11 +687,11 @@ unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const BF1
 /// `R` rows (of a packed group of `G`) x one panel with two 8-lane accumulators per row.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `t` as for [`micro_avx512`] with `P = 1`.
+/// AVX2, FMA and F16C must be available; `t` as for [`micro_avx512`] with `P = 1`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const BF16: bool>(t: Tile) {
+unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const W: u8>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
@@ -686,7 +706,13 @@ unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const BF16:
         }
         let x = t.x.cast::<f32>();
         for i in 0..t.k {
-            let (w0, w1) = if BF16 {
+            let (w0, w1) = if W == W_F16 {
+                let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(bits.cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(bits.add(8).cast())),
+                )
+            } else if W == W_BF16 {
                 let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
                 let widen = |b: __m128i| {
                     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(b)))
@@ -772,7 +798,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_weights_widened_equal_f32_kernels_and_pairs_match_bf16_products() {
+    fn half_weights_widened_equal_f32_kernels_and_bf16_pairs_match_bf16_products() {
         let (d, o) = (37, 41);
         let mut seed = 777u64;
         let mut next = || {
@@ -794,8 +820,29 @@ mod tests {
                 .iter()
                 .map(|v| (v.to_bits() >> 16) as u16)
                 .collect();
+            // f16 panels: inputs chosen as exact f16 values, so widening is exact too.
+            let w_h: Vec<f32> = w.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+            let panels_h32 = pack_panels(&w_h, o, d);
+            let panels_h16: Vec<u16> = panels_h32
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect();
             let mut pack = vec![f32::NAN; PACK_FLOATS];
             for isa in Isa::all_supported() {
+                for k_block in [8, 36, 64] {
+                    let plan = KernelPlan { isa, k_block };
+                    let mut want = vec![f32::NAN; n * stride];
+                    let mut got = vec![f32::NAN; n * stride];
+                    let weights = MatrixWeights::F32(&panels_h32);
+                    dense(
+                        &plan, &x, n, d, d, weights, o, &b, &mut want, stride, &mut pack,
+                    );
+                    let weights = MatrixWeights::F16(&panels_h16);
+                    dense(
+                        &plan, &x, n, d, d, weights, o, &b, &mut got, stride, &mut pack,
+                    );
+                    assert_eq!(got, want, "{isa:?}: f16 weights widened differ from f32");
+                }
                 for k_block in [8, 36, 64] {
                     let plan = KernelPlan { isa, k_block };
                     let mut want = vec![f32::NAN; n * stride];

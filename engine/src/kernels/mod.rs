@@ -24,7 +24,7 @@ pub enum Isa {
     /// Plain Rust, vectorised by the compiler for the build target's baseline (SSE2 on x86-64).
     /// Uses separate multiply and add (no fused multiply-add).
     Portable,
-    /// x86-64 AVX2 with fused multiply-add.
+    /// x86-64 AVX2 with fused multiply-add (and F16C, which every AVX2 CPU has).
     Avx2Fma,
     /// x86-64 AVX-512F (with AVX2 and FMA).
     Avx512,
@@ -50,7 +50,11 @@ impl Isa {
         match self {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2Fma => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 is_x86_feature_detected!("avx512f")
