@@ -787,13 +787,14 @@ fn stream_through_engine(
         model_path.display(),
         streamed as f64 / secs
     );
-    compare_bf16(net, data, evals, dir, &model_path, capacity)
+    compare_half_precision(net, data, evals, dir, &model_path, capacity)
 }
 
-/// The demo's MS-CLAM exported with bf16 matrices, against the f32 export on every test
-/// slide: largest differences, tiles that change side of the mask threshold, slides that
-/// change class. Both bf16 kernels where the CPU has them (widened; AVX-512 BF16 dot products).
-fn compare_bf16(
+/// The demo's MS-CLAM exported with bf16 and with f16 matrices, against the f32 export on
+/// every test slide: largest differences, tiles that change side of the mask threshold,
+/// slides that change class. bf16 with both kernels where the CPU has them (widened; AVX-512
+/// BF16 dot products).
+fn compare_half_precision(
     net: &msclam_trainer::model::Network,
     data: &data::Cohort,
     evals: &[msclam_trainer::training::SlideEval],
@@ -802,26 +803,30 @@ fn compare_bf16(
     capacity: usize,
 ) -> Result<()> {
     use msclam_engine::{format::Dtype, Model, SessionOptions, SlideSession};
-    let bf16_path = dir.join("model_bf16.mscl");
-    export(
-        net,
-        &bf16_path,
-        &ExportMetadata {
-            embedder_name: "synthetic".into(),
-            training_summary: "msclam demo (bf16)".into(),
-            dtype: Some(Dtype::Bf16),
-            ..Default::default()
-        },
-    )?;
     let f32_model = std::sync::Arc::new(Model::load(f32_path)?);
-    let bf16_model = std::sync::Arc::new(Model::load(&bf16_path)?);
     let mut reference = SlideSession::new(f32_model, capacity)?;
-    for bf16_dot in [false, true] {
+    for (dtype, name, bf16_dot) in [
+        (Dtype::Bf16, "bf16", false),
+        (Dtype::Bf16, "bf16", true),
+        (Dtype::F16, "f16", false),
+    ] {
+        let path = dir.join(format!("model_{name}.mscl"));
+        export(
+            net,
+            &path,
+            &ExportMetadata {
+                embedder_name: "synthetic".into(),
+                training_summary: format!("msclam demo ({name})"),
+                dtype: Some(dtype),
+                ..Default::default()
+            },
+        )?;
+        let model = std::sync::Arc::new(Model::load(&path)?);
         let options = SessionOptions {
             bf16_dot,
             ..SessionOptions::default()
         };
-        let mut session = SlideSession::with_options(bf16_model.clone(), capacity, options)?;
+        let mut session = SlideSession::with_options(model, capacity, options)?;
         if session.uses_bf16_dot() != bf16_dot {
             continue;
         }
@@ -855,7 +860,7 @@ fn compare_bf16(
             "widened to f32"
         };
         println!(
-            "      bf16 weights ({kernels}) against f32 on the {} test slides: largest tile probability difference {tile_worst:.1e}, slide {slide_worst:.1e}; {flips} of {tiles} tiles change side of the mask threshold; {class_changes} slides change class",
+            "      {name} weights ({kernels}) against f32 on the {} test slides: largest tile probability difference {tile_worst:.1e}, slide {slide_worst:.1e}; {flips} of {tiles} tiles change side of the mask threshold; {class_changes} slides change class",
             evals.len()
         );
     }
