@@ -60,7 +60,8 @@
 // Values of `msclam_model_info.weight_dtype`: the large matrices are f32.
 #define MSCLAM_DTYPE_F32 0
 
-// Values of `msclam_model_info.weight_dtype`: f16 (widened to f32 when the model is loaded).
+// Values of `msclam_model_info.weight_dtype`: f16 (read as f16 by the kernels: half the bytes
+// per tile).
 #define MSCLAM_DTYPE_F16 1
 
 // Values of `msclam_model_info.weight_dtype`: bf16 (read as bf16 by the kernels: half the
