@@ -26,6 +26,26 @@ impl Measurements {
         self.rows[pos].1.entry(strip).or_default().push(tiles_per_s);
     }
 
+    /// The Markdown table header and one row per implementation: median (minimum–maximum).
+    fn write_table(&self, s: &mut String, strips: &[usize]) {
+        let heads: Vec<String> = strips.iter().map(|v| format!("strip {v}")).collect();
+        let _ = writeln!(s, "| tiles/s | {} |", heads.join(" | "));
+        let _ = writeln!(s, "|---|{}", "---|".repeat(strips.len()));
+        for (label, by_strip) in &self.rows {
+            let cells: Vec<String> = strips
+                .iter()
+                .map(|st| match by_strip.get(st) {
+                    Some(v) => {
+                        let (med, lo, hi) = stats(v);
+                        format!("{} ({}–{})", thousands(med), thousands(lo), thousands(hi))
+                    }
+                    None => "—".into(),
+                })
+                .collect();
+            let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+        }
+    }
+
     fn median(&self, label: &str, strip: usize) -> Option<f64> {
         let (_, by_strip) = self.rows.iter().find(|(l, _)| l == label)?;
         by_strip.get(&strip).map(|v| stats(v).0)
@@ -142,30 +162,7 @@ impl Report {
             );
         }
         let _ = writeln!(s);
-        let _ = write!(s, "| tiles/s | ");
-        let _ = writeln!(
-            s,
-            "{} |",
-            strips
-                .iter()
-                .map(|v| format!("strip {v}"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(s, "|---|{}", "---|".repeat(strips.len()));
-        for (label, by_strip) in &self.measurements.rows {
-            let cells: Vec<String> = strips
-                .iter()
-                .map(|st| match by_strip.get(st) {
-                    Some(v) => {
-                        let (med, lo, hi) = stats(v);
-                        format!("{} ({}–{})", thousands(med), thousands(lo), thousands(hi))
-                    }
-                    None => "—".into(),
-                })
-                .collect();
-            let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
-        }
+        self.measurements.write_table(&mut s, strips);
         let engines: Vec<&String> = self
             .measurements
             .rows
@@ -250,29 +247,7 @@ pub fn render_threads(m: &Measurements, strips: &[usize], threads: usize, rounds
         today(),
         cpu_model()
     );
-    let _ = writeln!(
-        s,
-        "| tiles/s | {} |",
-        strips
-            .iter()
-            .map(|v| format!("strip {v}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let _ = writeln!(s, "|---|{}", "---|".repeat(strips.len()));
-    for (label, by_strip) in &m.rows {
-        let cells: Vec<String> = strips
-            .iter()
-            .map(|st| match by_strip.get(st) {
-                Some(v) => {
-                    let (med, lo, hi) = stats(v);
-                    format!("{} ({}–{})", thousands(med), thousands(lo), thousands(hi))
-                }
-                None => "—".into(),
-            })
-            .collect();
-        let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
-    }
+    m.write_table(&mut s, strips);
     if let [(one, _), (many, _)] = &m.rows[..] {
         let cells: Vec<String> = strips
             .iter()
