@@ -165,7 +165,7 @@ fn unknown_dtype_and_non_finite_weights_are_rejected() {
     let entry_start = format::HEADER_BYTES; // first table entry: fc.weight
     assert_eq!(parsed.tensor(TensorId::FcWeight).unwrap().rows, 5);
     let mut bad = file.clone();
-    bad[entry_start + 2] = 3; // int8: reserved, not read yet
+    bad[entry_start + 2] = 4; // no such dtype
     format::reseal(&mut bad);
     let err = Model::from_bytes(&bad).unwrap_err();
     assert!(
@@ -173,11 +173,17 @@ fn unknown_dtype_and_non_finite_weights_are_rejected() {
             err,
             Error::UnsupportedDtype {
                 tensor: "fc.weight",
-                dtype: 3
+                dtype: 4
             }
         ),
         "{err}"
     );
+    // int8 (code 3) needs its scales.
+    let mut bad = file.clone();
+    bad[entry_start + 2] = 3;
+    format::reseal(&mut bad);
+    let err = Model::from_bytes(&bad).unwrap_err().to_string();
+    assert!(err.contains("fc.weight") && err.contains("scales"), "{err}");
     let mut bad = file.clone();
     let data = parsed.tensor(TensorId::ClassifierBias).unwrap().data.start;
     bad[data..data + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
@@ -186,6 +192,67 @@ fn unknown_dtype_and_non_finite_weights_are_rejected() {
         .unwrap_err()
         .to_string()
         .contains("non-finite"));
+}
+
+#[test]
+fn int8_files_hold_per_row_scales_that_the_loader_checks() {
+    let weights = random_weights(tiny_config(), 9);
+    let file = ModelWriter::new(&weights)
+        .matrix_dtype(Dtype::Int8)
+        .to_bytes()
+        .unwrap();
+    let parsed = format::parse(&file).unwrap();
+    let fc = parsed.tensor(TensorId::FcWeight).unwrap();
+    assert_eq!(fc.dtype, Dtype::Int8);
+    let scales = fc.scales.clone().unwrap();
+    assert_eq!(scales.len(), 4 * fc.rows);
+    // Row 0's scale is its largest magnitude / 127, and its integers round w / scale.
+    let d = tiny_config().input_dim;
+    let row0 = &weights.fc_weight[..d];
+    let max = row0.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale0 = f32::from_le_bytes(file[scales.start..scales.start + 4].try_into().unwrap());
+    assert_eq!(scale0, max / 127.0);
+    // Panel layout: input i of row 0 is byte 16 i of the data.
+    for (i, w) in row0.iter().enumerate() {
+        let q = file[fc.data.start + 16 * i] as i8;
+        assert_eq!(q as f32, (w / scale0).round_ties_even(), "input {i}");
+    }
+    // Vectors stay f32, without scales.
+    let bias = parsed.tensor(TensorId::FcBias).unwrap();
+    assert_eq!((bias.dtype, bias.scales.clone()), (Dtype::F32, None));
+
+    // Each table entry is 64 bytes; fc.weight is the first.
+    let entry = format::HEADER_BYTES;
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut bad = file.clone();
+        f(&mut bad);
+        format::reseal(&mut bad);
+        Model::from_bytes(&bad).unwrap_err().to_string()
+    };
+    let err =
+        with(&|b| b[scales.start..scales.start + 4].copy_from_slice(&(-1.0f32).to_le_bytes()));
+    assert!(
+        err.contains("negative or non-finite scale for row 0"),
+        "{err}"
+    );
+    let err =
+        with(&|b| b[scales.start + 4..scales.start + 8].copy_from_slice(&f32::NAN.to_le_bytes()));
+    assert!(err.contains("row 1"), "{err}");
+    let err = with(&|b| b[entry + 40..entry + 48].copy_from_slice(&4u64.to_le_bytes()));
+    assert!(err.contains("bytes of scales"), "{err}");
+    let err =
+        with(&|b| b[entry + 32..entry + 40].copy_from_slice(&(file.len() as u64).to_le_bytes()));
+    assert!(
+        err.contains("scales of tensor fc.weight") && err.contains("outside"),
+        "{err}"
+    );
+    // An f32 tensor may not declare scales.
+    let f32_file = tiny_file();
+    let mut bad = f32_file.clone();
+    bad[entry + 40..entry + 48].copy_from_slice(&20u64.to_le_bytes());
+    format::reseal(&mut bad);
+    let err = Model::from_bytes(&bad).unwrap_err().to_string();
+    assert!(err.contains("declares scales"), "{err}");
 }
 
 #[test]
@@ -274,14 +341,19 @@ fn row_major_and_half_precision_files_load_and_score() {
     let model = Model::from_bytes(&row_major).unwrap();
     assert!(model.memory().converted_bytes > 0);
     assert_eq!(score(Arc::new(model), &emb), want);
-    // f16 / bf16 matrices: half the matrix bytes, results within their rounding.
-    for (dtype, tol) in [(Dtype::F16, 2e-3f32), (Dtype::Bf16, 2e-2)] {
+    // f16 / bf16 matrices: half the matrix bytes, int8 a quarter; results within their
+    // rounding.
+    for (dtype, tol, share) in [
+        (Dtype::F16, 2e-3f32, 0.6),
+        (Dtype::Bf16, 2e-2, 0.6),
+        (Dtype::Int8, 3e-2, 0.35),
+    ] {
         let file = ModelWriter::new(&weights)
             .matrix_dtype(dtype)
             .to_bytes()
             .unwrap();
         assert!(
-            file.len() < packed.len() * 6 / 10,
+            (file.len() as f64) < packed.len() as f64 * share,
             "{dtype:?}: {} vs {}",
             file.len(),
             packed.len()

@@ -543,6 +543,146 @@ fn an_f16_model_matches_the_reference_over_its_rounded_weights() {
     }
 }
 
+/// Blocks of a few tiles read 16-bit weights as such, larger blocks their f32 copies: the same
+/// values and operations, so a tile's results do not depend on the strip it came in.
+#[test]
+fn sixteen_bit_models_give_the_same_bits_at_every_strip_size() {
+    use msclam_engine::format::Dtype;
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let d = config.input_dim;
+    let weights = random_weights(config, 37);
+    let n = 300;
+    let (emb, _, _) = synthetic_slide(d, n, 0.1, 38);
+    for dtype in [Dtype::Bf16, Dtype::F16] {
+        let bytes = msclam_engine::format::ModelWriter::new(&weights)
+            .matrix_dtype(dtype)
+            .to_bytes()
+            .unwrap();
+        let model = Arc::new(Model::from_bytes(&bytes).unwrap());
+        for isa in Isa::all_supported() {
+            let run = |cuts: &[usize]| {
+                let mut s = SlideSession::with_isa(model.clone(), n, isa).unwrap();
+                for strip in strips(n, cuts) {
+                    s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
+                }
+                (
+                    s.tile_probabilities().to_vec(),
+                    s.attention_logits().to_vec(),
+                )
+            };
+            let whole = run(&[n]);
+            for cuts in [&[1usize][..], &[3, 5, 7], &[8, 1, 130]] {
+                assert!(run(cuts) == whole, "{dtype:?} {isa:?} strips {cuts:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_int8_model_is_identical_on_every_isa_and_close_to_the_reference_over_its_weights() {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let d = config.input_dim;
+    let weights = random_weights(config, 35);
+    let bytes = msclam_engine::format::ModelWriter::new(&weights)
+        .matrix_dtype(msclam_engine::format::Dtype::Int8)
+        .to_bytes()
+        .unwrap();
+    let model = Arc::new(Model::from_bytes(&bytes).unwrap());
+    assert_eq!(model.weight_dtype(), msclam_engine::format::Dtype::Int8);
+    // The dequantized large matrices, as the engine reports them.
+    use msclam_engine::format::TensorId;
+    let (h, k) = (config.hidden_dim, config.attention_dim);
+    let mut dequantized = weights.clone();
+    for (m, id, rows, cols) in [
+        (&mut dequantized.fc_weight, TensorId::FcWeight, h, d),
+        (
+            &mut dequantized.attention_a_weight,
+            TensorId::AttentionAWeight,
+            k,
+            h,
+        ),
+        (
+            &mut dequantized.attention_b_weight,
+            TensorId::AttentionBWeight,
+            k,
+            h,
+        ),
+    ] {
+        let values = model.tensor_values(id).unwrap();
+        *m = msclam_engine::kernels::unpack_panels(values, rows, cols);
+        // Each weight within half a quantization step of the original (scale = max / 127).
+        for (row, (q, w)) in m
+            .chunks(cols)
+            .zip(weights_of(&weights, id).chunks(cols))
+            .enumerate()
+        {
+            let step = w.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+            for (a, b) in q.iter().zip(w) {
+                assert!(
+                    (a - b).abs() <= step * 0.5001,
+                    "{id:?} row {row}: {a} vs {b}"
+                );
+            }
+        }
+    }
+    let n = 500;
+    let (emb, _, _) = synthetic_slide(d, n, 0.1, 36);
+    let want = reference::forward(&dequantized, &emb);
+    let mut first: Option<(Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+    for isa in Isa::all_supported() {
+        for (threads, cuts) in [(1, &[1usize, 64, 300][..]), (2, &[500][..])] {
+            let options = SessionOptions {
+                isa,
+                threads,
+                bf16_dot: false,
+            };
+            let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();
+            for strip in strips(n, cuts) {
+                s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
+            }
+            let r = s.finalize().unwrap();
+            let got = (
+                r.attention_logits.to_vec(),
+                r.tile_probabilities.to_vec(),
+                r.slide_probabilities.to_vec(),
+            );
+            match &first {
+                None => first = Some(got),
+                // Integer sums are exact and the rest is the same IEEE arithmetic: bit-identical.
+                Some(f) => assert!(*f == got, "{isa:?}, {threads} threads differ"),
+            }
+            // Against the reference over the dequantized weights, the only difference is the
+            // per-tile 8-bit quantization of the inputs and of the hidden layer.
+            let mut worst = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let dl = (r.attention_logits[i] as f64 - want.attention_logits[i]).abs();
+                let dp = (r.tile_probabilities[i] as f64 - want.tile_probabilities[i]).abs();
+                worst = (worst.0.max(dl), worst.1.max(dp));
+            }
+            assert!(
+                worst.0 < 0.05 && worst.1 < 0.02,
+                "{isa:?}: largest logit difference {}, tile probability {}",
+                worst.0,
+                worst.1
+            );
+            for (c, p) in want.slide_probabilities.iter().enumerate() {
+                let got = r.slide_probabilities[c] as f64;
+                assert!((got - p).abs() < 0.01, "{isa:?}: slide {got} vs {p}");
+            }
+        }
+    }
+}
+
+/// The original values of a large matrix.
+fn weights_of(w: &msclam_engine::ModelWeights, id: msclam_engine::format::TensorId) -> &[f32] {
+    use msclam_engine::format::TensorId;
+    match id {
+        TensorId::FcWeight => &w.fc_weight,
+        TensorId::AttentionAWeight => &w.attention_a_weight,
+        _ => &w.attention_b_weight,
+    }
+}
+
 #[test]
 fn a_threaded_push_with_a_bad_tile_changes_nothing() {
     let config = ModelConfig::ms_clam(ModelSize::Small);

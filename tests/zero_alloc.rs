@@ -5,7 +5,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use msclam::{random_weights, synthetic_slide};
-use msclam_engine::{format::ModelWriter, Isa, Model, ModelConfig, ModelSize, SlideSession};
+use msclam_engine::format::{Dtype, ModelWriter};
+use msclam_engine::{Isa, Model, ModelConfig, ModelSize, SessionOptions, SlideSession};
 
 struct CountingAllocator;
 
@@ -74,41 +75,60 @@ fn streaming_thousands_of_tiles_allocates_nothing() {
         ModelConfig::clam_sb(ModelSize::Tiny),
     ] {
         let d = config.input_dim;
-        let bytes = ModelWriter::new(&random_weights(config, 1))
-            .to_bytes()
-            .unwrap();
-        let model = std::sync::Arc::new(Model::from_bytes(&bytes).unwrap());
         let total = 1 + 7 * 20 + 64 * 20 + 1000 * 3;
         let (emb, coords, _) = synthetic_slide(d, total, 0.1, 2);
-        for isa in Isa::all_supported() {
-            let mut session = SlideSession::with_isa(model.clone(), total, isa).unwrap();
-            let mut checksum = 0.0f64;
-            let calls = allocations_during(|| {
-                for _slide in 0..2 {
-                    let mut start = 0;
-                    for (size, repeats) in [(1usize, 1usize), (7, 20), (64, 20), (1000, 3)] {
-                        for _ in 0..repeats {
-                            let end = start + size;
-                            let pushed = session
-                                .push(&emb[start * d..end * d], Some(&coords[start..end]))
-                                .unwrap();
-                            checksum += pushed.slide_tumor_probability as f64;
-                            checksum += session.tile_probabilities()[start] as f64;
-                            checksum += session.attention_logits()[end - 1] as f64;
-                            checksum += session.slide_probabilities().unwrap()[0] as f64;
-                            start = end;
+        // Every weight dtype; bf16 also through its dot-product kernels where the CPU has them.
+        for (dtype, bf16_dot) in [
+            (Dtype::F32, false),
+            (Dtype::F16, false),
+            (Dtype::Bf16, false),
+            (Dtype::Bf16, true),
+            (Dtype::Int8, false),
+        ] {
+            let bytes = ModelWriter::new(&random_weights(config, 1))
+                .matrix_dtype(dtype)
+                .to_bytes()
+                .unwrap();
+            let model = std::sync::Arc::new(Model::from_bytes(&bytes).unwrap());
+            for isa in Isa::all_supported() {
+                let options = SessionOptions {
+                    isa,
+                    threads: 1,
+                    bf16_dot,
+                };
+                let mut session =
+                    SlideSession::with_options(model.clone(), total, options).unwrap();
+                let mut checksum = 0.0f64;
+                let calls = allocations_during(|| {
+                    for _slide in 0..2 {
+                        let mut start = 0;
+                        for (size, repeats) in [(1usize, 1usize), (7, 20), (64, 20), (1000, 3)] {
+                            for _ in 0..repeats {
+                                let end = start + size;
+                                let pushed = session
+                                    .push(&emb[start * d..end * d], Some(&coords[start..end]))
+                                    .unwrap();
+                                checksum += pushed.slide_tumor_probability as f64;
+                                checksum += session.tile_probabilities()[start] as f64;
+                                checksum += session.attention_logits()[end - 1] as f64;
+                                checksum += session.slide_probabilities().unwrap()[0] as f64;
+                                start = end;
+                            }
                         }
+                        // A rejected push allocates nothing either (its error has no heap data).
+                        assert!(session.push(&emb[..d], Some(&coords[..1])).is_err());
+                        let result = session.finalize().unwrap();
+                        checksum += result.attention.iter().map(|a| *a as f64).sum::<f64>();
+                        checksum += result.tumor_tiles as f64;
+                        session.reset();
                     }
-                    // A rejected push allocates nothing either (its error has no heap data).
-                    assert!(session.push(&emb[..d], Some(&coords[..1])).is_err());
-                    let result = session.finalize().unwrap();
-                    checksum += result.attention.iter().map(|a| *a as f64).sum::<f64>();
-                    checksum += result.tumor_tiles as f64;
-                    session.reset();
-                }
-            });
-            assert_eq!(calls, 0, "{isa:?}: {calls} allocator calls while streaming");
-            assert!(checksum.is_finite());
+                });
+                assert_eq!(
+                    calls, 0,
+                    "{isa:?}, {dtype:?} (dot {bf16_dot}): {calls} allocator calls while streaming"
+                );
+                assert!(checksum.is_finite());
+            }
         }
     }
 }

@@ -12,10 +12,13 @@
 //! matrix kernels.
 
 use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan};
-use crate::model::WeightViews;
+use crate::model::{MatrixWeights, WeightViews};
 
 /// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
 pub const BLOCK_TILES: usize = 128;
+
+/// Blocks of at least this many tiles read 16-bit weights from their f32 copies.
+const WIDE_ROWS: usize = 8;
 
 /// Scratch for one block: hidden and attention pre-activations of [`BLOCK_TILES`] tiles.
 pub(crate) struct BlockScratch<'a> {
@@ -145,9 +148,9 @@ fn find_non_finite_body(x: &[f32], n: usize, stride: usize, d: usize) -> Option<
 /// The pass itself, inlined into each instruction set's wrapper. Its row-wise arithmetic uses
 /// no fused multiply-add, so only the matrix kernels differ between instruction sets.
 #[inline(always)]
-fn compute_body(
+fn compute_body<'a>(
     plan: &KernelPlan,
-    w: &WeightViews<'_>,
+    w: &WeightViews<'a>,
     (d, h, k): (usize, usize, usize),
     block: Block<'_>,
     scratch: &mut BlockScratch<'_>,
@@ -162,12 +165,23 @@ fn compute_body(
         probs,
     } = block;
     let (hidden, pack) = (&mut *scratch.hidden, &mut *scratch.pack);
-    let (w1, b1) = (w.fc_weight, w.fc_bias);
+    // 16-bit weights halve the bytes read per block, which is what limits blocks of a few
+    // tiles; from WIDE_ROWS tiles on, the multiply-adds are the limit and the f32 copy saves
+    // the widening. Same values, same operations: the results do not depend on the choice.
+    let pick = |m: MatrixWeights<'a>, widened: &'a [f32]| {
+        if n >= WIDE_ROWS && !widened.is_empty() {
+            MatrixWeights::F32(widened)
+        } else {
+            m
+        }
+    };
+    let (w1, b1) = (pick(w.fc_weight, w.widened[0]), w.fc_bias);
     dense(plan, x, n, d, stride, w1, h, b1, hidden, h16, pack);
     rows::relu_in_place(&mut hidden[..n * h16]);
-    let (va, ba) = (w.attention_a_weight, w.attention_a_bias);
+    let (va, ba) = (pick(w.attention_a_weight, w.widened[1]), w.attention_a_bias);
     dense(plan, hidden, n, h, h16, va, k, ba, scratch.att_a, k16, pack);
     if let Some((ua, bu)) = w.attention_b {
+        let ua = pick(ua, w.widened[2]);
         dense(plan, hidden, n, h, h16, ua, k, bu, scratch.att_b, k16, pack);
     }
     let mut block_max = f64::NEG_INFINITY;

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Layout, ParsedFile, TensorEntry, TensorId};
-use crate::kernels::{pack_panels, PANEL_WIDTH};
+use crate::kernels::{pack_panels, quad_panels, quad_weight_sums, Int8Weights, Isa, PANEL_WIDTH};
 
 /// 64 bytes with 64-byte alignment: the unit of owned model storage.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -75,6 +75,8 @@ pub struct Model {
     tensors: [Option<TensorLoc>; TensorId::ALL.len()],
     /// The large matrices in bf16 or f16 for the 16-bit kernels, when the file stores them so.
     bf16: Option<Bf16Matrices>,
+    /// The large matrices stored as int8, in the int8 kernels' layout.
+    int8: [Option<Int8Matrix>; 3],
     parsed: ParsedFile,
     memory: ModelMemory,
 }
@@ -91,6 +93,48 @@ struct Bf16Matrices {
     /// weights of one output.
     pairs: Vec<u32>,
     pair_ranges: Option<[Range<usize>; 3]>,
+}
+
+/// One int8 matrix as the int8 kernels read it ([`Int8Weights`]).
+struct Int8Matrix {
+    quads: Vec<i8>,
+    weight_sums: Vec<i32>,
+    /// Per output, padded to whole panels with zeros.
+    scales: Vec<f32>,
+}
+
+impl Int8Matrix {
+    /// The kernels' form of an int8 tensor of the file.
+    fn build(entry: &TensorEntry, bytes: &[u8]) -> Int8Matrix {
+        let raw: Vec<i8> = bytes[entry.data.clone()].iter().map(|b| *b as i8).collect();
+        let panels = match entry.layout {
+            Layout::Panel16 => raw,
+            Layout::RowMajor => pack_panels_i8(&raw, entry.rows, entry.cols),
+        };
+        let quads = quad_panels(&panels, entry.rows, entry.cols);
+        let weight_sums = quad_weight_sums(&quads, entry.rows, entry.cols);
+        let mut scales = read_scales(entry, bytes);
+        scales.resize(crate::kernels::padded_rows(entry.rows), 0.0);
+        Int8Matrix {
+            quads,
+            weight_sums,
+            scales,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.quads.len() + 4 * (self.weight_sums.len() + self.scales.len())
+    }
+}
+
+/// The per-row scales of an int8 tensor (empty for other dtypes).
+fn read_scales(entry: &TensorEntry, bytes: &[u8]) -> Vec<f32> {
+    entry.scales.as_ref().map_or(Vec::new(), |range| {
+        bytes[range.clone()]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
 }
 
 /// Index of a large matrix among the three.
@@ -113,6 +157,8 @@ pub enum MatrixWeights<'a> {
     F16(&'a [u16]),
     /// bf16 pairs (see the model's pair layout), for AVX-512 BF16 dot products.
     Bf16Pairs(&'a [u32]),
+    /// int8 with per-output scales, for the integer kernels.
+    Int8(Int8Weights<'a>),
 }
 
 impl std::fmt::Debug for Model {
@@ -139,6 +185,10 @@ pub(crate) struct WeightViews<'a> {
     /// The tumor tile classifier's "not tumor" and "tumor" rows and biases.
     pub tile_not_tumor: (&'a [f32], f32),
     pub tile_tumor: (&'a [f32], f32),
+    /// For matrices read as 16 bits and widened in the kernels: the f32 copies of the same
+    /// values (`fc`, `attention_a`, `attention_b`; empty otherwise). The kernels give the same
+    /// result from either, so a pass may take whichever is faster for its block.
+    pub widened: [&'a [f32]; 3],
 }
 
 impl Model {
@@ -230,7 +280,10 @@ impl Model {
                 in_place_bytes += entry.data.len();
                 TensorLoc::InPlace(entry.data.clone())
             } else {
-                let values = decode(&bytes[entry.data.clone()], entry.dtype);
+                let mut values = decode(&bytes[entry.data.clone()], entry.dtype);
+                if entry.dtype == Dtype::Int8 {
+                    dequantize_rows(&mut values, entry, &read_scales(entry, bytes));
+                }
                 let values = if entry.id.is_large_matrix() && entry.layout == Layout::RowMajor {
                     pack_panels(&values, entry.rows, entry.cols)
                 } else {
@@ -243,6 +296,17 @@ impl Model {
         }
         arena.shrink_to_fit();
         let bf16 = Bf16Matrices::build(&parsed, bytes);
+        let int8 = [
+            TensorId::FcWeight,
+            TensorId::AttentionAWeight,
+            TensorId::AttentionBWeight,
+        ]
+        .map(|id| {
+            parsed
+                .tensor(id)
+                .filter(|e| e.dtype == Dtype::Int8)
+                .map(|e| Int8Matrix::build(e, bytes))
+        });
         if !aligned {
             log::debug!("model bytes are not 4-byte aligned: weights were copied");
         }
@@ -252,7 +316,9 @@ impl Model {
         let memory = ModelMemory {
             file_bytes: bytes.len(),
             in_place_bytes,
-            converted_bytes: arena.len() * 4 + bf16_bytes,
+            converted_bytes: arena.len() * 4
+                + bf16_bytes
+                + int8.iter().flatten().map(Int8Matrix::bytes).sum::<usize>(),
             file_copied: matches!(storage, Storage::Owned { .. }),
         };
         Ok(Model {
@@ -260,6 +326,7 @@ impl Model {
             arena,
             tensors,
             bf16,
+            int8,
             parsed,
             memory,
         })
@@ -291,7 +358,8 @@ impl Model {
     }
 
     /// Element type of the large matrices (`fc`, `attention_a`, `attention_b`) in the file:
-    /// f32, bf16 or f16 (16-bit types are read as such by the kernels and widened there).
+    /// f32, bf16 or f16 (16-bit types are read as such by the kernels and widened there), or
+    /// int8 (integer kernels over inputs quantized per tile).
     pub fn weight_dtype(&self) -> Dtype {
         self.parsed
             .tensor(TensorId::FcWeight)
@@ -313,10 +381,18 @@ impl Model {
         }
     }
 
-    /// A large matrix for the kernels: bf16 pairs when `pairs` is asked for and built, else
-    /// bf16 panels for a bf16 model, else f32 panels.
-    fn matrix(&self, id: TensorId, pairs: bool) -> Option<MatrixWeights<'_>> {
-        if let Some(b) = &self.bf16 {
+    /// A large matrix for the kernels of `isa`: int8 for an int8 model; bf16 pairs when `pairs`
+    /// is asked for and built, else 16-bit panels for a bf16 or f16 model (except for the
+    /// portable kernels, which have no fast widening and read the f32 copy); else f32 panels.
+    fn matrix(&self, id: TensorId, isa: Isa, pairs: bool) -> Option<MatrixWeights<'_>> {
+        if let Some(m) = &self.int8[large_index(id)] {
+            return Some(MatrixWeights::Int8(Int8Weights {
+                quads: &m.quads,
+                weight_sums: &m.weight_sums,
+                scales: &m.scales,
+            }));
+        }
+        if let Some(b) = self.bf16.as_ref().filter(|_| isa != Isa::Portable) {
             let i = large_index(id);
             if let (true, Some(ranges)) = (pairs, &b.pair_ranges) {
                 return Some(MatrixWeights::Bf16Pairs(&b.pairs[ranges[i].clone()]));
@@ -335,8 +411,9 @@ impl Model {
         self.bf16.as_ref().is_some_and(|b| b.pair_ranges.is_some())
     }
 
-    /// The weights for the kernels; `pairs`: the bf16 pair layout where the model has one.
-    pub(crate) fn weights(&self, pairs: bool) -> WeightViews<'_> {
+    /// The weights for the kernels of `isa`; `pairs`: the bf16 pair layout where the model has
+    /// one.
+    pub(crate) fn weights(&self, isa: Isa, pairs: bool) -> WeightViews<'_> {
         // Every required tensor was checked present by the parser; an absent one yields an
         // empty slice, which the session never reaches (shapes were validated).
         let get = |id| self.tensor_values(id).unwrap_or(&[]);
@@ -346,19 +423,31 @@ impl Model {
         let tile_w = get(TensorId::TileClassifierWeight);
         let tile_b = get(TensorId::TileClassifierBias);
         let attention_b = match (
-            self.matrix(TensorId::AttentionBWeight, pairs),
+            self.matrix(TensorId::AttentionBWeight, isa, pairs),
             self.tensor_values(TensorId::AttentionBBias),
         ) {
             (Some(w), Some(b)) => Some((w, b)),
             _ => None,
         };
+        let widened = [
+            TensorId::FcWeight,
+            TensorId::AttentionAWeight,
+            TensorId::AttentionBWeight,
+        ]
+        .map(|id| match self.matrix(id, isa, pairs) {
+            Some(MatrixWeights::Bf16(_) | MatrixWeights::F16(_)) => {
+                self.tensor_values(id).unwrap_or(&[])
+            }
+            _ => &[],
+        });
         WeightViews {
+            widened,
             fc_weight: self
-                .matrix(TensorId::FcWeight, pairs)
+                .matrix(TensorId::FcWeight, isa, pairs)
                 .unwrap_or(MatrixWeights::F32(&[])),
             fc_bias: get(TensorId::FcBias),
             attention_a_weight: self
-                .matrix(TensorId::AttentionAWeight, pairs)
+                .matrix(TensorId::AttentionAWeight, isa, pairs)
                 .unwrap_or(MatrixWeights::F32(&[])),
             attention_a_bias: get(TensorId::AttentionABias),
             attention_b,
@@ -390,7 +479,7 @@ impl Bf16Matrices {
             TensorId::AttentionBWeight,
         ];
         let dtype = parsed.tensor(TensorId::FcWeight)?.dtype;
-        if dtype == Dtype::F32 {
+        if !matches!(dtype, Dtype::Bf16 | Dtype::F16) {
             return None;
         }
         let same = |id| parsed.tensor(id).is_some_and(|e| e.dtype == dtype);
@@ -405,7 +494,7 @@ impl Bf16Matrices {
             let Some(entry) = parsed.tensor(id) else {
                 continue;
             };
-            if entry.dtype != Dtype::Bf16 {
+            if entry.dtype != dtype {
                 return None;
             }
             let raw: Vec<u16> = bytes[entry.data.clone()]
@@ -443,6 +532,32 @@ pub(crate) fn bf16_dot_supported() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// Multiplies int8 values (decoded to f32, in the entry's layout) by their row's scale.
+fn dequantize_rows(values: &mut [f32], entry: &TensorEntry, scales: &[f32]) {
+    for (i, v) in values.iter_mut().enumerate() {
+        let row = match entry.layout {
+            Layout::RowMajor => i / entry.cols.max(1),
+            Layout::Panel16 => {
+                (i / (entry.cols.max(1) * PANEL_WIDTH)) * PANEL_WIDTH + i % PANEL_WIDTH
+            }
+        };
+        // Padding rows of the last panel hold zeros and have no scale.
+        *v *= scales.get(row).copied().unwrap_or(0.0);
+    }
+}
+
+/// [`pack_panels`] for int8 values.
+fn pack_panels_i8(row_major: &[i8], rows: usize, cols: usize) -> Vec<i8> {
+    let mut packed = vec![0i8; crate::kernels::padded_rows(rows) * cols];
+    for row in 0..rows {
+        let (p, j) = (row / PANEL_WIDTH, row % PANEL_WIDTH);
+        for i in 0..cols {
+            packed[(p * cols + i) * PANEL_WIDTH + j] = row_major[row * cols + i];
+        }
+    }
+    packed
 }
 
 /// [`pack_panels`] for bf16 bits.
@@ -503,6 +618,8 @@ fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
+        // The integers; the caller multiplies by the scales.
+        Dtype::Int8 => bytes.iter().map(|b| *b as i8 as f32).collect(),
     }
 }
 
@@ -548,5 +665,40 @@ impl<'a> Metadata<'a> {
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let this = *self;
         (0..self.len()).filter_map(move |i| this.entry(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ModelConfig, ModelSize, ModelWeights};
+
+    /// Each stored dtype reaches the kernels as itself (not as widened f32 copies).
+    #[test]
+    fn large_matrices_reach_the_kernels_in_their_stored_dtype() {
+        let mut weights = ModelWeights::zeros(ModelConfig::ms_clam(ModelSize::Tiny));
+        weights
+            .fc_weight
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i % 17) as f32 * 0.01 - 0.08);
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Int8] {
+            let bytes = format::ModelWriter::new(&weights)
+                .matrix_dtype(dtype)
+                .to_bytes()
+                .unwrap();
+            let model = Model::from_bytes(&bytes).unwrap();
+            assert_eq!(model.weight_dtype(), dtype);
+            let kind = |w: MatrixWeights<'_>| match w {
+                MatrixWeights::F32(_) => Dtype::F32,
+                MatrixWeights::F16(_) => Dtype::F16,
+                MatrixWeights::Bf16(_) | MatrixWeights::Bf16Pairs(_) => Dtype::Bf16,
+                MatrixWeights::Int8(_) => Dtype::Int8,
+            };
+            let views = model.weights(Isa::Avx2Fma, false);
+            assert_eq!(kind(views.fc_weight), dtype);
+            assert_eq!(kind(views.attention_a_weight), dtype);
+            assert_eq!(kind(views.attention_b.unwrap().0), dtype);
+        }
     }
 }

@@ -543,7 +543,7 @@ impl<'m> SlideSession<'m> {
     fn score_tiles(&mut self, x: &[f32], n: usize, stride: usize) -> Result<()> {
         let model = Arc::clone(&self.model);
         let config = model.config();
-        let weights = model.weights(self.bf16_pairs);
+        let weights = model.weights(self.kernels.isa, self.bf16_pairs);
         let (h, isa, kernels) = (config.hidden_dim, self.kernels.isa, self.kernels);
         let dims = (config.input_dim, h, config.attention_dim);
         let plan = self.plan.clone();
@@ -691,7 +691,7 @@ impl<'m> SlideSession<'m> {
     /// returns whether they are all finite.
     fn update_slide_outputs(&mut self) -> bool {
         let model = Arc::clone(&self.model);
-        let w = model.weights(self.bf16_pairs);
+        let w = model.weights(self.kernels.isa, self.bf16_pairs);
         let h = model.config().hidden_dim;
         let plan = self.plan.clone();
         let [acc, logits_out, probs_out] = split_disjoint(

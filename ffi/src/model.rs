@@ -28,6 +28,10 @@ pub const MSCLAM_DTYPE_F16: u32 = 1;
 /// Values of `msclam_model_info.weight_dtype`: bf16 (read as bf16 by the kernels: half the
 /// bytes per tile; see `msclam_session_options.bf16_dot`).
 pub const MSCLAM_DTYPE_BF16: u32 = 2;
+/// Values of `msclam_model_info.weight_dtype`: int8 with a scale per output (a quarter of the
+/// bytes; integer kernels over each tile's inputs quantized to 8 bits, identical results on
+/// every CPU; fastest with AVX-512 VNNI). (Added in 0.1.1.)
+pub const MSCLAM_DTYPE_INT8: u32 = 3;
 /// Values of `msclam_model_info.tile_classifier`: one binary tile classifier (MS-CLAM).
 pub const MSCLAM_TILE_CLASSIFIER_SINGLE: u32 = 0;
 /// Values of `msclam_model_info.tile_classifier`: one binary classifier per class (CLAM).
@@ -64,7 +68,7 @@ pub struct ModelInfo {
     pub format_version_minor: u16,
     /// Number of metadata entries.
     pub metadata_count: u32,
-    /// Element type of the three large matrices: MSCLAM_DTYPE_F32, _F16 or _BF16. (This was a
+    /// Element type of the three large matrices: MSCLAM_DTYPE_F32, _F16, _BF16 or _INT8. (This was a
     /// padding field, always 0 = f32, before 0.1.1.)
     pub weight_dtype: u32,
     /// Size of the model file in bytes.
@@ -251,6 +255,7 @@ pub unsafe extern "C" fn msclam_model_get_info(
                 msclam_engine::format::Dtype::F32 => MSCLAM_DTYPE_F32,
                 msclam_engine::format::Dtype::F16 => MSCLAM_DTYPE_F16,
                 msclam_engine::format::Dtype::Bf16 => MSCLAM_DTYPE_BF16,
+                msclam_engine::format::Dtype::Int8 => MSCLAM_DTYPE_INT8,
             },
             file_bytes: memory.file_bytes,
             in_place_bytes: memory.in_place_bytes,

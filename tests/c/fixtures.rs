@@ -67,6 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ModelWriter::new(&random_weights(config, 1))
         .matrix_dtype(Dtype::Bf16)
         .write(dir.join("model_bf16.mscl"))?;
+    // And with int8 matrices.
+    ModelWriter::new(&random_weights(config, 1))
+        .matrix_dtype(Dtype::Int8)
+        .write(dir.join("model_int8.mscl"))?;
     let model = Arc::new(Model::load(&model_path)?);
     let (emb, coords, _) = synthetic_slide(config.input_dim, TILES, 0.2, 2);
     write_f32(&dir.join("slide.f32"), &emb)?;

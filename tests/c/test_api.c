@@ -385,6 +385,35 @@ static void test_bf16_model(const fixture *fx) {
     msclam_model_free(model);
 }
 
+/* The same weights stored as int8: integer kernels over inputs quantized per tile, close to
+ * the f32 model's outputs. */
+static void test_int8_model(const fixture *fx) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model_int8.mscl", fx->dir);
+    msclam_model *model = NULL;
+    CHECK_STATUS(msclam_model_load(path, &model), MSCLAM_STATUS_OK);
+    msclam_model_info info = msclam_model_info_init();
+    CHECK_STATUS(msclam_model_get_info(model, &info), MSCLAM_STATUS_OK);
+    CHECK(info.weight_dtype == MSCLAM_DTYPE_INT8, "int8 weights: %u", info.weight_dtype);
+    float *probs = (float *)malloc(fx->tiles * sizeof(float));
+    msclam_session_options opts = msclam_session_options_default();
+    opts.max_tiles = fx->tiles;
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    float slide = -1.0f;
+    CHECK_STATUS(msclam_session_push(s, fx->slide, fx->tiles, fx->dim, NULL, probs, NULL, &slide), MSCLAM_STATUS_OK);
+    float worst = 0.0f;
+    for (size_t t = 0; t < fx->tiles; t++) {
+        float diff = fabsf(probs[t] - fx->tile_probs[t]);
+        if (diff > worst) worst = diff;
+    }
+    CHECK(worst < 3e-2f, "int8 tile probabilities within 3e-2 of f32: %g", worst);
+    CHECK(fabsf(slide - fx->slide_probs[fx->tumor_class]) < 1e-2f, "int8 slide %g", slide);
+    msclam_session_free(s);
+    free(probs);
+    msclam_model_free(model);
+}
+
 static void test_session_outlives_model(const fixture *fx) {
     msclam_model *model = NULL;
     CHECK_STATUS(msclam_model_load(fx->model_path, &model), MSCLAM_STATUS_OK);
@@ -414,6 +443,7 @@ int main(int argc, char **argv) {
     msclam_model_free(model);
     test_session_outlives_model(&fx);
     test_bf16_model(&fx);
+    test_int8_model(&fx);
     free_fixture(&fx);
     return finish("test_api");
 }

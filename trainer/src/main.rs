@@ -270,7 +270,9 @@ struct ExportArgs {
     #[arg(long)]
     embedder_name: String,
     /// Element type of the large matrices: f32, or bf16 or f16 (half the bytes the engine
-    /// reads per tile; f16 keeps 11 significant bits, bf16 8 but f32's range).
+    /// reads per tile; f16 keeps 11 significant bits, bf16 8 but f32's range), or int8 (a
+    /// quarter of the bytes, a scale per output row; the engine quantizes each tile's inputs
+    /// to 8 bits and runs integer kernels).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
 }
@@ -280,6 +282,7 @@ enum DtypeArg {
     F32,
     F16,
     Bf16,
+    Int8,
 }
 
 impl From<DtypeArg> for msclam_engine::format::Dtype {
@@ -288,6 +291,7 @@ impl From<DtypeArg> for msclam_engine::format::Dtype {
             DtypeArg::F32 => Self::F32,
             DtypeArg::F16 => Self::F16,
             DtypeArg::Bf16 => Self::Bf16,
+            DtypeArg::Int8 => Self::Int8,
         }
     }
 }
@@ -790,7 +794,7 @@ fn stream_through_engine(
     compare_half_precision(net, data, evals, dir, &model_path, capacity)
 }
 
-/// The demo's MS-CLAM exported with bf16 and with f16 matrices, against the f32 export on
+/// The demo's MS-CLAM exported with bf16, f16 and int8 matrices, against the f32 export on
 /// every test slide: largest differences, tiles that change side of the mask threshold,
 /// slides that change class. bf16 with both kernels where the CPU has them (widened; AVX-512
 /// BF16 dot products).
@@ -809,6 +813,7 @@ fn compare_half_precision(
         (Dtype::Bf16, "bf16", false),
         (Dtype::Bf16, "bf16", true),
         (Dtype::F16, "f16", false),
+        (Dtype::Int8, "int8", false),
     ] {
         let path = dir.join(format!("model_{name}.mscl"));
         export(
@@ -854,10 +859,10 @@ fn compare_half_precision(
             }
             tiles += s.num_tiles;
         }
-        let kernels = if bf16_dot {
-            "AVX-512 BF16 dot products"
-        } else {
-            "widened to f32"
+        let kernels = match (dtype, bf16_dot) {
+            (Dtype::Int8, _) => "integer kernels, inputs quantized per tile",
+            (_, true) => "AVX-512 BF16 dot products",
+            _ => "widened to f32",
         };
         println!(
             "      {name} weights ({kernels}) against f32 on the {} test slides: largest tile probability difference {tile_worst:.1e}, slide {slide_worst:.1e}; {flips} of {tiles} tiles change side of the mask threshold; {class_changes} slides change class",

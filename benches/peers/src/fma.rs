@@ -1,4 +1,5 @@
-//! The core's measured fused multiply-add peak, one microbenchmark per vector width.
+//! The core's measured fused multiply-add peak, one microbenchmark per vector width, and the
+//! peak of the AVX-512 VNNI int8 dot products (`vnni512`, 2 operations per multiply-add).
 //!
 //! Each loop keeps more independent accumulator chains in registers than the FMA latency on
 //! every port needs (2 ports x 4-cycle latency needs 8; 10 ymm, 16 zmm), with no loads, so the
@@ -37,6 +38,11 @@ pub fn fma_peaks_with(iters: usize) -> Vec<(&'static str, f64)> {
             // SAFETY: AVX-512F is available (checked just above).
             let rate = best_rate(3, || unsafe { x86::fma512(iters) });
             peaks.push(("avx512", rate / 1e9));
+        }
+        if msclam_engine::kernels::vnni_supported() {
+            // SAFETY: AVX-512F and VNNI are available (checked just above).
+            let rate = best_rate(3, || unsafe { x86::vnni512(iters) });
+            peaks.push(("vnni512", rate / 1e9));
         }
     }
     peaks
@@ -81,5 +87,24 @@ mod x86 {
         }
         black_box(acc);
         (iters * 16 * 16 * 2) as f64
+    }
+
+    /// `iters` rounds of 16 independent `vpdpbusd` (16 lanes x 4 u8 x s8 products each);
+    /// returns the operations done (2 per multiply-add, as for FMAs).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 VNNI must be available.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn vnni512(iters: usize) -> f64 {
+        let a = _mm512_set1_epi32(black_box(0x0101_0101));
+        let b = _mm512_set1_epi32(black_box(0x01ff_01ff));
+        let mut acc = [_mm512_setzero_si512(); 16];
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbusd_epi32(*c, a, b);
+            }
+        }
+        black_box(acc);
+        (iters * 16 * 16 * 4 * 2) as f64
     }
 }

@@ -185,6 +185,27 @@ fn run(args: &Args) -> Result<(), String> {
         let s = SlideSession::with_isa(f16_model.clone(), most, *isa).map_err(|e| e.to_string())?;
         sessions.push((format!("msclam {} f16 widened", isa.name()), s));
     }
+    // int8 weights: AVX-512 VNNI dot products where the CPU has them, else 16-bit
+    // multiply-adds (AVX2 or SSE2); the same results on every path.
+    let int8_bytes = ModelWriter::new(&weights)
+        .matrix_dtype(Dtype::Int8)
+        .to_bytes()
+        .map_err(|e| e.to_string())?;
+    let int8_model = Arc::new(Model::from_bytes(&int8_bytes).map_err(|e| e.to_string())?);
+    let vnni = msclam_engine::kernels::vnni_supported();
+    for isa in &isas {
+        let s =
+            SlideSession::with_isa(int8_model.clone(), most, *isa).map_err(|e| e.to_string())?;
+        let kind = if *isa == Isa::Avx512 && vnni {
+            "int8 vnni"
+        } else {
+            "int8 madd16"
+        };
+        sessions.push((format!("msclam {} {kind}", isa.name()), s));
+    }
+    if !vnni {
+        report.skip("engine int8 VNNI", "this CPU lacks AVX-512 VNNI");
+    }
     if !sessions.iter().any(|(l, _)| l.ends_with("bf16 dot")) {
         report.skip("engine bf16 dot products", "this CPU lacks AVX-512 BF16");
     }
@@ -222,7 +243,7 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
 
-    // bf16 against f32, same slide: largest tile and slide probability differences.
+    // 16-bit and int8 against f32, same slide: largest tile and slide probability differences.
     let f32_result = slide_outputs(&mut sessions[0].1, &embeddings, d)?;
     for (label, s) in sessions.iter_mut().filter(|(l, _)| !l.ends_with("f32")) {
         let (tiles_p, slide_p) = slide_outputs(s, &embeddings, d)?;
@@ -232,7 +253,7 @@ fn run(args: &Args) -> Result<(), String> {
             .zip(&f32_result.0)
             .filter(|(a, b)| (**a >= 0.5) != (**b >= 0.5))
             .count();
-        report.bf16_accuracy.push(format!(
+        report.reduced_precision_accuracy.push(format!(
             "{label}: largest |tile probability difference| from f32 {tile_diff:.1e} over {} \
              tiles ({flips} change side of 0.5), slide probability {:.1e}",
             f32_result.0.len(),

@@ -87,7 +87,7 @@ pub struct Report {
     /// `(peer, largest |difference| of tile probabilities against the engine)`.
     pub agreement: Vec<(String, f64)>,
     /// One line per 16-bit-weight session: its differences from the f32 engine.
-    pub bf16_accuracy: Vec<String>,
+    pub reduced_precision_accuracy: Vec<String>,
     pub measurements: Measurements,
     /// Tiles, and seconds of each finalize.
     pub finalize: (usize, Vec<f64>),
@@ -101,7 +101,7 @@ impl Report {
             versions: Vec::new(),
             skipped: Vec::new(),
             agreement: Vec::new(),
-            bf16_accuracy: Vec::new(),
+            reduced_precision_accuracy: Vec::new(),
             measurements: Measurements::default(),
             finalize: (0, Vec::new()),
         }
@@ -137,10 +137,15 @@ impl Report {
         );
         let _ = writeln!(s, "- CPU: {}; flags: {}", cpu_model(), cpu_flags());
         for (width, gflops) in &self.fma_peaks {
+            let what = if *width == "vnni512" {
+                "int8 dot-product (VNNI) peak"
+            } else {
+                "FMA peak"
+            };
             let _ = writeln!(
                 s,
-                "- FMA peak, {width}: {gflops:.1} GFLOP/s, i.e. {} tiles/s at \
-                {:.3} MFLOP per tile",
+                "- {what}, {width}: {gflops:.1} GOP/s, i.e. {} tiles/s at \
+                {:.3} M multiply-adds x 2 per tile",
                 thousands(gflops * 1e9 / flops),
                 flops / 1e6
             );
@@ -155,10 +160,10 @@ impl Report {
                 engine over 64 tiles, {peer}: {diff:.1e}"
             );
         }
-        for line in &self.bf16_accuracy {
+        for line in &self.reduced_precision_accuracy {
             let _ = writeln!(
                 s,
-                "- 16-bit weights (same random model, same slide), {line}"
+                "- reduced-precision weights (same random model, same slide), {line}"
             );
         }
         let _ = writeln!(s);
@@ -194,7 +199,11 @@ impl Report {
                     .collect();
                 let _ = writeln!(s, "| {engine} ÷ best peer | {} |", cells.join(" | "));
             }
-            let width = engine.split_whitespace().nth(1).unwrap_or("");
+            let width = if engine.ends_with("int8 vnni") {
+                "vnni512"
+            } else {
+                engine.split_whitespace().nth(1).unwrap_or("")
+            };
             if let Some((_, peak)) = self.fma_peaks.iter().find(|(w, _)| *w == width) {
                 let cells: Vec<String> = strips
                     .iter()
@@ -203,11 +212,7 @@ impl Report {
                         None => "—".into(),
                     })
                     .collect();
-                let _ = writeln!(
-                    s,
-                    "| {engine}, % of {width} FMA peak | {} |",
-                    cells.join(" | ")
-                );
+                let _ = writeln!(s, "| {engine}, % of {width} peak | {} |", cells.join(" | "));
             }
         }
         let (tiles, times) = &self.finalize;

@@ -58,6 +58,9 @@ pub enum Dtype {
     F16,
     /// bfloat16 (widened to f32 at load).
     Bf16,
+    /// Signed 8-bit integers with one f32 scale per row (output): `w = q x scale[row]`. Only
+    /// for the three large matrices; run by integer kernels over inputs quantized per tile.
+    Int8,
 }
 
 impl Dtype {
@@ -67,16 +70,17 @@ impl Dtype {
             Dtype::F32 => 0,
             Dtype::F16 => 1,
             Dtype::Bf16 => 2,
+            Dtype::Int8 => 3,
         }
     }
 
-    /// The dtype of a stored code, if this engine reads it. Code 3 (int8 with per-row f32
-    /// scales) is reserved by the format but not read yet.
+    /// The dtype of a stored code, if this engine reads it.
     pub fn from_code(code: u8) -> Option<Self> {
         match code {
             0 => Some(Dtype::F32),
             1 => Some(Dtype::F16),
             2 => Some(Dtype::Bf16),
+            3 => Some(Dtype::Int8),
             _ => None,
         }
     }
@@ -86,6 +90,22 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::Bf16 => 2,
+            Dtype::Int8 => 1,
+        }
+    }
+
+    /// Whether tensors of this dtype carry per-row f32 scales.
+    pub fn has_scales(self) -> bool {
+        self == Dtype::Int8
+    }
+
+    /// Lower-case name (`f32`, `f16`, `bf16`, `int8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct TensorEntry {
     pub cols: usize,
     /// Byte range of its data in the file.
     pub data: Range<usize>,
+    /// Byte range of its per-row f32 scales ([`Dtype::Int8`] only; `rows` values).
+    pub scales: Option<Range<usize>>,
 }
 
 /// The validated structure of a file: where everything is. Holds no weights.
@@ -222,11 +224,47 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
                 "tensor {name} may only be stored row-major"
             )));
         }
-        if u64_at(entry, 32) != 0 || u64_at(entry, 40) != 0 {
+        if dtype.has_scales() && !id.is_large_matrix() {
             return Err(Error::invalid_model(format!(
-                "tensor {name} declares scales, which {dtype:?} does not use"
+                "tensor {name} is {}; only the large matrices may be",
+                dtype.name()
             )));
         }
+        let scales = if dtype.has_scales() {
+            let what = format!("scales of tensor {name}");
+            let scales = checked_range(u64_at(entry, 32), u64_at(entry, 40), bytes.len(), &what)?;
+            if scales.len() != 4 * rows {
+                return Err(Error::invalid_model(format!(
+                    "tensor {name} has {} bytes of scales; {rows} rows need {}",
+                    scales.len(),
+                    4 * rows
+                )));
+            }
+            if !scales.start.is_multiple_of(4) {
+                return Err(Error::invalid_model(format!(
+                    "tensor {name}'s scales start at byte {}, which is not a multiple of 4",
+                    scales.start
+                )));
+            }
+            let bad = bytes[scales.clone()].chunks_exact(4).position(|c| {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                !(v.is_finite() && v >= 0.0)
+            });
+            if let Some(row) = bad {
+                return Err(Error::invalid_model(format!(
+                    "tensor {name} has a negative or non-finite scale for row {row}"
+                )));
+            }
+            Some(scales)
+        } else {
+            if u64_at(entry, 32) != 0 || u64_at(entry, 40) != 0 {
+                return Err(Error::invalid_model(format!(
+                    "tensor {name} declares scales, which {} does not use",
+                    dtype.name()
+                )));
+            }
+            None
+        };
         let data = checked_range(u64_at(entry, 16), u64_at(entry, 24), bytes.len(), name)?;
         let expected_bytes = stored_elements(layout, rows, cols)
             .and_then(|e| e.checked_mul(dtype.size()))
@@ -260,6 +298,7 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
             rows,
             cols,
             data,
+            scales,
         });
     }
     for id in TensorId::ALL {
@@ -304,6 +343,7 @@ fn first_non_finite(data: &[u8], dtype: Dtype) -> Option<usize> {
         Dtype::Bf16 => data
             .chunks_exact(2)
             .position(|c| !half::bf16::from_le_bytes([c[0], c[1]]).is_finite()),
+        Dtype::Int8 => None,
     }
 }
 

@@ -39,6 +39,9 @@ struct PlannedTensor {
     cols: usize,
     data: Vec<u8>,
     offset: usize,
+    /// Per-row f32 scales (int8 only; empty otherwise) and where they go.
+    scales: Vec<u8>,
+    scale_offset: usize,
 }
 
 impl<'a> ModelWriter<'a> {
@@ -83,7 +86,8 @@ impl<'a> ModelWriter<'a> {
     }
 
     /// Element type of the three large matrices (`fc`, `attention_a`, `attention_b`); the
-    /// vectors and small matrices are always f32. Default f32.
+    /// vectors and small matrices are always f32. Default f32. [`Dtype::Int8`] quantizes each
+    /// matrix row symmetrically (scale = largest magnitude / 127, round to nearest even).
     pub fn matrix_dtype(mut self, dtype: Dtype) -> Self {
         self.matrix_dtype = dtype;
         self
@@ -115,12 +119,18 @@ impl<'a> ModelWriter<'a> {
             } else {
                 (Dtype::F32, Layout::RowMajor)
             };
+            let (values, scales) = if dtype == Dtype::Int8 {
+                quantize_rows(data, rows, cols)
+            } else {
+                (data.to_vec(), Vec::new())
+            };
             let ordered = match layout {
-                Layout::RowMajor => data.to_vec(),
-                Layout::Panel16 => pack_panels(data, rows, cols),
+                Layout::RowMajor => values,
+                Layout::Panel16 => pack_panels(&values, rows, cols),
             };
             let bytes = encode(&ordered, dtype);
-            if dtype != Dtype::F32 && decode_has_non_finite(&bytes, dtype) {
+            let scales: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            if matches!(dtype, Dtype::F16 | Dtype::Bf16) && decode_has_non_finite(&bytes, dtype) {
                 return Err(Error::invalid_argument(format!(
                     "{name} has values outside the range of {dtype:?}; store it as F32"
                 )));
@@ -133,6 +143,8 @@ impl<'a> ModelWriter<'a> {
                 cols,
                 data: bytes,
                 offset: 0,
+                scales,
+                scale_offset: 0,
             });
         }
 
@@ -147,15 +159,17 @@ impl<'a> ModelWriter<'a> {
             metadata.extend_from_slice(v.as_bytes());
         }
         let mut cursor = align_up(metadata_offset + metadata.len());
+        let mut file_bytes = metadata_offset + metadata.len();
         for t in &mut tensors {
             t.offset = cursor;
-            cursor = align_up(cursor + t.data.len());
+            file_bytes = t.offset + t.data.len();
+            cursor = align_up(file_bytes);
+            if !t.scales.is_empty() {
+                t.scale_offset = cursor;
+                file_bytes = t.scale_offset + t.scales.len();
+                cursor = align_up(file_bytes);
+            }
         }
-        let file_bytes = tensors
-            .last()
-            .map_or(metadata_offset + metadata.len(), |t| {
-                t.offset + t.data.len()
-            });
 
         let mut out = vec![0u8; file_bytes];
         // Header.
@@ -195,11 +209,16 @@ impl<'a> ModelWriter<'a> {
             put_u32(&mut out, e + 8, t.cols as u32);
             put_u64(&mut out, e + 16, t.offset as u64);
             put_u64(&mut out, e + 24, t.data.len() as u64);
-            // 32..48: scale offset and bytes (zero: no dtype in use has scales); 48..64 reserved.
+            if !t.scales.is_empty() {
+                put_u64(&mut out, e + 32, t.scale_offset as u64);
+                put_u64(&mut out, e + 40, t.scales.len() as u64);
+            }
+            // 48..64 reserved.
         }
         out[metadata_offset..metadata_offset + metadata.len()].copy_from_slice(&metadata);
         for t in &tensors {
             out[t.offset..t.offset + t.data.len()].copy_from_slice(&t.data);
+            out[t.scale_offset..t.scale_offset + t.scales.len()].copy_from_slice(&t.scales);
         }
         super::reseal(&mut out);
         Ok(out)
@@ -232,6 +251,24 @@ impl<'a> ModelWriter<'a> {
     }
 }
 
+/// Symmetric per-row int8 quantization of a row-major `rows x cols` matrix: each row's scale
+/// is its largest magnitude over 127 (1 for an all-zero row) and `q = round(w / scale)`, so
+/// `|w - q x scale| <= scale / 2`. Returns the integers as f32 (exact) and the scales.
+fn quantize_rows(values: &[f32], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut q = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(rows);
+    for row in values.chunks_exact(cols.max(1)).take(rows) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        q.extend(
+            row.iter()
+                .map(|v| (v / scale).round_ties_even().clamp(-127.0, 127.0)),
+        );
+    }
+    (q, scales)
+}
+
 fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * dtype.size());
     match dtype {
@@ -244,6 +281,8 @@ fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
         Dtype::Bf16 => values
             .iter()
             .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        // Integers held exactly as f32 by `quantize_rows`.
+        Dtype::Int8 => values.iter().for_each(|v| out.push(*v as i8 as u8)),
     }
     out
 }

@@ -42,7 +42,8 @@ pub const PACK_FLOATS: usize = PACK_ROWS.div_ceil(24) * 24 * MAX_K_BLOCK;
 /// - `weights`: `W` (`out_dim x in_dim`) in panel layout ([`super::pack_panels`]), as f32,
 ///   bf16 or f16 (widened to f32 in the kernel: the same result as f32 kernels over the
 ///   widened weights) or bf16 pairs (AVX-512 BF16 dot products, which also round the inputs to bf16;
-///   only with [`Isa::Avx512`] on a CPU that has them);
+///   only with [`Isa::Avx512`] on a CPU that has them), or int8 (integer kernels over inputs
+///   quantized per row: see the `int8` module);
 /// - `out`: `n` rows starting at `r * out_stride`, `out_stride >= padded_rows(out_dim)`; the
 ///   padding columns receive zeros;
 /// - `pack`: scratch of at least [`PACK_FLOATS`] floats for the packed input rows.
@@ -68,6 +69,11 @@ pub fn dense(
     if n == 0 {
         return;
     }
+    if let MatrixWeights::Int8(w) = weights {
+        return super::int8::dense_int8(
+            plan, x, n, in_dim, x_stride, w, out_dim, bias, out, out_stride, pack,
+        );
+    }
     // Every bound is checked with overflow-checked arithmetic: the raw-pointer kernels below
     // rely on these, whatever the caller passes.
     let span = |rows: usize, stride: usize, width: usize| {
@@ -83,6 +89,7 @@ pub fn dense(
             (w.len(), in_dim, w.as_ptr().cast::<u8>())
         }
         MatrixWeights::Bf16Pairs(w) => (w.len(), in_dim.div_ceil(2), w.as_ptr().cast::<u8>()),
+        MatrixWeights::Int8(_) => unreachable!("int8 weights returned above"),
     };
     assert!(
         out_width

@@ -10,10 +10,12 @@
 
 mod cpu;
 mod dense;
+mod int8;
 pub mod rows;
 
 pub use cpu::CpuCaches;
 pub use dense::{dense, MAX_K_BLOCK, PACK_FLOATS, PACK_ROWS};
+pub use int8::{quad_panels, quad_weight_sums, vnni_supported, Int8Weights};
 
 /// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.
 pub const PANEL_WIDTH: usize = 16;
