@@ -19,6 +19,8 @@ NUMPY_VERSION=2.2.6
 # ONNX and ONNX Runtime in the same environment: the peers of scripts/bench.
 ONNX_VERSION=1.23.2
 ONNXRUNTIME_VERSION=1.32.0
+# Shapely: the independent check of the GeoJSON tumor masks that `msclam score` writes.
+SHAPELY_VERSION=2.1.2
 py_tag="$(python3 -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')"
 py_dir="$(python3 -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')"
 if [[ -z "${MSCLAM_VENV:-}" ]]; then
@@ -28,7 +30,7 @@ if [[ -z "${MSCLAM_VENV:-}" ]]; then
         MSCLAM_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/msclam/venv-$py_tag-torch$TORCH_VERSION"
     fi
 fi
-export MSCLAM_VENV TORCH_VERSION NUMPY_VERSION ONNX_VERSION ONNXRUNTIME_VERSION
+export MSCLAM_VENV TORCH_VERSION NUMPY_VERSION ONNX_VERSION ONNXRUNTIME_VERSION SHAPELY_VERSION
 export LIBTORCH="$MSCLAM_VENV/lib/$py_dir/site-packages/torch"
 # HDF5 1.10 locks files with flock(); that fails on some network filesystems and between
 # threads of one process: CLAM users commonly turn it off.

@@ -1,4 +1,8 @@
-//! Cohorts in the layout CLAM and MS-CLAM users already have:
+//! Loading cohorts in the CLAM layout onto the training device. The on-disk layout itself (what
+//! each file holds, and the readers and writers) is `msclam_data::layout`, re-exported here;
+//! this module adds what needs libtorch: `pt_files/` tensors and the device-resident
+//! [`Cohort`].
+//!
 //!
 //! ```text
 //! <root>/dataset.csv                 case_id,slide_id,label   (label names mapped to classes)
@@ -18,213 +22,21 @@
 //! split naming a slide that is not in the dataset.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::data::{choose_annotated, Cohort, FeaturePrecision, Slide, NORMAL, TUMOR};
+pub use msclam_data::layout::{
+    find_tile_label_file, read_dataset_csv, read_exclusions, read_h5, read_split_csv,
+    read_tile_label_file, write_synthetic, ClamLayout, DatasetRow, SlideFile,
+};
+
+use crate::data::{choose_annotated, Cohort, FeaturePrecision, Slide, NORMAL};
 use crate::error::{Result, TrainError};
-use crate::synthetic::SyntheticSlide;
-
-/// Where a cohort's files are.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClamLayout {
-    /// The dataset CSV.
-    pub dataset_csv: PathBuf,
-    /// Folder of `<slide_id>.h5` files.
-    pub h5_dir: PathBuf,
-    /// Folder of `<slide_id>.pt` files (`torch.save` tensors), read when a `.h5` is absent.
-    pub pt_dir: Option<PathBuf>,
-    /// Folder of per-slide tile label files (optional).
-    pub tile_labels_dir: Option<PathBuf>,
-    /// Folder of `splits_<k>.csv` files.
-    pub splits_dir: PathBuf,
-    /// Exclusion CSV (optional).
-    pub exclusions_csv: Option<PathBuf>,
-    /// Label names and their classes.
-    pub label_map: Vec<(String, usize)>,
-}
-
-impl ClamLayout {
-    /// The conventional layout under `root`, with CLAM's Camelyon16 label names
-    /// (`normal_tissue` / `tumor_tissue`, also `normal` / `tumor` and `0` / `1`).
-    pub fn under(root: &Path) -> ClamLayout {
-        let optional = |p: PathBuf| p.exists().then_some(p);
-        ClamLayout {
-            dataset_csv: root.join("dataset.csv"),
-            h5_dir: root.join("h5_files"),
-            pt_dir: optional(root.join("pt_files")),
-            tile_labels_dir: optional(root.join("tile_labels")),
-            splits_dir: root.join("splits"),
-            exclusions_csv: optional(root.join("exclusions.csv")),
-            label_map: [
-                ("normal_tissue", NORMAL),
-                ("tumor_tissue", TUMOR),
-                ("normal", NORMAL),
-                ("tumor", TUMOR),
-                ("0", NORMAL),
-                ("1", TUMOR),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        }
-    }
-}
-
-/// One row of the dataset CSV.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatasetRow {
-    /// Patient / case identifier.
-    pub case_id: String,
-    /// Slide identifier (file stem of its features).
-    pub slide_id: String,
-    /// Class.
-    pub label: usize,
-}
-
-fn csv_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Config(format!("{}: {e}", path.display()))
-}
-
-/// Reads `case_id,slide_id,label` (extra columns ignored), mapping label names.
-pub fn read_dataset_csv(path: &Path, label_map: &[(String, usize)]) -> Result<Vec<DatasetRow>> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| csv_error(path, e))?;
-    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| {
-                csv_error(
-                    path,
-                    format!(
-                        "no `{name}` column (columns: {})",
-                        headers.iter().collect::<Vec<_>>().join(", ")
-                    ),
-                )
-            })
-    };
-    let (case, slide, label) = (column("case_id")?, column("slide_id")?, column("label")?);
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let get = |i: usize| record.get(i).unwrap_or("").trim().to_owned();
-        let slide_id = get(slide);
-        let name = get(label);
-        let class = label_map
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| {
-                TrainError::data(
-                    &slide_id,
-                    format!(
-                        "unknown label `{name}` (known: {})",
-                        label_map
-                            .iter()
-                            .map(|(k, _)| k.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
-        rows.push(DatasetRow {
-            case_id: get(case),
-            slide_id,
-            label: class,
-        });
-    }
-    Ok(rows)
-}
-
-/// What a slide's `.h5` file holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SlideFile {
-    /// `N x D` features as f32.
-    pub features: Vec<f32>,
-    /// D.
-    pub dim: usize,
-    /// Tile coordinates.
-    pub coords: Vec<[u32; 2]>,
-    /// `tile_labels` dataset, if present.
-    pub tile_labels: Option<Vec<u8>>,
-}
-
-fn h5_error(slide: &str, e: impl std::fmt::Display) -> TrainError {
-    TrainError::data(slide, format!("HDF5: {e}"))
-}
-
-/// Reads `features` (float32 or float16), `coords` and optional `tile_labels` of one slide.
-pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
-    if !path.exists() {
-        return Err(TrainError::data(
-            slide,
-            format!("missing features file {}", path.display()),
-        ));
-    }
-    let file = hdf5::File::open(path).map_err(|e| h5_error(slide, e))?;
-    let ds = file.dataset("features").map_err(|e| h5_error(slide, e))?;
-    let shape = ds.shape();
-    if shape.len() != 2 {
-        return Err(TrainError::data(
-            slide,
-            format!("features have shape {shape:?}, expected N x D"),
-        ));
-    }
-    let (n, dim) = (shape[0], shape[1]);
-    if n == 0 || dim == 0 {
-        return Err(TrainError::data(slide, "empty slide: no tiles"));
-    }
-    let is_half = ds.dtype().map(|t| t.size() == 2).unwrap_or(false);
-    let features: Vec<f32> = if is_half {
-        ds.read_raw::<half::f16>()
-            .map_err(|e| h5_error(slide, e))?
-            .into_iter()
-            .map(f32::from)
-            .collect()
-    } else {
-        ds.read_raw::<f32>().map_err(|e| h5_error(slide, e))?
-    };
-    let coords = match file.dataset("coords") {
-        Ok(c) => {
-            let raw = c.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
-            if raw.len() != 2 * n {
-                return Err(TrainError::data(
-                    slide,
-                    format!("{} coordinate values for {n} tiles", raw.len()),
-                ));
-            }
-            raw.chunks_exact(2)
-                .map(|p| [p[0].max(0) as u32, p[1].max(0) as u32])
-                .collect()
-        }
-        Err(_) => vec![[0, 0]; n],
-    };
-    let tile_labels = match file.dataset("tile_labels") {
-        Ok(t) => {
-            let raw = t.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
-            if raw.len() != n {
-                return Err(TrainError::data(
-                    slide,
-                    format!("{} tile labels for {n} tiles", raw.len()),
-                ));
-            }
-            Some(raw.into_iter().map(|v| u8::from(v != 0)).collect())
-        }
-        Err(_) => None,
-    };
-    Ok(SlideFile {
-        features,
-        dim,
-        coords,
-        tile_labels,
-    })
-}
 
 /// Reads one slide's features: `h5_files/<id>.h5` when it exists, else `pt_files/<id>.pt`.
 pub fn read_slide(layout: &ClamLayout, slide: &str) -> Result<SlideFile> {
     let h5 = layout.h5_dir.join(format!("{slide}.h5"));
     if h5.exists() {
-        return read_h5(&h5, slide);
+        return Ok(read_h5(&h5, slide)?);
     }
     let pt = layout
         .pt_dir
@@ -261,126 +73,8 @@ pub fn read_pt(path: &Path, slide: &str) -> Result<SlideFile> {
         dim,
         coords,
         tile_labels: None,
+        tile_size: None,
     })
-}
-
-/// Reads a list of tumorous tile indices: a Python pickle (`.pkl`, a list of ints, as
-/// MS-CLAM stores them), a NumPy `.npy` array (integer indices, or a boolean mask with one
-/// entry per tile) or text (`.txt`/`.csv`, integers separated by newlines or commas).
-/// Returns the per-tile labels of an `n`-tile slide.
-pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8>> {
-    let indices: Vec<i64> = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => match read_npy_labels(path, slide, n)? {
-            NpyLabels::Mask(mask) => return Ok(mask),
-            NpyLabels::Indices(indices) => indices,
-        },
-        Some("pkl") | Some("pickle") => {
-            let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-            serde_pickle::from_reader(
-                std::io::BufReader::new(file),
-                serde_pickle::DeOptions::new(),
-            )
-            .map_err(|e| {
-                TrainError::data(
-                    slide,
-                    format!("{}: not a pickled list of integers ({e})", path.display()),
-                )
-            })?
-        }
-        _ => {
-            let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-            text.split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|t| !t.is_empty())
-                .map(|t| {
-                    t.parse::<i64>().map_err(|_| {
-                        TrainError::data(
-                            slide,
-                            format!("{}: `{t}` is not a tile index", path.display()),
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?
-        }
-    };
-    let mut labels = vec![0u8; n];
-    for i in indices {
-        if i < 0 || i as usize >= n {
-            return Err(TrainError::data(
-                slide,
-                format!("tile index {i} out of range (the slide has {n} tiles)"),
-            ));
-        }
-        labels[i as usize] = 1;
-    }
-    Ok(labels)
-}
-
-enum NpyLabels {
-    Mask(Vec<u8>),
-    Indices(Vec<i64>),
-}
-
-fn read_npy_labels(path: &Path, slide: &str, n: usize) -> Result<NpyLabels> {
-    let bad = |why: String| TrainError::data(slide, format!("{}: {why}", path.display()));
-    let tensor = tch::Tensor::read_npy(path).map_err(|e| bad(e.to_string()))?;
-    let size = tensor.size();
-    if size.len() > 1 {
-        return Err(bad(format!(
-            "array of shape {size:?}, expected one dimension"
-        )));
-    }
-    let flat = tensor.view([-1]);
-    match flat.kind() {
-        tch::Kind::Bool => {
-            if flat.numel() != n {
-                return Err(bad(format!(
-                    "boolean mask of {} entries for {n} tiles",
-                    flat.numel()
-                )));
-            }
-            let mask = Vec::<u8>::try_from(&flat.to_kind(tch::Kind::Uint8))
-                .map_err(|e| bad(e.to_string()))?;
-            Ok(NpyLabels::Mask(mask))
-        }
-        tch::Kind::Int64
-        | tch::Kind::Int
-        | tch::Kind::Int16
-        | tch::Kind::Int8
-        | tch::Kind::Uint8 => {
-            let indices = Vec::<i64>::try_from(&flat.to_kind(tch::Kind::Int64))
-                .map_err(|e| bad(e.to_string()))?;
-            Ok(NpyLabels::Indices(indices))
-        }
-        other => Err(bad(format!(
-            "array of {other:?}, expected integer tile indices or a boolean mask"
-        ))),
-    }
-}
-
-/// Reads a CLAM split file (`,train,val,test`; columns of slide ids, ragged).
-pub fn read_split_csv(path: &Path) -> Result<[Vec<String>; 3]> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| csv_error(path, e))?;
-    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| csv_error(path, format!("no `{name}` column")))
-    };
-    let cols = [column("train")?, column("val")?, column("test")?];
-    let mut out: [Vec<String>; 3] = Default::default();
-    for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        for (k, &c) in cols.iter().enumerate() {
-            if let Some(v) = record.get(c).map(str::trim).filter(|v| !v.is_empty()) {
-                out[k].push(v.to_owned());
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Tiles and feature dimension of fold `fold`'s slides, from the files' shapes only (nothing
@@ -397,13 +91,9 @@ pub fn count_tiles(layout: &ClamLayout, fold: usize) -> Result<(usize, usize)> {
             dim = dim.max(slide.dim);
             continue;
         }
-        let file = hdf5::File::open(&path).map_err(|e| h5_error(id, e))?;
-        let shape = file
-            .dataset("features")
-            .map_err(|e| h5_error(id, e))?
-            .shape();
-        tiles += shape.first().copied().unwrap_or(0);
-        dim = dim.max(shape.get(1).copied().unwrap_or(0));
+        let (n, d) = msclam_data::layout::h5_shape(&path, id)?;
+        tiles += n;
+        dim = dim.max(d);
     }
     Ok((tiles, dim))
 }
@@ -451,14 +141,7 @@ pub fn load(
         }
     }
     let excluded_ids: Vec<String> = match &layout.exclusions_csv {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| TrainError::io(p, e))?;
-            text.lines()
-                .skip(1)
-                .filter_map(|l| l.split(',').next().map(|s| s.trim().to_owned()))
-                .filter(|s| !s.is_empty())
-                .collect()
-        }
+        Some(p) => read_exclusions(p)?,
         None => Vec::new(),
     };
     let labels: Vec<usize> = rows.iter().map(|r| r.label).collect();
@@ -502,10 +185,7 @@ pub fn load(
         let reference = match (&layout.tile_labels_dir, file.tile_labels) {
             (_, Some(t)) => Some(t),
             (Some(dir), None) => {
-                let found = ["pkl", "npy", "txt", "csv"]
-                    .iter()
-                    .map(|ext| dir.join(format!("{}.{ext}", row.slide_id)))
-                    .find(|p| p.exists());
+                let found = find_tile_label_file(dir, &row.slide_id);
                 match found {
                     Some(p) => Some(read_tile_label_file(&p, &row.slide_id, n)?),
                     None if row.label == NORMAL => Some(vec![0; n]),
@@ -550,125 +230,4 @@ pub fn load(
         .map(|&i| rows[i].slide_id.clone())
         .collect();
     Ok((cohort, annotated_ids))
-}
-
-/// Writes generated slides in the CLAM layout under `root`, with `folds` split files
-/// (stratified, seeded: test 30 % fixed across folds, the rest 80/20 train/val per fold).
-pub fn write_synthetic(
-    root: &Path,
-    slides: &[SyntheticSlide],
-    folds: usize,
-    seed: u64,
-) -> Result<()> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let h5_dir = root.join("h5_files");
-    let labels_dir = root.join("tile_labels");
-    let splits_dir = root.join("splits");
-    for d in [&h5_dir, &labels_dir, &splits_dir] {
-        std::fs::create_dir_all(d).map_err(|e| TrainError::io(d, e))?;
-    }
-    let mut csv = String::from("case_id,slide_id,label\n");
-    for s in slides {
-        csv += &format!(
-            "case_{},{},{}\n",
-            &s.id[6..],
-            s.id,
-            if s.label == TUMOR {
-                "tumor_tissue"
-            } else {
-                "normal_tissue"
-            }
-        );
-        let path = h5_dir.join(format!("{}.h5", s.id));
-        let n = s.tile_labels.len();
-        let dim = s.features.len() / n;
-        let file = hdf5::File::create(&path).map_err(|e| h5_error(&s.id, e))?;
-        let write = || -> hdf5::Result<()> {
-            file.new_dataset::<f32>()
-                .shape([n, dim])
-                .create("features")?
-                .write_raw(&s.features)?;
-            let coords: Vec<i64> = s
-                .coords
-                .iter()
-                .flat_map(|c| [c[0] as i64, c[1] as i64])
-                .collect();
-            file.new_dataset::<i64>()
-                .shape([n, 2])
-                .create("coords")?
-                .write_raw(&coords)?;
-            Ok(())
-        };
-        write().map_err(|e| h5_error(&s.id, e))?;
-        if s.label == TUMOR {
-            let tumor: Vec<i64> = (0..n)
-                .filter(|&i| s.annotation[i] != 0)
-                .map(|i| i as i64)
-                .collect();
-            let bytes = serde_pickle::to_vec(&tumor, serde_pickle::SerOptions::new())
-                .map_err(|e| TrainError::Config(e.to_string()))?;
-            let p = labels_dir.join(format!("{}.pkl", s.id));
-            std::fs::write(&p, bytes).map_err(|e| TrainError::io(&p, e))?;
-        }
-    }
-    let p = root.join("dataset.csv");
-    std::fs::write(&p, csv).map_err(|e| TrainError::io(&p, e))?;
-    let incomplete: Vec<&str> = slides
-        .iter()
-        .filter(|s| s.incomplete)
-        .map(|s| s.id.as_str())
-        .collect();
-    if !incomplete.is_empty() {
-        let p = root.join("exclusions.csv");
-        let text = format!("slide_id\n{}\n", incomplete.join("\n"));
-        std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))?;
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut test = Vec::new();
-    let mut rest: [Vec<&str>; 2] = Default::default();
-    for class in [NORMAL, TUMOR] {
-        let mut ids: Vec<&str> = slides
-            .iter()
-            .filter(|s| s.label == class)
-            .map(|s| s.id.as_str())
-            .collect();
-        ids.shuffle(&mut rng);
-        let n_test = (ids.len() as f64 * 0.3).round() as usize;
-        test.extend_from_slice(&ids[..n_test]);
-        rest[class] = ids[n_test..].to_vec();
-    }
-    for fold in 0..folds {
-        let (mut train, mut val) = (Vec::new(), Vec::new());
-        for ids in &rest {
-            // Fold k validates on the k-th window of each class: a fifth (80/20, as in the
-            // paper) with up to 5 folds, 1 / folds with more.
-            let n = ids.len();
-            let parts = folds.max(5);
-            let (a, b) = (fold * n / parts, (fold + 1) * n / parts);
-            for (j, id) in ids.iter().enumerate() {
-                if (a..b).contains(&j) {
-                    val.push(*id)
-                } else {
-                    train.push(*id)
-                }
-            }
-        }
-        let rows = train.len().max(val.len()).max(test.len());
-        let mut text = String::from(",train,val,test\n");
-        for r in 0..rows {
-            fn cell<'a>(v: &[&'a str], r: usize) -> &'a str {
-                v.get(r).copied().unwrap_or("")
-            }
-            text += &format!(
-                "{r},{},{},{}\n",
-                cell(&train, r),
-                cell(&val, r),
-                cell(&test, r)
-            );
-        }
-        let p = splits_dir.join(format!("splits_{fold}.csv"));
-        std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))?;
-    }
-    Ok(())
 }

@@ -5,10 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, TrainError};
 
-/// Slide class indices (the label map of CLAM's binary tumor task).
-pub const NORMAL: usize = 0;
-/// The tumor slide class.
-pub const TUMOR: usize = 1;
+pub use msclam_data::{NORMAL, TUMOR};
 
 /// Element type features are kept in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +66,24 @@ pub struct Slide {
     pub coords: Vec<[u32; 2]>,
     /// Whether the slide's annotation is known to be incomplete.
     pub excluded: bool,
+}
+
+impl msclam_data::report::SlideTruth for Slide {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn label(&self) -> usize {
+        self.label
+    }
+    fn reference_tiles(&self) -> Option<&[u8]> {
+        self.reference_tiles.as_deref()
+    }
+    fn excluded(&self) -> bool {
+        self.excluded
+    }
+    fn coords(&self) -> &[[u32; 2]] {
+        &self.coords
+    }
 }
 
 impl Slide {

@@ -54,6 +54,20 @@ pub enum TrainError {
     Engine(#[from] msclam_engine::Error),
 }
 
+impl From<msclam_data::DataError> for TrainError {
+    fn from(e: msclam_data::DataError) -> Self {
+        use msclam_data::DataError;
+        match e {
+            DataError::Slide { slide, reason } => TrainError::Data { slide, reason },
+            DataError::File { path, reason } => {
+                TrainError::Config(format!("{}: {reason}", path.display()))
+            }
+            DataError::Io { path, source } => TrainError::Io { path, source },
+            DataError::Engine(e) => TrainError::Engine(e),
+        }
+    }
+}
+
 impl TrainError {
     pub(crate) fn data(slide: &str, reason: impl Into<String>) -> Self {
         TrainError::Data {

@@ -7,7 +7,9 @@
 //! Modules: [`data`] (cohorts in memory), [`model`] (the network), [`losses`], [`samplers`]
 //! (slides per step, tiles per slide), [`training`] (the loop, Adam, early stopping),
 //! [`checkpoint`], [`metrics`], [`export`], [`synthetic`] (generated cohorts), [`cohort`]
-//! (reading cohorts in the CLAM layout), [`torch_file`] (CLAM's `pt_files/`).
+//! (loading cohorts in the CLAM layout onto the device), [`torch_file`] (CLAM's `pt_files/`).
+//! What needs no libtorch (the CLAM-layout readers and writers, the metrics, the synthetic
+//! cohorts) lives in the `msclam-data` crate, shared with the torch-free `msclam` command.
 
 #![deny(missing_docs)]
 
@@ -18,16 +20,20 @@ pub mod data;
 mod error;
 pub mod export;
 pub mod losses;
-pub mod metrics;
 pub mod model;
-pub mod plots;
-pub mod report;
 pub mod samplers;
-pub mod synthetic;
 pub mod torch_file;
 pub mod training;
 
 pub use error::{Result, TrainError};
+/// The paper's metrics (from the torch-free data layer, `msclam-data`).
+pub use msclam_data::metrics;
+/// ROC and training curves (from `msclam-data`).
+pub use msclam_data::plots;
+/// An evaluation written out (from `msclam-data`).
+pub use msclam_data::report;
+/// Generated cohorts (from the torch-free data layer, `msclam-data`).
+pub use msclam_data::synthetic;
 
 /// Where to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

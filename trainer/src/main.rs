@@ -540,8 +540,13 @@ fn train_on(
 
     // Test-set evaluation: the paper's metrics, per-slide and per-tile CSVs, heatmaps.
     let evals = trainer.evaluate(&cohort.test)?;
-    let fold_metrics = report::fold_metrics(&cohort, &evals);
-    report::write_fold(&args.out.join("test"), &cohort, &evals, &fold_metrics)?;
+    let fold_metrics = report::fold_metrics(&cohort.slides, &evals);
+    report::write_fold(
+        &args.out.join("test"),
+        &cohort.slides,
+        &evals,
+        &fold_metrics,
+    )?;
     let mut pictures = 0;
     for e in evals
         .iter()
@@ -554,7 +559,7 @@ fn train_on(
                 .take(2),
         )
     {
-        report::write_slide_heatmap(&args.out, &cohort, e)?;
+        report::write_slide_heatmap(&args.out, &cohort.slides, e)?;
         pictures += 1;
     }
     log::info!(
@@ -659,18 +664,18 @@ fn demo(args: DemoArgs) -> Result<()> {
         trainer.train(None, |_| bar.inc(1))?;
         bar.finish_and_clear();
         let evals = trainer.evaluate(&data.test)?;
-        let m = report::fold_metrics(&data, &evals);
+        let m = report::fold_metrics(&data.slides, &evals);
         let dir = args
             .out
             .join(if percent > 0.0 { "ms-clam" } else { "clam-sb" });
-        report::write_fold(&dir.join("test"), &data, &evals, &m)?;
+        report::write_fold(&dir.join("test"), &data.slides, &evals, &m)?;
         let mut written = Vec::new();
         for e in evals
             .iter()
             .filter(|e| data.slides[e.slide].label == TUMOR)
             .take(3)
         {
-            written.push(report::write_slide_heatmap(&dir, &data, e)?);
+            written.push(report::write_slide_heatmap(&dir, &data.slides, e)?);
         }
         println!(
             "[2/4] {name}: trained {} epochs on {} slides ({} with tile labels) in {:.0} s; test slide AUC {:.3}, tile Dice {:.3}",
@@ -703,9 +708,9 @@ fn demo(args: DemoArgs) -> Result<()> {
         finished.push((short, trainer.history.clone(), data, evals));
     }
     let roc_path = args.out.join("roc.png");
-    let runs: Vec<(&str, &data::Cohort, &[_])> = finished
+    let runs: Vec<(&str, &[data::Slide], &[_])> = finished
         .iter()
-        .map(|(name, _, data, evals)| (*name, data, evals.as_slice()))
+        .map(|(name, _, data, evals)| (*name, data.slides.as_slice(), evals.as_slice()))
         .collect();
     report::write_roc(&roc_path, &runs)?;
     let curves_path = args.out.join("training_curves.png");
@@ -977,7 +982,7 @@ fn ablation(args: AblationArgs) -> Result<()> {
             let mut trainer = Trainer::new(config.clone(), &data, device)?;
             trainer.train(None, |_| {})?;
             let evals = trainer.evaluate(&data.test)?;
-            let m = report::fold_metrics(&data, &evals);
+            let m = report::fold_metrics(&data.slides, &evals);
             std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
             write_json(&dir.join("history.json"), &trainer.history)?;
             plots::write_training_curves_png(
@@ -986,7 +991,7 @@ fn ablation(args: AblationArgs) -> Result<()> {
             )?;
             let list = dir.join("annotated_slides.txt");
             std::fs::write(&list, annotated.join("\n")).map_err(|e| TrainError::io(&list, e))?;
-            report::write_fold(&dir.join("test"), &data, &evals, &m)?;
+            report::write_fold(&dir.join("test"), &data.slides, &evals, &m)?;
             println!(
                 "{name} fold {fold}: slide AUC {:.3}, Dice {:.3}, tile AUC {:.3} ({:.0} s; {:.0} s so far)",
                 m.slide_auc,

@@ -96,77 +96,8 @@ impl Adam {
     }
 }
 
-/// What one epoch gave.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct EpochRecord {
-    /// Epoch number (1-based).
-    pub epoch: usize,
-    /// Mean total training loss per step.
-    pub train_loss: f64,
-    /// Mean validation slide cross-entropy.
-    pub val_loss: f64,
-    /// Validation slide AUC (NaN when undefined).
-    pub val_auc: f64,
-    /// Validation slide error rate.
-    pub val_error: f64,
-    /// Mean validation attention loss on normal slides.
-    pub val_att_normal: f64,
-    /// Mean validation attention loss on tumor slides with tile labels.
-    pub val_att_tumor: f64,
-    /// Seconds the epoch's training steps took.
-    pub train_seconds: f64,
-}
-
-impl EpochRecord {
-    /// Number of values in [`EpochRecord::to_row`].
-    pub const FIELDS: usize = 8;
-
-    /// The record as numbers (for checkpoints).
-    pub fn to_row(&self) -> [f64; Self::FIELDS] {
-        [
-            self.epoch as f64,
-            self.train_loss,
-            self.val_loss,
-            self.val_auc,
-            self.val_error,
-            self.val_att_normal,
-            self.val_att_tumor,
-            self.train_seconds,
-        ]
-    }
-
-    /// The record from [`EpochRecord::to_row`]'s numbers.
-    pub fn from_row(r: &[f64]) -> EpochRecord {
-        EpochRecord {
-            epoch: r[0] as usize,
-            train_loss: r[1],
-            val_loss: r[2],
-            val_auc: r[3],
-            val_error: r[4],
-            val_att_normal: r[5],
-            val_att_tumor: r[6],
-            train_seconds: r[7],
-        }
-    }
-}
-
-/// Per-slide outputs of an evaluation pass (eval mode, no dropout).
-#[derive(Debug, Clone)]
-pub struct SlideEval {
-    /// Index of the slide in the cohort.
-    pub slide: usize,
-    /// Slide class probabilities.
-    pub probabilities: Vec<f64>,
-    /// Slide cross-entropy.
-    pub loss: f64,
-    /// Normalised attention of every tile.
-    pub attention: Vec<f32>,
-    /// Tumor probability of every tile.
-    pub tile_probabilities: Vec<f32>,
-    /// Attention loss of eq. (2) (normal slides) or eq. (3) (tumor slides with reference
-    /// tile labels); NaN otherwise.
-    pub attention_loss: f64,
-}
+pub use msclam_data::history::EpochRecord;
+pub use msclam_data::report::SlideEval;
 
 /// Trains one model on one cohort split.
 pub struct Trainer<'c> {

@@ -382,14 +382,7 @@ fn npy_tile_labels_written_by_numpy_are_read() {
             &format!("{dtype}.npy"),
             &format!("np.array([1, 3, 5, 90], dtype=np.{dtype})"),
         );
-        let labels = cohort::read_tile_label_file(&p, "s", 100);
-        if dtype == "uint16" {
-            // tch does not read unsigned 16-bit arrays: a clear error, not garbage.
-            let e = labels.unwrap_err().to_string();
-            assert!(e.contains("uint16.npy") && e.contains("s"), "{e}");
-            continue;
-        }
-        let labels = labels.unwrap();
+        let labels = cohort::read_tile_label_file(&p, "s", 100).unwrap();
         let marked: Vec<usize> = (0..100).filter(|&i| labels[i] == 1).collect();
         assert_eq!(marked, vec![1, 3, 5, 90], "{dtype}");
     }

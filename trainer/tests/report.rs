@@ -54,7 +54,7 @@ fn fold_metrics_match_values_computed_by_hand() {
         eval(2, 0.3, vec![0.6, 0.1, 0.2, 0.3]), // 1 false positive of 4: specificity 0.75
         eval(3, 0.6, vec![0.1, 0.1]),           // specificity 1, but slide misclassified
     ];
-    let m = report::fold_metrics(&cohort, &evals);
+    let m = report::fold_metrics(&cohort.slides, &evals);
     // Slides: scores t1 .9, t2 .4, n1 .3, n2 .6: pairs (t,n) won: t1>n1, t1>n2, t2>n1 => 3/4.
     assert!((m.slide_auc - 0.75).abs() < 1e-12);
     // Predicted tumor: t1, n2 (p > 0.5): TP 1, FN 1, FP 1, TN 1.
@@ -98,7 +98,7 @@ fn fold_metrics_match_values_computed_by_hand() {
     assert!(single.contains("| one fold | 1 | 0.750 | "), "{single}");
 
     let dir = std::env::temp_dir().join(format!("msclam-report-{}", std::process::id()));
-    report::write_fold(&dir, &cohort, &evals, &m).unwrap();
+    report::write_fold(&dir, &cohort.slides, &evals, &m).unwrap();
     let slides = std::fs::read_to_string(dir.join("slides.csv")).unwrap();
     assert_eq!(slides.lines().count(), 5);
     assert!(slides.contains("t1,1,0.900000,1,0.800000"), "{slides}");
@@ -108,18 +108,20 @@ fn fold_metrics_match_values_computed_by_hand() {
         (960, 480),
         "slide and tile panels"
     );
-    let png = dir.join("t1.png");
-    report::write_heatmap(
-        &png,
-        &cohort.slides[0].coords,
-        &evals[0].attention,
-        &evals[0].tile_probabilities,
-        Some(&[1, 1, 0, 0]),
-        4,
-    )
-    .unwrap();
-    let img = image::open(&png).unwrap();
-    // 3 x 2 tiles, 3 panels of 12 x 8 pixels with 8-pixel gaps.
-    assert_eq!((img.width(), img.height()), (3 * 12 + 2 * 8, 8));
+    let png = report::write_slide_heatmap(&dir, &cohort.slides, &evals[0]).unwrap();
+    assert_eq!(png, dir.join("heatmaps/t1.png"));
+    let img = image::open(&png).unwrap().to_rgb8();
+    // Panels of 220 pixels (at least) after a 24-pixel margin, every 244 pixels; tiles of 32
+    // pixels from y = 44 (a 3 x 2 grid). Predicted mask (panel 1): tile 0 (p 0.9) red, tile 3
+    // (p 0.1, second row) grey; reference mask (panel 2): tile 1 red, tile 2 grey.
+    let (red, grey) = ([200, 30, 40], [200, 200, 210]);
+    let at = |panel: u32, cx: u32, cy: u32| {
+        img.get_pixel(24 + 244 * panel + 32 * cx + 16, 44 + 32 * cy + 16)
+            .0
+    };
+    assert_eq!(at(1, 0, 0), red);
+    assert_eq!(at(1, 0, 1), grey);
+    assert_eq!(at(2, 1, 0), red);
+    assert_eq!(at(2, 2, 0), grey);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::error::{Result, TrainError};
+use crate::error::{DataError, Result};
+use crate::history::EpochRecord;
 use crate::metrics;
-use crate::training::EpochRecord;
 
 /// Line colours, in order (the Tableau 10 palette): the first curve is blue.
 pub const COLOURS: [RGBColor; 6] = [
@@ -20,9 +20,11 @@ pub const COLOURS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-const FONT: &str = "sans-serif";
+/// The font family every picture uses (DejaVu Sans, embedded).
+pub(crate) const FONT: &str = "sans-serif";
 
-fn register_font() {
+/// Registers the embedded DejaVu Sans with plotters, once.
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_err()
@@ -32,8 +34,8 @@ fn register_font() {
     });
 }
 
-fn plot_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Config(format!("{}: drawing failed: {e}", path.display()))
+fn plot_error(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::file(path, format!("drawing failed: {e}"))
 }
 
 /// Draws `width x height` pixels with `draw` and saves them as a PNG at `path`.
@@ -50,13 +52,11 @@ fn render(
         root.present().map_err(|e| plot_error(path, e))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
     let image = image::RgbImage::from_raw(width, height, pixels)
         .ok_or_else(|| plot_error(path, "pixel buffer of the wrong size"))?;
-    image
-        .save(path)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    image.save(path).map_err(|e| DataError::file(path, e))
 }
 
 /// One ROC curve: a label and the scores and truths it is drawn from.

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use msclam_trainer::plots::{self, RocInput, COLOURS};
-use msclam_trainer::training::EpochRecord;
+use msclam_data::history::EpochRecord;
+use msclam_data::plots::{self, RocInput, COLOURS};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("msclam-plots-{}-{name}", std::process::id()));

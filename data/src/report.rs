@@ -5,10 +5,44 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::data::{Cohort, TUMOR};
-use crate::error::{Result, TrainError};
+use crate::error::{DataError, Result};
 use crate::metrics::{self, Confusion, Summary};
-use crate::training::SlideEval;
+use crate::outputs::h5::SlideScores;
+use crate::TUMOR;
+
+/// What the reports need to know about an evaluated slide: its id, class, reference tile
+/// labels, tile coordinates and whether its annotation is incomplete. The trainer's slides
+/// implement it (their features live on the training device; the reports never need them).
+pub trait SlideTruth {
+    /// Slide id.
+    fn id(&self) -> &str;
+    /// Class ([`crate::NORMAL`] or [`TUMOR`]).
+    fn label(&self) -> usize;
+    /// Reference tile labels (1 = tumor), when known.
+    fn reference_tiles(&self) -> Option<&[u8]>;
+    /// Whether the slide's annotation is incomplete (left out of the attention losses).
+    fn excluded(&self) -> bool;
+    /// Tile coordinates (level-0 pixels).
+    fn coords(&self) -> &[[u32; 2]];
+}
+
+/// Per-slide outputs of an evaluation pass (eval mode, no dropout).
+#[derive(Debug, Clone)]
+pub struct SlideEval {
+    /// Index of the slide in the evaluated slides.
+    pub slide: usize,
+    /// Slide class probabilities.
+    pub probabilities: Vec<f64>,
+    /// Slide cross-entropy.
+    pub loss: f64,
+    /// Normalised attention of every tile.
+    pub attention: Vec<f32>,
+    /// Tumor probability of every tile.
+    pub tile_probabilities: Vec<f32>,
+    /// Attention loss of eq. (2) (normal slides) or eq. (3) (tumor slides with reference
+    /// tile labels); NaN otherwise.
+    pub attention_loss: f64,
+}
 
 /// Tile probability at or above which a tile is in the predicted mask.
 pub const MASK_THRESHOLD: f32 = 0.5;
@@ -62,21 +96,34 @@ pub fn predicted_mask(e: &SlideEval) -> Vec<bool> {
 
 /// Writes `dir/heatmaps/<slide>.png` for an evaluated slide (see [`write_heatmap`]) and
 /// returns its path.
-pub fn write_slide_heatmap(
+pub fn write_slide_heatmap<S: SlideTruth>(
     dir: &Path,
-    cohort: &Cohort,
+    slides: &[S],
     e: &SlideEval,
 ) -> Result<std::path::PathBuf> {
-    let s = &cohort.slides[e.slide];
-    let path = dir.join("heatmaps").join(format!("{}.png", s.id));
-    write_heatmap(
-        &path,
-        &s.coords,
-        &e.attention,
-        &e.tile_probabilities,
-        s.reference_tiles.as_deref(),
-        6,
-    )?;
+    let s = &slides[e.slide];
+    let path = dir.join("heatmaps").join(format!("{}.png", s.id()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|err| DataError::io(parent, err))?;
+    }
+    let tile_mask = predicted_mask(e);
+    let scores = SlideScores {
+        slide_id: s.id().to_owned(),
+        coords: s.coords().to_vec(),
+        // The picture ranks attention within the slide: the softmax keeps the logits' order.
+        attention_logits: e.attention.clone(),
+        attention: e.attention.clone(),
+        tile_probabilities: e.tile_probabilities.clone(),
+        tumor_probability: e.probabilities.get(TUMOR).copied().unwrap_or(f64::NAN) as f32,
+        predicted_class: usize::from(e.probabilities.get(TUMOR).is_some_and(|p| *p > 0.5)),
+        tile_size: crate::score::inferred_tile_size(s.coords()),
+        label: Some(s.label()),
+        reference_mask: s
+            .reference_tiles()
+            .map(|r| r.iter().map(|t| *t != 0).collect()),
+        tile_mask,
+    };
+    crate::outputs::heatmap::write_heatmap(&path, &scores)?;
     Ok(path)
 }
 
@@ -85,25 +132,20 @@ fn mean(values: &[f64]) -> f64 {
 }
 
 /// Slide scores (tumor probability) and truths (tumor slide) of an evaluation.
-pub fn slide_scores(cohort: &Cohort, evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>) {
+pub fn slide_scores<S: SlideTruth>(slides: &[S], evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>) {
     evals
         .iter()
-        .map(|e| {
-            (
-                e.probabilities[TUMOR],
-                cohort.slides[e.slide].label == TUMOR,
-            )
-        })
+        .map(|e| (e.probabilities[TUMOR], slides[e.slide].label() == TUMOR))
         .unzip()
 }
 
 /// Tile scores (tumor probability) and truths of an evaluation, pooled over slides: every
 /// tile of a normal slide is negative; tumor slides count when they have reference labels.
-pub fn tile_scores(cohort: &Cohort, evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>) {
+pub fn tile_scores<S: SlideTruth>(slides: &[S], evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>) {
     let (mut scores, mut truth) = (Vec::new(), Vec::new());
     for e in evals {
-        let s = &cohort.slides[e.slide];
-        let reference: Vec<bool> = match (&s.reference_tiles, s.label == TUMOR) {
+        let s = &slides[e.slide];
+        let reference: Vec<bool> = match (s.reference_tiles(), s.label() == TUMOR) {
             (Some(r), true) => r.iter().map(|t| *t != 0).collect(),
             (None, true) => continue,
             (_, false) => vec![false; e.tile_probabilities.len()],
@@ -115,14 +157,14 @@ pub fn tile_scores(cohort: &Cohort, evals: &[SlideEval]) -> (Vec<f64>, Vec<bool>
 }
 
 /// Scores and truths of an evaluation, at one level (slides or tiles).
-type ScoresOf = fn(&Cohort, &[SlideEval]) -> (Vec<f64>, Vec<bool>);
+type ScoresOf<S> = fn(&[S], &[SlideEval]) -> (Vec<f64>, Vec<bool>);
 
 /// Writes `roc.png`: slide-level and tile-level ROC curves of one or more evaluations.
-pub fn write_roc(path: &Path, runs: &[(&str, &Cohort, &[SlideEval])]) -> Result<()> {
-    let inputs = |f: ScoresOf| {
+pub fn write_roc<S: SlideTruth>(path: &Path, runs: &[(&str, &[S], &[SlideEval])]) -> Result<()> {
+    let inputs = |f: ScoresOf<S>| {
         runs.iter()
-            .map(|(label, cohort, evals)| {
-                let (scores, truth) = f(cohort, evals);
+            .map(|(label, slides, evals)| {
+                let (scores, truth) = f(slides, evals);
                 crate::plots::RocInput {
                     label: (*label).to_owned(),
                     scores,
@@ -141,8 +183,8 @@ pub fn write_roc(path: &Path, runs: &[(&str, &Cohort, &[SlideEval])]) -> Result<
 }
 
 /// Computes a fold's metrics from its test-set evaluation.
-pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
-    let (probs, truth) = slide_scores(cohort, evals);
+pub fn fold_metrics<S: SlideTruth>(slides: &[S], evals: &[SlideEval]) -> FoldMetrics {
+    let (probs, truth) = slide_scores(slides, evals);
     let predicted: Vec<bool> = evals
         .iter()
         .map(|e| e.probabilities[TUMOR] > 1.0 - e.probabilities[TUMOR])
@@ -151,24 +193,24 @@ pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
     let (mut dice, mut specificity, mut latt_n, mut latt_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for e in evals {
-        let s = &cohort.slides[e.slide];
+        let s = &slides[e.slide];
         let mask = predicted_mask(e);
-        if s.label == TUMOR {
-            if !s.excluded {
+        if s.label() == TUMOR {
+            if !s.excluded() {
                 latt_t.push(e.attention_loss);
             }
-            if let Some(r) = &s.reference_tiles {
+            if let Some(r) = s.reference_tiles() {
                 let reference: Vec<bool> = r.iter().map(|t| *t != 0).collect();
                 dice.extend(Confusion::of(&mask, &reference).f1());
             }
         } else {
-            if !s.excluded {
+            if !s.excluded() {
                 latt_n.push(e.attention_loss);
             }
             specificity.extend(Confusion::of(&mask, &vec![false; mask.len()]).specificity());
         }
     }
-    let (pooled_scores, pooled_truth) = tile_scores(cohort, evals);
+    let (pooled_scores, pooled_truth) = tile_scores(slides, evals);
     FoldMetrics {
         slide_auc: metrics::roc_auc(&probs, &truth).unwrap_or(f64::NAN),
         slide_accuracy: slide.accuracy(),
@@ -184,31 +226,36 @@ pub fn fold_metrics(cohort: &Cohort, evals: &[SlideEval]) -> FoldMetrics {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    std::fs::write(path, text).map_err(|e| TrainError::io(path, e))
+    crate::outputs::write_atomic(path, text.as_bytes())
 }
 
 /// Writes `metrics.json`, `metrics.csv`, `slides.csv` (per slide: label, tumor probability,
 /// prediction, Dice or specificity, attention loss), `tiles.csv` (per tile: coordinates,
 /// attention, tumor probability, reference label) and `roc.png` (slide and tile ROC curves)
 /// into `dir`.
-pub fn write_fold(dir: &Path, cohort: &Cohort, evals: &[SlideEval], m: &FoldMetrics) -> Result<()> {
-    let json = serde_json::to_string_pretty(m).map_err(|e| TrainError::Config(e.to_string()))?;
+pub fn write_fold<S: SlideTruth>(
+    dir: &Path,
+    slides: &[S],
+    evals: &[SlideEval],
+    m: &FoldMetrics,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(m).map_err(|e| DataError::file(dir, e))?;
     write(&dir.join("metrics.json"), &json)?;
     let mut csv = String::from("metric,value\n");
     for (name, get) in METRICS {
         let _ = writeln!(csv, "{name},{}", get(m));
     }
     write(&dir.join("metrics.csv"), &csv)?;
-    let mut slides = String::from(
+    let mut slide_rows = String::from(
         "slide_id,label,tumor_probability,predicted,dice_or_specificity,attention_loss,tiles\n",
     );
-    let mut tiles = String::from("slide_id,tile,x,y,attention,tumor_probability,reference\n");
+    let mut tile_rows = String::from("slide_id,tile,x,y,attention,tumor_probability,reference\n");
     for e in evals {
-        let s = &cohort.slides[e.slide];
+        let s = &slides[e.slide];
         let mask = predicted_mask(e);
-        let quality = match (&s.reference_tiles, s.label == TUMOR) {
+        let quality = match (s.reference_tiles(), s.label() == TUMOR) {
             (Some(r), true) => {
                 Confusion::of(&mask, &r.iter().map(|t| *t != 0).collect::<Vec<_>>()).f1()
             }
@@ -217,27 +264,32 @@ pub fn write_fold(dir: &Path, cohort: &Cohort, evals: &[SlideEval], m: &FoldMetr
         };
         let p = e.probabilities[TUMOR];
         let _ = writeln!(
-            slides,
+            slide_rows,
             "{},{},{p:.6},{},{},{},{}",
-            s.id,
-            s.label,
+            s.id(),
+            s.label(),
             u8::from(p > 0.5),
             quality.map_or(String::new(), |q| format!("{q:.6}")),
             e.attention_loss,
-            s.num_tiles
+            e.tile_probabilities.len()
         );
         for (i, (a, t)) in e.attention.iter().zip(&e.tile_probabilities).enumerate() {
-            let c = s.coords.get(i).copied().unwrap_or([0, 0]);
+            let c = s.coords().get(i).copied().unwrap_or([0, 0]);
             let r = s
-                .reference_tiles
-                .as_ref()
+                .reference_tiles()
                 .map_or(String::new(), |r| r[i].to_string());
-            let _ = writeln!(tiles, "{},{i},{},{},{a:.6e},{t:.6},{r}", s.id, c[0], c[1]);
+            let _ = writeln!(
+                tile_rows,
+                "{},{i},{},{},{a:.6e},{t:.6},{r}",
+                s.id(),
+                c[0],
+                c[1]
+            );
         }
     }
-    write(&dir.join("slides.csv"), &slides)?;
-    write(&dir.join("tiles.csv"), &tiles)?;
-    write_roc(&dir.join("roc.png"), &[("test", cohort, evals)])
+    write(&dir.join("slides.csv"), &slide_rows)?;
+    write(&dir.join("tiles.csv"), &tile_rows)?;
+    write_roc(&dir.join("roc.png"), &[("test", slides, evals)])
 }
 
 /// Mean +- standard error (and standard deviation) of every metric over folds.
@@ -285,74 +337,4 @@ pub fn table(rows: &[(String, Vec<FoldMetrics>)]) -> String {
          in summary.json)\n",
     );
     out
-}
-
-/// Draws a slide on its tile grid as a PNG: attention heatmap (left), predicted tumor mask
-/// (middle) and, when known, the reference mask (right). One tile is `scale` pixels.
-pub fn write_heatmap(
-    path: &Path,
-    coords: &[[u32; 2]],
-    attention: &[f32],
-    tile_probs: &[f32],
-    reference: Option<&[u8]>,
-    scale: u32,
-) -> Result<()> {
-    let tile = coords
-        .iter()
-        .filter(|c| c[0] > 0)
-        .map(|c| c[0])
-        .min()
-        .unwrap_or(256)
-        .max(1);
-    let gx = coords.iter().map(|c| c[0] / tile).max().unwrap_or(0) + 1;
-    let gy = coords.iter().map(|c| c[1] / tile).max().unwrap_or(0) + 1;
-    let panels = if reference.is_some() { 3 } else { 2 };
-    let gap = 2 * scale;
-    let (w, h) = (panels * gx * scale + (panels - 1) * gap, gy * scale);
-    let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
-    // Attention is shown on a rank scale (log), since it spans orders of magnitude.
-    let max = attention.iter().cloned().fold(f32::MIN_POSITIVE, f32::max);
-    let min = attention
-        .iter()
-        .cloned()
-        .filter(|a| *a > 0.0)
-        .fold(max, f32::min);
-    let span = (max / min).ln().max(1e-6);
-    let heat = |v: f32| -> image::Rgb<u8> {
-        // A simple perceptual ramp: dark blue -> teal -> yellow.
-        let t = v.clamp(0.0, 1.0);
-        let r = (255.0 * (1.5 * t - 0.5).clamp(0.0, 1.0)) as u8;
-        let g = (255.0 * (0.15 + 0.85 * t)) as u8;
-        let b = (255.0 * (0.55 - 0.5 * t).clamp(0.0, 1.0)) as u8;
-        image::Rgb([r, g, b])
-    };
-    for (i, c) in coords.iter().enumerate() {
-        let (x, y) = (c[0] / tile * scale, c[1] / tile * scale);
-        let a = ((attention[i].max(min) / min).ln() / span).clamp(0.0, 1.0);
-        let colours = [
-            heat(a),
-            if tile_probs[i] >= MASK_THRESHOLD {
-                image::Rgb([200, 30, 40])
-            } else {
-                image::Rgb([190, 190, 200])
-            },
-            match reference.map(|r| r[i]) {
-                Some(1) => image::Rgb([200, 30, 40]),
-                _ => image::Rgb([190, 190, 200]),
-            },
-        ];
-        for (p, colour) in colours.iter().take(panels as usize).enumerate() {
-            let ox = p as u32 * (gx * scale + gap);
-            for dy in 0..scale {
-                for dx in 0..scale {
-                    img.put_pixel(ox + x + dx, y + dy, *colour);
-                }
-            }
-        }
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    }
-    img.save(path)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }

@@ -10,9 +10,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};
 
 /// Which dataset's tumor-fraction profile to mimic.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// Camelyon16: mostly tiny metastases (median 0.76 % of tiles), a few large ones.

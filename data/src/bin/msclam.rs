@@ -1,0 +1,166 @@
+//! `msclam`: score new slides with a trained `.mscl` model, without libtorch.
+//!
+//! ```text
+//! msclam score --model model.mscl --slides COHORT_OR_H5_DIR --out DIR [--threads N] [--shard I/N]
+//! msclam merge-scores --model model.mscl --out DIR
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use msclam_data::score::{self, ScoreOptions, Shard};
+
+#[derive(Parser)]
+#[command(
+    name = "msclam",
+    version,
+    about = "Score whole-slide images with an MS-CLAM model (.mscl), without libtorch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every slide of a CLAM cohort or a folder of .h5 feature files: per slide
+    /// <id>.h5 (scores), <id>.geojson (tumor mask for QuPath) and <id>.png; slides.csv,
+    /// failures.csv and, for labelled cohorts, metrics.json. Re-running skips finished slides.
+    Score {
+        /// The trained model (.mscl).
+        #[arg(long)]
+        model: PathBuf,
+        /// A CLAM cohort (dataset.csv + h5_files/), a folder holding h5_files/, or a folder of
+        /// .h5 files (features, coords).
+        #[arg(long)]
+        slides: PathBuf,
+        /// Output folder (created if needed; shared by every shard of a job).
+        #[arg(long)]
+        out: PathBuf,
+        /// Worker threads, one engine session each (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Score only part I of N (0 <= I < N) of the slides, for cluster array jobs; combine
+        /// the parts with `msclam merge-scores`.
+        #[arg(long)]
+        shard: Option<Shard>,
+        /// Tile side in level-0 pixels for the GeoJSON and pictures (default: from the .h5
+        /// coords attributes patch_size x downsample, else the coordinates' grid step).
+        #[arg(long)]
+        tile_size: Option<u32>,
+        /// Do not draw the PNG pictures.
+        #[arg(long)]
+        no_pictures: bool,
+    },
+    /// Combine the tables of a sharded run (out/shards/) into slides.csv, failures.csv and
+    /// metrics.json, as an unsharded run writes them.
+    MergeScores {
+        /// The model the shards used (for its tumor class).
+        #[arg(long)]
+        model: PathBuf,
+        /// The output folder the shards wrote to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Cli::parse().command {
+        Command::Score {
+            model,
+            slides,
+            out,
+            threads,
+            shard,
+            tile_size,
+            no_pictures,
+        } => {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let options = ScoreOptions {
+                model,
+                input: slides,
+                out,
+                threads,
+                shard,
+                tile_size,
+                pictures: !no_pictures,
+            };
+            let total = match score::find_slides(&options.input) {
+                Ok(s) => score::shard_slides(s, options.shard).len(),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let bar = indicatif::ProgressBar::new(total as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} slides ({per_sec}, {eta} left) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let started = std::time::Instant::now();
+            let outcome = score::score_slides(&options, &|id| {
+                bar.set_message(id.to_owned());
+                bar.inc(1);
+            });
+            bar.finish_and_clear();
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let secs = started.elapsed().as_secs_f64();
+            let scored = outcome.slides.len() - outcome.already_done;
+            println!(
+                "scored {scored} slides ({} tiles) in {secs:.1} s with {threads} threads: {:.1} slides/s, {:.0} tiles/s; {} already done, {} failed",
+                outcome.tiles_scored,
+                scored as f64 / secs,
+                outcome.tiles_scored as f64 / secs,
+                outcome.already_done,
+                outcome.failures.len()
+            );
+            let busy = outcome.read_seconds + outcome.engine_seconds + outcome.write_seconds;
+            if busy > 0.0 {
+                println!(
+                    "time in the workers: reading HDF5 {:.0} %, engine {:.0} %, writing outputs {:.0} %",
+                    100.0 * outcome.read_seconds / busy,
+                    100.0 * outcome.engine_seconds / busy,
+                    100.0 * outcome.write_seconds / busy
+                );
+            }
+            println!("outputs in {}", options.out.display());
+            for f in &outcome.failures {
+                eprintln!("failed: {} ({}): {}", f.slide_id, f.path, f.reason);
+            }
+            if outcome.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::MergeScores { model, out } => match score::merge_shards(&out, &model) {
+            Ok((slides, failures)) => {
+                println!(
+                    "merged {} slides and {} failures into {}",
+                    slides.len(),
+                    failures.len(),
+                    out.join("slides.csv").display()
+                );
+                if failures.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

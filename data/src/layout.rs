@@ -1,0 +1,539 @@
+//! Cohorts in the layout CLAM and MS-CLAM users already have, read and written without libtorch:
+//!
+//! ```text
+//! <root>/dataset.csv                 case_id,slide_id,label   (label names mapped to classes)
+//! <root>/h5_files/<slide_id>.h5      features (N x D, float32 or float16), coords (N x 2),
+//!                                    optionally tile_labels (N, 1 = tumor)
+//! <root>/pt_files/<slide_id>.pt      the features as a torch.save tensor (read by the trainer,
+//!                                    which has libtorch, when the .h5 is absent)
+//! <root>/tile_labels/<slide_id>.pkl  Python list of tumorous tile indices (MS-CLAM's format),
+//!                       or .npy (integer indices, or a boolean mask of N),
+//!                       or .txt/.csv one index per line or comma-separated
+//! <root>/splits/splits_<k>.csv       CLAM split files: ,train,val,test columns of slide ids
+//! <root>/exclusions.csv              slides whose annotation is incomplete (first column)
+//! ```
+//!
+//! Every problem names the slide: a missing file, features of another dimension than the
+//! others, NaN/Inf features, a tile index out of range, an unknown label, an empty slide, a
+//! split naming a slide that is not in the dataset.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Result};
+use crate::synthetic::SyntheticSlide;
+use crate::{NORMAL, TUMOR};
+
+/// Where a cohort's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClamLayout {
+    /// The dataset CSV.
+    pub dataset_csv: PathBuf,
+    /// Folder of `<slide_id>.h5` files.
+    pub h5_dir: PathBuf,
+    /// Folder of `<slide_id>.pt` files (`torch.save` tensors), read when a `.h5` is absent.
+    pub pt_dir: Option<PathBuf>,
+    /// Folder of per-slide tile label files (optional).
+    pub tile_labels_dir: Option<PathBuf>,
+    /// Folder of `splits_<k>.csv` files.
+    pub splits_dir: PathBuf,
+    /// Exclusion CSV (optional).
+    pub exclusions_csv: Option<PathBuf>,
+    /// Label names and their classes.
+    pub label_map: Vec<(String, usize)>,
+}
+
+impl ClamLayout {
+    /// The conventional layout under `root`, with CLAM's Camelyon16 label names
+    /// (`normal_tissue` / `tumor_tissue`, also `normal` / `tumor` and `0` / `1`).
+    pub fn under(root: &Path) -> ClamLayout {
+        let optional = |p: PathBuf| p.exists().then_some(p);
+        ClamLayout {
+            dataset_csv: root.join("dataset.csv"),
+            h5_dir: root.join("h5_files"),
+            pt_dir: optional(root.join("pt_files")),
+            tile_labels_dir: optional(root.join("tile_labels")),
+            splits_dir: root.join("splits"),
+            exclusions_csv: optional(root.join("exclusions.csv")),
+            label_map: [
+                ("normal_tissue", NORMAL),
+                ("tumor_tissue", TUMOR),
+                ("normal", NORMAL),
+                ("tumor", TUMOR),
+                ("0", NORMAL),
+                ("1", TUMOR),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        }
+    }
+}
+
+/// One row of the dataset CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetRow {
+    /// Patient / case identifier.
+    pub case_id: String,
+    /// Slide identifier (file stem of its features).
+    pub slide_id: String,
+    /// Class.
+    pub label: usize,
+}
+
+fn csv_error(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::file(path, e)
+}
+
+/// Reads `case_id,slide_id,label` (extra columns ignored), mapping label names.
+pub fn read_dataset_csv(path: &Path, label_map: &[(String, usize)]) -> Result<Vec<DatasetRow>> {
+    let mut reader = csv::Reader::from_path(path).map_err(|e| csv_error(path, e))?;
+    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| {
+                csv_error(
+                    path,
+                    format!(
+                        "no `{name}` column (columns: {})",
+                        headers.iter().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })
+    };
+    let (case, slide, label) = (column("case_id")?, column("slide_id")?, column("label")?);
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(path, e))?;
+        let get = |i: usize| record.get(i).unwrap_or("").trim().to_owned();
+        let slide_id = get(slide);
+        let name = get(label);
+        let class = label_map
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                DataError::slide(
+                    &slide_id,
+                    format!(
+                        "unknown label `{name}` (known: {})",
+                        label_map
+                            .iter()
+                            .map(|(k, _)| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+        rows.push(DatasetRow {
+            case_id: get(case),
+            slide_id,
+            label: class,
+        });
+    }
+    Ok(rows)
+}
+
+/// What a slide's `.h5` file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlideFile {
+    /// `N x D` features as f32.
+    pub features: Vec<f32>,
+    /// D.
+    pub dim: usize,
+    /// Tile coordinates.
+    pub coords: Vec<[u32; 2]>,
+    /// `tile_labels` dataset, if present.
+    pub tile_labels: Option<Vec<u8>>,
+    /// Side of a tile in level-0 pixels, from the `coords` attributes CLAM writes
+    /// (`patch_size` times `downsample`), if present.
+    pub tile_size: Option<u32>,
+}
+
+fn h5_error(slide: &str, e: impl std::fmt::Display) -> DataError {
+    DataError::slide(slide, format!("HDF5: {e}"))
+}
+
+/// Reads `features` (float32 or float16), `coords` and optional `tile_labels` of one slide.
+pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
+    if !path.exists() {
+        return Err(DataError::slide(
+            slide,
+            format!("missing features file {}", path.display()),
+        ));
+    }
+    let file = hdf5::File::open(path).map_err(|e| h5_error(slide, e))?;
+    let ds = file.dataset("features").map_err(|e| h5_error(slide, e))?;
+    let shape = ds.shape();
+    if shape.len() != 2 {
+        return Err(DataError::slide(
+            slide,
+            format!("features have shape {shape:?}, expected N x D"),
+        ));
+    }
+    let (n, dim) = (shape[0], shape[1]);
+    if n == 0 || dim == 0 {
+        return Err(DataError::slide(slide, "empty slide: no tiles"));
+    }
+    let is_half = ds.dtype().map(|t| t.size() == 2).unwrap_or(false);
+    let features: Vec<f32> = if is_half {
+        ds.read_raw::<half::f16>()
+            .map_err(|e| h5_error(slide, e))?
+            .into_iter()
+            .map(f32::from)
+            .collect()
+    } else {
+        ds.read_raw::<f32>().map_err(|e| h5_error(slide, e))?
+    };
+    let mut tile_size = None;
+    let coords = match file.dataset("coords") {
+        Ok(c) => {
+            tile_size = clam_tile_size(&c);
+            let raw = c.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
+            if raw.len() != 2 * n {
+                return Err(DataError::slide(
+                    slide,
+                    format!("{} coordinate values for {n} tiles", raw.len()),
+                ));
+            }
+            raw.chunks_exact(2)
+                .map(|p| [p[0].max(0) as u32, p[1].max(0) as u32])
+                .collect()
+        }
+        Err(_) => vec![[0, 0]; n],
+    };
+    let tile_labels = match file.dataset("tile_labels") {
+        Ok(t) => {
+            let raw = t.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
+            if raw.len() != n {
+                return Err(DataError::slide(
+                    slide,
+                    format!("{} tile labels for {n} tiles", raw.len()),
+                ));
+            }
+            Some(raw.into_iter().map(|v| u8::from(v != 0)).collect())
+        }
+        Err(_) => None,
+    };
+    Ok(SlideFile {
+        features,
+        dim,
+        coords,
+        tile_labels,
+        tile_size,
+    })
+}
+
+/// `(tiles, dimension)` of a slide's `.h5` features, from the dataset's shape only (nothing is
+/// read).
+pub fn h5_shape(path: &Path, slide: &str) -> Result<(usize, usize)> {
+    let file = hdf5::File::open(path).map_err(|e| h5_error(slide, e))?;
+    let shape = file
+        .dataset("features")
+        .map_err(|e| h5_error(slide, e))?
+        .shape();
+    Ok((
+        shape.first().copied().unwrap_or(0),
+        shape.get(1).copied().unwrap_or(0),
+    ))
+}
+
+/// Level-0 tile side from CLAM's `coords` attributes: `patch_size` (at the patching level)
+/// times `downsample` (that level's downsample, an `(x, y)` pair), when both are readable.
+fn clam_tile_size(coords: &hdf5::Dataset) -> Option<u32> {
+    let size = coords.attr("patch_size").ok()?.read_scalar::<i64>().ok()?;
+    let downsample = match coords.attr("downsample") {
+        Ok(a) => a.read_raw::<f64>().ok()?.first().copied().unwrap_or(1.0),
+        Err(_) => 1.0,
+    };
+    let side = (size as f64 * downsample).round();
+    (side >= 1.0 && side <= u32::MAX as f64).then_some(side as u32)
+}
+
+/// Reads a list of tumorous tile indices: a Python pickle (`.pkl`, a list of ints, as
+/// MS-CLAM stores them), a NumPy `.npy` array (integer indices, or a boolean mask with one
+/// entry per tile) or text (`.txt`/`.csv`, integers separated by newlines or commas).
+/// Returns the per-tile labels of an `n`-tile slide.
+pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8>> {
+    let indices: Vec<i64> = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => match read_npy_labels(path, slide)? {
+            NpyLabels::Mask(mask) if mask.len() == n => return Ok(mask),
+            NpyLabels::Mask(mask) => {
+                return Err(DataError::slide(
+                    slide,
+                    format!(
+                        "{}: boolean mask of {} entries for {n} tiles",
+                        path.display(),
+                        mask.len()
+                    ),
+                ))
+            }
+            NpyLabels::Indices(indices) => indices,
+        },
+        Some("pkl") | Some("pickle") => {
+            let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+            serde_pickle::from_reader(
+                std::io::BufReader::new(file),
+                serde_pickle::DeOptions::new(),
+            )
+            .map_err(|e| {
+                DataError::slide(
+                    slide,
+                    format!("{}: not a pickled list of integers ({e})", path.display()),
+                )
+            })?
+        }
+        _ => {
+            let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+            text.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.parse::<i64>().map_err(|_| {
+                        DataError::slide(
+                            slide,
+                            format!("{}: `{t}` is not a tile index", path.display()),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    let mut labels = vec![0u8; n];
+    for i in indices {
+        if i < 0 || i as usize >= n {
+            return Err(DataError::slide(
+                slide,
+                format!("tile index {i} out of range (the slide has {n} tiles)"),
+            ));
+        }
+        labels[i as usize] = 1;
+    }
+    Ok(labels)
+}
+
+enum NpyLabels {
+    Mask(Vec<u8>),
+    Indices(Vec<i64>),
+}
+
+/// A one-dimensional `.npy` array of booleans (a mask) or integers (tile indices).
+fn read_npy_labels(path: &Path, slide: &str) -> Result<NpyLabels> {
+    use ndarray::ArrayD;
+    use ndarray_npy::{ReadNpyError, ReadNpyExt};
+    let bad = |why: String| DataError::slide(slide, format!("{}: {why}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    // The element type is tried in turn: a wrong one is a type error, anything else is final.
+    fn try_read<T: ndarray_npy::ReadableElement>(
+        bytes: &[u8],
+    ) -> std::result::Result<Option<ArrayD<T>>, ReadNpyError> {
+        match ArrayD::<T>::read_npy(bytes) {
+            Ok(a) => Ok(Some(a)),
+            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    let one_dim = |shape: &[usize]| {
+        if shape.len() > 1 {
+            Err(bad(format!(
+                "array of shape {shape:?}, expected one dimension"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let err = |e: ReadNpyError| bad(e.to_string());
+    if let Some(a) = try_read::<bool>(&bytes).map_err(err)? {
+        one_dim(a.shape())?;
+        return Ok(NpyLabels::Mask(a.iter().map(|v| u8::from(*v)).collect()));
+    }
+    macro_rules! integers {
+        ($($t:ty),+) => {
+            $(
+                if let Some(a) = try_read::<$t>(&bytes).map_err(err)? {
+                    one_dim(a.shape())?;
+                    return Ok(NpyLabels::Indices(a.iter().map(|v| *v as i64).collect()));
+                }
+            )+
+        };
+    }
+    integers!(i64, i32, i16, i8, u8, u16, u32);
+    if let Some(a) = try_read::<u64>(&bytes).map_err(err)? {
+        one_dim(a.shape())?;
+        let indices = a
+            .iter()
+            .map(|v| i64::try_from(*v).map_err(|_| bad(format!("tile index {v} out of range"))))
+            .collect::<Result<Vec<i64>>>()?;
+        return Ok(NpyLabels::Indices(indices));
+    }
+    Err(bad(
+        "expected integer tile indices or a boolean mask (another element type)".into(),
+    ))
+}
+
+/// The tile-label file of `slide` in `dir`: `<slide>.pkl`, `.npy`, `.txt` or `.csv`, the
+/// first that exists.
+pub fn find_tile_label_file(dir: &Path, slide: &str) -> Option<PathBuf> {
+    ["pkl", "npy", "txt", "csv"]
+        .iter()
+        .map(|ext| dir.join(format!("{slide}.{ext}")))
+        .find(|p| p.exists())
+}
+
+/// The slide ids of an exclusion CSV (first column, after a header line).
+pub fn read_exclusions(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// Reads a CLAM split file (`,train,val,test`; columns of slide ids, ragged).
+pub fn read_split_csv(path: &Path) -> Result<[Vec<String>; 3]> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
+    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| csv_error(path, format!("no `{name}` column")))
+    };
+    let cols = [column("train")?, column("val")?, column("test")?];
+    let mut out: [Vec<String>; 3] = Default::default();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(path, e))?;
+        for (k, &c) in cols.iter().enumerate() {
+            if let Some(v) = record.get(c).map(str::trim).filter(|v| !v.is_empty()) {
+                out[k].push(v.to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes generated slides in the CLAM layout under `root`, with `folds` split files
+/// (stratified, seeded: test 30 % fixed across folds, the rest 80/20 train/val per fold).
+pub fn write_synthetic(
+    root: &Path,
+    slides: &[SyntheticSlide],
+    folds: usize,
+    seed: u64,
+) -> Result<()> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let h5_dir = root.join("h5_files");
+    let labels_dir = root.join("tile_labels");
+    let splits_dir = root.join("splits");
+    for d in [&h5_dir, &labels_dir, &splits_dir] {
+        std::fs::create_dir_all(d).map_err(|e| DataError::io(d, e))?;
+    }
+    let mut csv = String::from("case_id,slide_id,label\n");
+    for s in slides {
+        csv += &format!(
+            "case_{},{},{}\n",
+            &s.id[6..],
+            s.id,
+            if s.label == TUMOR {
+                "tumor_tissue"
+            } else {
+                "normal_tissue"
+            }
+        );
+        let path = h5_dir.join(format!("{}.h5", s.id));
+        let n = s.tile_labels.len();
+        let dim = s.features.len() / n;
+        let file = hdf5::File::create(&path).map_err(|e| h5_error(&s.id, e))?;
+        let write = || -> hdf5::Result<()> {
+            file.new_dataset::<f32>()
+                .shape([n, dim])
+                .create("features")?
+                .write_raw(&s.features)?;
+            let coords: Vec<i64> = s
+                .coords
+                .iter()
+                .flat_map(|c| [c[0] as i64, c[1] as i64])
+                .collect();
+            file.new_dataset::<i64>()
+                .shape([n, 2])
+                .create("coords")?
+                .write_raw(&coords)?;
+            Ok(())
+        };
+        write().map_err(|e| h5_error(&s.id, e))?;
+        if s.label == TUMOR {
+            let tumor: Vec<i64> = (0..n)
+                .filter(|&i| s.annotation[i] != 0)
+                .map(|i| i as i64)
+                .collect();
+            let bytes = serde_pickle::to_vec(&tumor, serde_pickle::SerOptions::new())
+                .map_err(|e| DataError::slide(&s.id, e.to_string()))?;
+            let p = labels_dir.join(format!("{}.pkl", s.id));
+            std::fs::write(&p, bytes).map_err(|e| DataError::io(&p, e))?;
+        }
+    }
+    let p = root.join("dataset.csv");
+    std::fs::write(&p, csv).map_err(|e| DataError::io(&p, e))?;
+    let incomplete: Vec<&str> = slides
+        .iter()
+        .filter(|s| s.incomplete)
+        .map(|s| s.id.as_str())
+        .collect();
+    if !incomplete.is_empty() {
+        let p = root.join("exclusions.csv");
+        let text = format!("slide_id\n{}\n", incomplete.join("\n"));
+        std::fs::write(&p, text).map_err(|e| DataError::io(&p, e))?;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut test = Vec::new();
+    let mut rest: [Vec<&str>; 2] = Default::default();
+    for class in [NORMAL, TUMOR] {
+        let mut ids: Vec<&str> = slides
+            .iter()
+            .filter(|s| s.label == class)
+            .map(|s| s.id.as_str())
+            .collect();
+        ids.shuffle(&mut rng);
+        let n_test = (ids.len() as f64 * 0.3).round() as usize;
+        test.extend_from_slice(&ids[..n_test]);
+        rest[class] = ids[n_test..].to_vec();
+    }
+    for fold in 0..folds {
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for ids in &rest {
+            // Fold k validates on the k-th window of each class: a fifth (80/20, as in the
+            // paper) with up to 5 folds, 1 / folds with more.
+            let n = ids.len();
+            let parts = folds.max(5);
+            let (a, b) = (fold * n / parts, (fold + 1) * n / parts);
+            for (j, id) in ids.iter().enumerate() {
+                if (a..b).contains(&j) {
+                    val.push(*id)
+                } else {
+                    train.push(*id)
+                }
+            }
+        }
+        let rows = train.len().max(val.len()).max(test.len());
+        let mut text = String::from(",train,val,test\n");
+        for r in 0..rows {
+            fn cell<'a>(v: &[&'a str], r: usize) -> &'a str {
+                v.get(r).copied().unwrap_or("")
+            }
+            text += &format!(
+                "{r},{},{},{}\n",
+                cell(&train, r),
+                cell(&val, r),
+                cell(&test, r)
+            );
+        }
+        let p = splits_dir.join(format!("splits_{fold}.csv"));
+        std::fs::write(&p, text).map_err(|e| DataError::io(&p, e))?;
+    }
+    Ok(())
+}

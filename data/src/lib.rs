@@ -1,0 +1,31 @@
+//! msclam's data layer, without libtorch: what a hospital server or a scanner needs to score
+//! slides with the engine and what the trainer shares with it.
+//!
+//! - [`layout`]: the CLAM-layout cohort on disk (dataset CSV, HDF5 features, tile labels in
+//!   every supported form, split and exclusion CSVs), read and written;
+//! - [`metrics`]: the paper's metrics; [`report`]: an evaluation written out (per-fold
+//!   metrics, per-slide and per-tile CSVs, the paper-shaped table); [`plots`]: ROC and
+//!   training curves; [`history`]: what each training epoch gave;
+//! - [`synthetic`]: generated cohorts that look like Camelyon16 or DigestPath;
+//! - [`outputs`]: per-slide scores as HDF5 (CLAM's heatmap convention), the tumor mask as
+//!   GeoJSON (QuPath), pictures, and the run's tables;
+//! - [`score`]: the batch job behind `msclam score` (threads, resumable, shards).
+//!
+//! Nothing here links libtorch: `cargo tree -p msclam-data` shows no `tch`.
+
+pub mod error;
+pub mod history;
+pub mod layout;
+pub mod metrics;
+pub mod outputs;
+pub mod plots;
+pub mod report;
+pub mod score;
+pub mod synthetic;
+
+pub use error::{DataError, Result};
+
+/// Class index of normal slides.
+pub const NORMAL: usize = 0;
+/// Class index of tumor slides.
+pub const TUMOR: usize = 1;
