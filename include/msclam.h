@@ -179,7 +179,10 @@ typedef struct {
 } msclam_model_info;
 
 // How to create a session. Get one from msclam_session_options_default() and change fields;
-// `struct_size` lets later versions add fields without breaking programs built today.
+// `struct_size` lets later versions add fields without breaking programs built today: the
+// library reads only the whole fields within it (it must hold at least `struct_size` and
+// `isa`: 8 bytes), and the fields a shorter, older struct lacks take their defaults
+// (`max_tiles` 100000, `threads` 1, `bf16_dot` 0).
 typedef struct {
   // sizeof(msclam_session_options), set by msclam_session_options_default().
   uint32_t struct_size;
@@ -200,7 +203,9 @@ typedef struct {
 } msclam_session_options;
 
 // Results of a slide from msclam_session_finalize(). Set `struct_size` (use
-// msclam_slide_result_init()); only the fields within it are written.
+// msclam_slide_result_init()); only the fields within it are written, and on return
+// `struct_size` holds the number of bytes written (the smaller of the caller's and the
+// library's `sizeof(msclam_slide_result)`).
 typedef struct {
   // Size of this struct as the caller knows it, in bytes.
   uint32_t struct_size;
@@ -271,8 +276,11 @@ msclam_status msclam_model_load_from_borrowed_buffer(const void *data,
 // `model` must be NULL or a model from msclam_model_load*() not yet freed.
 void msclam_model_free(msclam_model *model);
 
-// Fills `*out_info` with the model's architecture (only the fields within
-// `out_info->struct_size`, which must be at least 8).
+// Fills `*out_info` with the model's architecture: only the fields within
+// `out_info->struct_size`, which must be at least 8 (the two size fields). On return,
+// `struct_size` holds the number of bytes this library filled: the smaller of the caller's
+// `struct_size` and its own `sizeof(msclam_model_info)`, so a program built against a newer
+// header learns which fields an older library left untouched.
 //
 // # Safety
 // `model` must be a live model; `out_info` must be valid for reading and writing.

@@ -4,7 +4,7 @@ mod common;
 
 use common::random_model;
 use msclam::synthetic_slide;
-use msclam_engine::{Error, ModelConfig, ModelSize, SlideSession};
+use msclam_engine::{Error, Model, ModelConfig, ModelSize, SlideSession};
 
 type Snapshot = (usize, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
@@ -240,4 +240,23 @@ fn absurd_capacities_are_errors_not_aborts() {
         ));
         assert!(SlideSession::memory_bytes(&model, capacity).is_err());
     }
+}
+
+#[test]
+fn a_fifo_or_a_directory_as_model_path_is_refused_without_blocking() {
+    let dir = std::env::temp_dir().join(format!("msclam-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("model.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Opening a FIFO for reading would wait for a writer forever: refused before opening.
+    for result in [Model::load(&fifo), Model::read(&fifo), Model::load(&dir)] {
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,6 +13,24 @@ use crate::kernels::{pack_panels, quad_panels, quad_weight_sums, Int8Weights, Is
 #[repr(C, align(64))]
 struct Block64([u8; 64]);
 
+/// Refuses a path that is not a regular file (after symbolic links): opening a FIFO for
+/// reading would block until a writer appears, and a device or a directory is never a model.
+fn refuse_special_file(path: &Path) -> Result<()> {
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory is not a model file)",
+        )))
+    }
+}
+
 /// Where the file's bytes live.
 enum Storage {
     /// A read-only memory map of the file.
@@ -204,6 +222,7 @@ impl Model {
             path: path.to_path_buf(),
             source,
         };
+        refuse_special_file(path)?;
         let file = std::fs::File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let storage = if len == 0 {
@@ -232,6 +251,7 @@ impl Model {
     /// Reads a `.mscl` file into memory owned by the model (no memory map).
     pub fn read(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
+        refuse_special_file(path)?;
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,

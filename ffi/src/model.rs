@@ -150,6 +150,9 @@ pub unsafe extern "C" fn msclam_model_load_from_buffer(
     out_model: *mut *mut Model,
 ) -> Status {
     guard("msclam_model_load_from_buffer", || {
+        if data.is_null() {
+            return Err(FfiError::Null("data"));
+        }
         // SAFETY: data points to len readable bytes per the contract.
         let bytes = unsafe { slice_in(data.cast::<u8>(), len, "data") }?;
         // SAFETY: out_model is valid for writing per the contract.
@@ -178,6 +181,9 @@ pub unsafe extern "C" fn msclam_model_load_from_borrowed_buffer(
     out_model: *mut *mut Model,
 ) -> Status {
     guard("msclam_model_load_from_borrowed_buffer", || {
+        if data.is_null() {
+            return Err(FfiError::Null("data"));
+        }
         // SAFETY: data points to len readable bytes per the contract.
         let bytes = unsafe { slice_in(data.cast::<u8>(), len, "data") }?;
         // SAFETY: out_model is valid for writing per the contract.
@@ -205,8 +211,11 @@ pub unsafe extern "C" fn msclam_model_free(model: *mut Model) {
     });
 }
 
-/// Fills `*out_info` with the model's architecture (only the fields within
-/// `out_info->struct_size`, which must be at least 8).
+/// Fills `*out_info` with the model's architecture: only the fields within
+/// `out_info->struct_size`, which must be at least 8 (the two size fields). On return,
+/// `struct_size` holds the number of bytes this library filled: the smaller of the caller's
+/// `struct_size` and its own `sizeof(msclam_model_info)`, so a program built against a newer
+/// header learns which fields an older library left untouched.
 ///
 /// # Safety
 /// `model` must be a live model; `out_info` must be valid for reading and writing.

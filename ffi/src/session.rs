@@ -84,7 +84,10 @@ pub const MSCLAM_ISA_AVX512: u32 = 3;
 pub const MSCLAM_ARENA_ALIGNMENT: usize = 64;
 
 /// How to create a session. Get one from msclam_session_options_default() and change fields;
-/// `struct_size` lets later versions add fields without breaking programs built today.
+/// `struct_size` lets later versions add fields without breaking programs built today: the
+/// library reads only the whole fields within it (it must hold at least `struct_size` and
+/// `isa`: 8 bytes), and the fields a shorter, older struct lacks take their defaults
+/// (`max_tiles` 100000, `threads` 1, `bf16_dot` 0).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -119,7 +122,9 @@ pub extern "C" fn msclam_session_options_default() -> SessionOptions {
 }
 
 /// Results of a slide from msclam_session_finalize(). Set `struct_size` (use
-/// msclam_slide_result_init()); only the fields within it are written.
+/// msclam_slide_result_init()); only the fields within it are written, and on return
+/// `struct_size` holds the number of bytes written (the smaller of the caller's and the
+/// library's `sizeof(msclam_slide_result)`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlideResult {
@@ -461,6 +466,10 @@ pub unsafe extern "C" fn msclam_session_push(
             }
         }
         let pushed = session.mutate(|inner| inner.push(embeddings, coords))??;
+        if !out_slide_tumor_probability.is_null() && session.inner.is_empty() {
+            // No tiles yet (an empty push on a new slide): there is no slide score to give.
+            return Err(msclam_engine::Error::EmptySession.into());
+        }
         let strip = pushed.first_tile..pushed.first_tile + pushed.tiles;
         // The output slices are made only now, after the input is no longer borrowed, so a
         // caller may reuse its input buffer for output.

@@ -2,6 +2,8 @@
  * error path, the arena variant, lifetimes. Usage: test_api <fixture dir> */
 #define _POSIX_C_SOURCE 200809L
 #include <stddef.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -140,6 +142,16 @@ static void test_model_loading_and_metadata(const fixture *fx) {
     CHECK(small.info.input_dim == fx->dim && small.info.hidden_dim == 0xABABABABu, "partial field untouched");
     small.info.struct_size = 4;
     CHECK_STATUS(msclam_model_get_info(model, &small.info), MSCLAM_STATUS_INVALID_ARGUMENT);
+    /* A newer caller's larger struct: struct_size comes back as the bytes this library wrote. */
+    struct {
+        msclam_model_info info;
+        unsigned char newer_fields[64];
+    } large;
+    memset(&large, 0xCD, sizeof large);
+    large.info.struct_size = (uint32_t)sizeof large;
+    CHECK_STATUS(msclam_model_get_info(model, &large.info), MSCLAM_STATUS_OK);
+    CHECK(large.info.struct_size == sizeof(msclam_model_info), "struct_size written back: %u", large.info.struct_size);
+    CHECK(large.newer_fields[0] == 0xCD && large.newer_fields[63] == 0xCD, "bytes past the library's struct untouched");
     msclam_model_free(model);
 
     /* From a buffer (copied) and from a borrowed buffer (in place). */
@@ -164,6 +176,17 @@ static void test_model_loading_and_metadata(const fixture *fx) {
     CHECK(strstr(msclam_last_error_message(), "truncated") != NULL, "truncation explained: %s", msclam_last_error_message());
     CHECK_STATUS(msclam_model_load_from_buffer(bytes, 100, &model), MSCLAM_STATUS_INVALID_MODEL);
     CHECK_STATUS(msclam_model_load_from_buffer(NULL, 10, &model), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_model_load_from_buffer(NULL, 0, &model), MSCLAM_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(msclam_model_load_from_borrowed_buffer(NULL, 0, &model), MSCLAM_STATUS_NULL_ARGUMENT);
+    /* A FIFO (or any file that is not a regular file) is refused at once, not opened. */
+    char fifo[4200];
+    snprintf(fifo, sizeof fifo, "%s/model.fifo", fx->dir);
+    unlink(fifo);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    CHECK_STATUS(msclam_model_load(fifo, &model), MSCLAM_STATUS_IO_ERROR);
+    CHECK(strstr(msclam_last_error_message(), "not a regular file") != NULL, "%s", msclam_last_error_message());
+    unlink(fifo);
+    CHECK_STATUS(msclam_model_load(fx->dir, &model), MSCLAM_STATUS_IO_ERROR);
     bytes[file_len / 2] ^= 0x20;
     CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_CHECKSUM_MISMATCH);
     bytes[file_len / 2] ^= 0x20;
@@ -244,6 +267,11 @@ static void test_session_errors(const fixture *fx, msclam_model *model) {
     CHECK_STATUS(msclam_session_copy_attention(s, out, 16, &count), MSCLAM_STATUS_EMPTY_SESSION);
     CHECK_STATUS(msclam_session_copy_tile_probabilities(s, out, 16, &count), MSCLAM_STATUS_OK);
     CHECK(count == 0, "no tiles yet");
+    /* An empty push is fine, but there is no slide score to give before the first tile. */
+    float p = 0.0f;
+    CHECK_STATUS(msclam_session_push(s, NULL, 0, fx->dim, NULL, NULL, NULL, NULL), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_push(s, NULL, 0, fx->dim, NULL, NULL, NULL, &p), MSCLAM_STATUS_EMPTY_SESSION);
+    CHECK(p == 0.0f, "no NaN written on an empty session: %g", p);
 
     const float *emb = fx->slide;
     const size_t d = fx->dim;
