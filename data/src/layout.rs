@@ -225,6 +225,19 @@ pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
     })
 }
 
+/// Writes `coords` as CLAM does: an `N x 2` int64 dataset named `coords`.
+pub(crate) fn write_coords(file: &hdf5::File, coords: &[[u32; 2]]) -> hdf5::Result<()> {
+    let values: Vec<i64> = coords
+        .iter()
+        .flat_map(|c| [c[0] as i64, c[1] as i64])
+        .collect();
+    file.new_dataset::<i64>()
+        .shape([coords.len(), 2])
+        .create("coords")?
+        .write_raw(&values)?;
+    Ok(())
+}
+
 /// `(tiles, dimension)` of a slide's `.h5` features, from the dataset's shape only (nothing is
 /// read).
 pub fn h5_shape(path: &Path, slide: &str) -> Result<(usize, usize)> {
@@ -454,16 +467,7 @@ pub fn write_synthetic(
                 .shape([n, dim])
                 .create("features")?
                 .write_raw(&s.features)?;
-            let coords: Vec<i64> = s
-                .coords
-                .iter()
-                .flat_map(|c| [c[0] as i64, c[1] as i64])
-                .collect();
-            file.new_dataset::<i64>()
-                .shape([n, 2])
-                .create("coords")?
-                .write_raw(&coords)?;
-            Ok(())
+            write_coords(&file, &s.coords)
         };
         write().map_err(|e| h5_error(&s.id, e))?;
         if s.label == TUMOR {

@@ -127,7 +127,7 @@ impl Int8Matrix {
         let raw: Vec<i8> = bytes[entry.data.clone()].iter().map(|b| *b as i8).collect();
         let panels = match entry.layout {
             Layout::Panel16 => raw,
-            Layout::RowMajor => pack_panels_i8(&raw, entry.rows, entry.cols),
+            Layout::RowMajor => pack_panels_of(&raw, entry.rows, entry.cols),
         };
         let quads = quad_panels(&panels, entry.rows, entry.cols);
         let weight_sums = quad_weight_sums(&quads, entry.rows, entry.cols);
@@ -523,7 +523,7 @@ impl Bf16Matrices {
                 .collect();
             let panels = match entry.layout {
                 Layout::Panel16 => raw,
-                Layout::RowMajor => pack_panels_u16(&raw, entry.rows, entry.cols),
+                Layout::RowMajor => pack_panels_of(&raw, entry.rows, entry.cols),
             };
             let start = plain.len();
             plain.extend_from_slice(&panels);
@@ -568,21 +568,9 @@ fn dequantize_rows(values: &mut [f32], entry: &TensorEntry, scales: &[f32]) {
     }
 }
 
-/// [`pack_panels`] for int8 values.
-fn pack_panels_i8(row_major: &[i8], rows: usize, cols: usize) -> Vec<i8> {
-    let mut packed = vec![0i8; crate::kernels::padded_rows(rows) * cols];
-    for row in 0..rows {
-        let (p, j) = (row / PANEL_WIDTH, row % PANEL_WIDTH);
-        for i in 0..cols {
-            packed[(p * cols + i) * PANEL_WIDTH + j] = row_major[row * cols + i];
-        }
-    }
-    packed
-}
-
-/// [`pack_panels`] for bf16 bits.
-fn pack_panels_u16(row_major: &[u16], rows: usize, cols: usize) -> Vec<u16> {
-    let mut packed = vec![0u16; crate::kernels::padded_rows(rows) * cols];
+/// [`pack_panels`] for the raw elements of 16-bit and int8 matrices.
+fn pack_panels_of<T: Copy + Default>(row_major: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut packed = vec![T::default(); crate::kernels::padded_rows(rows) * cols];
     for row in 0..rows {
         let (p, j) = (row / PANEL_WIDTH, row % PANEL_WIDTH);
         for i in 0..cols {

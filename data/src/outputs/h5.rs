@@ -83,15 +83,7 @@ pub fn write_scores(path: &Path, scores: &SlideScores) -> Result<()> {
     let n = scores.coords.len();
     let result = (|| -> hdf5::Result<()> {
         let file = hdf5::File::create(&tmp)?;
-        let coords: Vec<i64> = scores
-            .coords
-            .iter()
-            .flat_map(|c| [c[0] as i64, c[1] as i64])
-            .collect();
-        file.new_dataset::<i64>()
-            .shape([n, 2])
-            .create("coords")?
-            .write_raw(&coords)?;
+        crate::layout::write_coords(&file, &scores.coords)?;
         file.new_dataset::<f32>()
             .shape([n, 1])
             .create("attention_scores")?
