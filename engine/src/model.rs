@@ -643,14 +643,14 @@ impl<'a> Metadata<'a> {
         std::str::from_utf8(&self.model.storage.bytes()[range.clone()]).unwrap_or("")
     }
 
-    /// The value stored under `key`, if any.
+    /// The value stored under `key`, if any (a binary search: entries are in key order).
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.model
-            .parsed
-            .metadata
-            .iter()
-            .find(|(k, _)| self.text(k) == key)
-            .map(|(_, v)| self.text(v))
+        let bytes = self.model.storage.bytes();
+        let entries = &self.model.parsed.metadata;
+        let i = entries
+            .binary_search_by(|(k, _)| bytes[k.clone()].cmp(key.as_bytes()))
+            .ok()?;
+        Some(self.text(&entries[i].1))
     }
 
     /// Number of entries.
@@ -663,13 +663,14 @@ impl<'a> Metadata<'a> {
         self.len() == 0
     }
 
-    /// The `i`-th entry as `(key, value)`, in file order.
+    /// The `i`-th entry as `(key, value)`, in key order (bytewise; the file order of files
+    /// written by [`crate::format::ModelWriter`]).
     pub fn entry(&self, i: usize) -> Option<(&'a str, &'a str)> {
         let (k, v) = self.model.parsed.metadata.get(i)?;
         Some((self.text(k), self.text(v)))
     }
 
-    /// All entries, in file order.
+    /// All entries, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let this = *self;
         (0..self.len()).filter_map(move |i| this.entry(i))

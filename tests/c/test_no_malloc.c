@@ -7,6 +7,7 @@
 #include "check.h"
 
 static volatile long g_calls = 0;
+static volatile long g_live = 0; /* allocations minus releases while counting */
 static volatile int g_counting = 0;
 
 void *__real_malloc(size_t size);
@@ -17,15 +18,15 @@ int __real_posix_memalign(void **out, size_t align, size_t size);
 void *__real_aligned_alloc(size_t align, size_t size);
 void *__real_memalign(size_t align, size_t size);
 
-void *__wrap_malloc(size_t size) { g_calls += g_counting; return __real_malloc(size); }
-void *__wrap_calloc(size_t n, size_t size) { g_calls += g_counting; return __real_calloc(n, size); }
-void *__wrap_realloc(void *p, size_t size) { g_calls += g_counting; return __real_realloc(p, size); }
-void __wrap_free(void *p) { g_calls += g_counting && p != NULL; __real_free(p); }
-int __wrap_posix_memalign(void **out, size_t align, size_t size) { g_calls += g_counting; return __real_posix_memalign(out, align, size); }
-void *__wrap_aligned_alloc(size_t align, size_t size) { g_calls += g_counting; return __real_aligned_alloc(align, size); }
-void *__wrap_memalign(size_t align, size_t size) { g_calls += g_counting; return __real_memalign(align, size); }
+void *__wrap_malloc(size_t size) { g_calls += g_counting; g_live += g_counting; return __real_malloc(size); }
+void *__wrap_calloc(size_t n, size_t size) { g_calls += g_counting; g_live += g_counting; return __real_calloc(n, size); }
+void *__wrap_realloc(void *p, size_t size) { g_calls += g_counting; g_live += g_counting && p == NULL; return __real_realloc(p, size); }
+void __wrap_free(void *p) { g_calls += g_counting && p != NULL; g_live -= g_counting && p != NULL; __real_free(p); }
+int __wrap_posix_memalign(void **out, size_t align, size_t size) { g_calls += g_counting; g_live += g_counting; return __real_posix_memalign(out, align, size); }
+void *__wrap_aligned_alloc(size_t align, size_t size) { g_calls += g_counting; g_live += g_counting; return __real_aligned_alloc(align, size); }
+void *__wrap_memalign(size_t align, size_t size) { g_calls += g_counting; g_live += g_counting; return __real_memalign(align, size); }
 
-static void start_counting(void) { g_calls = 0; g_counting = 1; }
+static void start_counting(void) { g_calls = 0; g_live = 0; g_counting = 1; }
 static long stop_counting(void) { g_counting = 0; return g_calls; }
 
 int main(int argc, char **argv) {
@@ -49,8 +50,34 @@ int main(int argc, char **argv) {
     msclam_status st = msclam_model_load_from_borrowed_buffer(model_bytes, file_len, &model);
     long load_calls = stop_counting();
     CHECK_STATUS(st, MSCLAM_STATUS_OK);
-    printf("msclam_model_load_from_borrowed_buffer: %ld allocator calls\n", load_calls);
-    CHECK(load_calls <= 4, "loading from a borrowed buffer made %ld allocator calls", load_calls);
+    printf("msclam_model_load_from_borrowed_buffer (f32): %ld allocator calls\n", load_calls);
+    /* As the header states: the handle, the model's bookkeeping, the metadata index. */
+    CHECK(load_calls == 3, "loading from a borrowed buffer made %ld allocator calls, not 3", load_calls);
+    msclam_model_info info = msclam_model_info_init();
+    CHECK_STATUS(msclam_model_get_info(model, &info), MSCLAM_STATUS_OK);
+    CHECK(info.converted_bytes == 0 && info.metadata_count > 0, "f32 weights in place, with metadata");
+    /* Freeing releases exactly those three. */
+    start_counting();
+    msclam_model_free(model);
+    long free_calls = stop_counting();
+    CHECK(free_calls == 3, "msclam_model_free made %ld allocator calls, not 3", free_calls);
+    /* Converted (bf16) weights: temporary buffers while converting, and at most three more
+     * blocks kept (the converted copies), as the header states. */
+    size_t bf16_len = 0;
+    void *bf16_bytes = read_file(fx.dir, "model_bf16.mscl", &bf16_len);
+    start_counting();
+    st = msclam_model_load_from_borrowed_buffer(bf16_bytes, bf16_len, &model);
+    long bf16_calls = stop_counting();
+    long bf16_kept = g_live;
+    CHECK_STATUS(st, MSCLAM_STATUS_OK);
+    printf("msclam_model_load_from_borrowed_buffer (bf16): %ld allocator calls, %ld blocks kept\n",
+           bf16_calls, bf16_kept);
+    CHECK(bf16_kept > 3 && bf16_kept <= 6, "bf16 load kept %ld blocks", bf16_kept);
+    start_counting();
+    msclam_model_free(model);
+    CHECK(stop_counting() == bf16_kept, "msclam_model_free released every block the load kept");
+    free(bf16_bytes);
+    CHECK_STATUS(msclam_model_load_from_borrowed_buffer(model_bytes, file_len, &model), MSCLAM_STATUS_OK);
 
     msclam_session_options opts = msclam_session_options_default();
     opts.max_tiles = fx.tiles;

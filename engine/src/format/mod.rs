@@ -30,6 +30,9 @@ pub const CHECKSUM_RANGE: std::ops::Range<usize> = 24..28;
 pub const MAX_KEY_BYTES: usize = 255;
 /// Most metadata entries a file may hold.
 pub const MAX_METADATA_ENTRIES: usize = 4096;
+/// Most tensor table entries a file may have (12 tensors are known today; the rest is room for
+/// tensors that newer minor versions add).
+pub const MAX_TENSOR_ENTRIES: usize = 64;
 /// Longest metadata value in bytes.
 pub const MAX_VALUE_BYTES: usize = 1 << 24;
 

@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use super::{
     compute_checksum, stored_elements, Dtype, Layout, TensorId, ALIGNMENT, CHECKSUM_RANGE,
-    HEADER_BYTES, MAGIC, MAX_KEY_BYTES, MAX_METADATA_ENTRIES, MAX_VALUE_BYTES, TENSOR_ENTRY_BYTES,
-    VERSION_MAJOR,
+    HEADER_BYTES, MAGIC, MAX_KEY_BYTES, MAX_METADATA_ENTRIES, MAX_TENSOR_ENTRIES, MAX_VALUE_BYTES,
+    TENSOR_ENTRY_BYTES, VERSION_MAJOR,
 };
 use crate::config::{AttentionKind, ModelConfig, TileClassifierKind};
 use crate::error::{Error, Result};
@@ -38,7 +38,8 @@ pub struct ParsedFile {
     pub config: ModelConfig,
     /// Every known tensor, indexed by [`TensorId::index`]; `None` where the architecture has none.
     pub tensors: [Option<TensorEntry>; TensorId::ALL.len()],
-    /// Metadata entries as byte ranges `(key, value)` of valid UTF-8 in the file.
+    /// Metadata entries as byte ranges `(key, value)` of valid UTF-8 without NUL in the file,
+    /// sorted by key (bytewise).
     pub metadata: Vec<(Range<usize>, Range<usize>)>,
 }
 
@@ -136,6 +137,11 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
             "unknown header flags {flags:#x}"
         )));
     }
+    if let Some(at) = first_non_zero(bytes, &[50..52, 88..HEADER_BYTES]) {
+        return Err(Error::invalid_model(format!(
+            "reserved header byte {at} is not zero"
+        )));
+    }
     let attention = match bytes[48] {
         0 => AttentionKind::Plain,
         1 => AttentionKind::Gated,
@@ -167,6 +173,11 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
     config.validate()?;
 
     let tensor_count = u32_at(bytes, 56) as u64;
+    if tensor_count > MAX_TENSOR_ENTRIES as u64 {
+        return Err(Error::invalid_model(format!(
+            "{tensor_count} tensor table entries; at most {MAX_TENSOR_ENTRIES} are allowed"
+        )));
+    }
     let metadata_count = u32_at(bytes, 60) as usize;
     let table = checked_range(
         u64_at(bytes, 64),
@@ -177,11 +188,35 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
     if table.start < HEADER_BYTES {
         return Err(Error::invalid_model("tensor table overlaps the header"));
     }
+    if !table.start.is_multiple_of(ALIGNMENT) {
+        return Err(Error::invalid_model(format!(
+            "tensor table starts at byte {}, which is not a multiple of {ALIGNMENT}",
+            table.start
+        )));
+    }
+    // Every byte range the file declares, to check that they neither overlap nor leave
+    // anything but alignment padding between them (on the stack: loading allocates only what
+    // the model keeps).
+    let mut sections = Sections::default();
+    sections.push(0..HEADER_BYTES, Section::Header);
+    sections.push(table.clone(), Section::Table);
 
     let mut tensors: [Option<TensorEntry>; TensorId::ALL.len()] = Default::default();
-    for entry in bytes[table].chunks_exact(TENSOR_ENTRY_BYTES) {
+    for (index, entry) in bytes[table].chunks_exact(TENSOR_ENTRY_BYTES).enumerate() {
         let code = u16_at(entry, 0);
+        if let Some(at) = first_non_zero(entry, &[12..16, 48..TENSOR_ENTRY_BYTES]) {
+            return Err(Error::invalid_model(format!(
+                "reserved byte {at} of tensor table entry {index} is not zero"
+            )));
+        }
         let Some(id) = TensorId::from_code(code) else {
+            // Its bytes still belong to the file: they count as sections.
+            let what = format!("data of the tensor with unknown id {code}");
+            let data = checked_range(u64_at(entry, 16), u64_at(entry, 24), bytes.len(), &what)?;
+            sections.push(data, Section::Data(code));
+            let what = format!("scales of the tensor with unknown id {code}");
+            let scales = checked_range(u64_at(entry, 32), u64_at(entry, 40), bytes.len(), &what)?;
+            sections.push(scales, Section::Scales(code));
             log::warn!(
                 "ignoring tensor with unknown id {code} (written by a newer minor version?)"
             );
@@ -291,6 +326,10 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
                 "tensor {name} has a non-finite weight at element {i}"
             )));
         }
+        sections.push(data.clone(), Section::Data(code));
+        if let Some(scales) = &scales {
+            sections.push(scales.clone(), Section::Scales(code));
+        }
         tensors[id.index()] = Some(TensorEntry {
             id,
             dtype,
@@ -316,6 +355,14 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
         bytes.len(),
         "metadata section",
     )?;
+    if !metadata_region.start.is_multiple_of(ALIGNMENT) {
+        return Err(Error::invalid_model(format!(
+            "metadata section starts at byte {}, which is not a multiple of {ALIGNMENT}",
+            metadata_region.start
+        )));
+    }
+    sections.push(metadata_region.clone(), Section::Metadata);
+    sections.check(bytes)?;
     let metadata = parse_metadata(bytes, metadata_region, metadata_count)?;
 
     Ok(ParsedFile {
@@ -324,6 +371,110 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
         tensors,
         metadata,
     })
+}
+
+/// The offset of the first non-zero byte of `bytes` within `ranges`.
+fn first_non_zero(bytes: &[u8], ranges: &[Range<usize>]) -> Option<usize> {
+    ranges
+        .iter()
+        .flat_map(|r| r.clone())
+        .find(|&at| bytes[at] != 0)
+}
+
+/// A part of a file that a reader is told about: only these and alignment padding may be in it.
+#[derive(Debug, Clone, Copy, Default)]
+enum Section {
+    #[default]
+    Header,
+    Table,
+    Metadata,
+    /// A tensor's data, by tensor id code.
+    Data(u16),
+    /// A tensor's scales, by tensor id code.
+    Scales(u16),
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tensor = |code: u16| TensorId::from_code(code).map(TensorId::name);
+        match *self {
+            Section::Header => f.write_str("the header"),
+            Section::Table => f.write_str("the tensor table"),
+            Section::Metadata => f.write_str("the metadata section"),
+            Section::Data(code) => match tensor(code) {
+                Some(name) => write!(f, "the data of tensor {name}"),
+                None => write!(f, "the data of the tensor with unknown id {code}"),
+            },
+            Section::Scales(code) => match tensor(code) {
+                Some(name) => write!(f, "the scales of tensor {name}"),
+                None => write!(f, "the scales of the tensor with unknown id {code}"),
+            },
+        }
+    }
+}
+
+/// The sections of a file: header, table, metadata and up to two per table entry.
+struct Sections {
+    list: [(Range<usize>, Section); 3 + 2 * MAX_TENSOR_ENTRIES],
+    len: usize,
+}
+
+impl Default for Sections {
+    fn default() -> Self {
+        Sections {
+            list: std::array::from_fn(|_| (0..0, Section::Header)),
+            len: 0,
+        }
+    }
+}
+
+impl Sections {
+    /// Records a section (the table's length bounds how many there are).
+    fn push(&mut self, range: Range<usize>, section: Section) {
+        if let Some(slot) = self.list.get_mut(self.len) {
+            *slot = (range, section);
+            self.len += 1;
+        }
+    }
+
+    /// Checks that the sections (each inside the file) do not overlap, and that every byte of
+    /// the file belongs to one of them but for zero padding shorter than [`ALIGNMENT`] before
+    /// a section: the file ends with its last section.
+    fn check(&mut self, bytes: &[u8]) -> Result<()> {
+        let list = &mut self.list[..self.len];
+        list.sort_unstable_by_key(|(r, _)| (r.start, r.end));
+        let mut end = 0usize;
+        let mut previous = Section::Header;
+        for (range, what) in list.iter().filter(|(r, _)| !r.is_empty()) {
+            if range.start < end {
+                return Err(Error::invalid_model(format!(
+                    "{what} (bytes {}..{}) overlaps {previous}",
+                    range.start, range.end
+                )));
+            }
+            let gap = end..range.start;
+            if gap.len() >= ALIGNMENT {
+                return Err(Error::invalid_model(format!(
+                    "bytes {}..{} before {what} belong to no section",
+                    gap.start, gap.end
+                )));
+            }
+            if let Some(at) = first_non_zero(bytes, &[gap]) {
+                return Err(Error::invalid_model(format!(
+                    "padding byte {at} before {what} is not zero"
+                )));
+            }
+            end = range.end;
+            previous = *what;
+        }
+        if end != bytes.len() {
+            return Err(Error::invalid_model(format!(
+                "bytes {end}..{} after {previous}, the last section, belong to no section",
+                bytes.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn bad_magic(bytes: &[u8]) -> Error {
@@ -371,6 +522,11 @@ fn parse_metadata(
                 "metadata {what} is not UTF-8"
             )));
         }
+        if bytes[range.clone()].contains(&0) {
+            return Err(Error::invalid_model(format!(
+                "metadata {what} contains a NUL byte"
+            )));
+        }
         cursor = range.end;
         Ok(range)
     };
@@ -386,21 +542,23 @@ fn parse_metadata(
         if key.is_empty() {
             return Err(Error::invalid_model("metadata has an empty key"));
         }
-        if entries
-            .iter()
-            .any(|(k, _)| bytes[k.clone()] == bytes[key.clone()])
-        {
-            return Err(Error::invalid_model(format!(
-                "metadata key {:?} appears twice",
-                String::from_utf8_lossy(&bytes[key])
-            )));
-        }
         entries.push((key, value));
     }
     if cursor != region.end {
         return Err(Error::invalid_model(
             "metadata section has bytes after its last entry",
         ));
+    }
+    // In key order (bytewise), so that duplicates are neighbours and lookups binary searches.
+    entries.sort_unstable_by(|a, b| bytes[a.0.clone()].cmp(&bytes[b.0.clone()]));
+    if let Some(pair) = entries
+        .windows(2)
+        .find(|pair| bytes[pair[0].0.clone()] == bytes[pair[1].0.clone()])
+    {
+        return Err(Error::invalid_model(format!(
+            "metadata key {:?} appears twice",
+            String::from_utf8_lossy(&bytes[pair[0].0.clone()])
+        )));
     }
     Ok(entries)
 }

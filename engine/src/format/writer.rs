@@ -58,8 +58,14 @@ impl<'a> ModelWriter<'a> {
         }
     }
 
-    /// Adds (or replaces) a metadata entry. Keys are 1 to 255 bytes, values at most 16 MiB.
+    /// Adds (or replaces) a metadata entry. Keys are 1 to 255 bytes, values at most 16 MiB,
+    /// neither with a NUL character (C reads them as NUL-terminated strings).
     pub fn metadata(mut self, key: &str, value: &str) -> Result<Self> {
+        if key.contains('\0') || value.contains('\0') {
+            return Err(Error::invalid_argument(format!(
+                "metadata entry {key:?} contains a NUL character"
+            )));
+        }
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::invalid_argument(format!(
                 "metadata key {key:?} must be 1 to {MAX_KEY_BYTES} bytes"
@@ -152,7 +158,10 @@ impl<'a> ModelWriter<'a> {
         let table_offset = HEADER_BYTES;
         let metadata_offset = align_up(table_offset + tensors.len() * TENSOR_ENTRY_BYTES);
         let mut metadata = Vec::new();
-        for (k, v) in &self.metadata {
+        // In key order, the order readers list them in.
+        let mut entries: Vec<&(String, String)> = self.metadata.iter().collect();
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (k, v) in entries {
             metadata.extend_from_slice(&(k.len() as u32).to_le_bytes());
             metadata.extend_from_slice(k.as_bytes());
             metadata.extend_from_slice(&(v.len() as u32).to_le_bytes());
