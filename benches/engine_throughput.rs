@@ -18,7 +18,11 @@ fn stream(session: &mut SlideSession<'_>, emb: &[f32], d: usize, chunk: usize) -
     session.reset();
     let mut last = 0.0;
     for strip in emb.chunks(chunk * d) {
-        last = session.push(strip, None).unwrap().slide_tumor_probability;
+        last = session
+            .push(strip, None)
+            .unwrap()
+            .slide_tumor_probability
+            .unwrap();
     }
     last + session.finalize().unwrap().attention[0]
 }

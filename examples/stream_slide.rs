@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 i + 1,
                 start,
                 end,
-                pushed.slide_tumor_probability,
+                pushed.slide_tumor_probability.unwrap_or(f32::NAN),
                 max_tile
             );
         }

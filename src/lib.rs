@@ -2,7 +2,8 @@
 //! networks (Xavier-normal, as the trainer initialises them) and synthetic slides whose
 //! embeddings look like post-ReLU CNN features.
 
-use msclam_engine::{AttentionKind, ModelConfig, ModelWeights};
+use msclam_engine::format::{keys, Dtype, Layout, ModelWriter};
+use msclam_engine::{AttentionKind, ModelConfig, ModelWeights, TileClassifierKind};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
@@ -81,4 +82,45 @@ pub fn synthetic_slide(
         tumor.push(is_tumor);
     }
     (embeddings, coords, tumor)
+}
+
+/// Valid `.mscl` files of a small network (D 6, H 5, K 3): gated MS-CLAM with f32 panels,
+/// f32 row-major, f16, bf16 and int8 matrices, and a CLAM-SB-like network (plain attention, a
+/// tile classifier per class, 3 classes). Seeds for the fuzz targets and the format tests.
+pub fn sample_model_files() -> Vec<Vec<u8>> {
+    let ms_clam = ModelConfig {
+        input_dim: 6,
+        hidden_dim: 5,
+        attention_dim: 3,
+        attention: AttentionKind::Gated,
+        num_classes: 2,
+        tile_classifier: TileClassifierKind::SingleBinary,
+        tumor_class: 1,
+        threshold: 0.5,
+    };
+    let clam = ModelConfig {
+        attention: AttentionKind::Plain,
+        tile_classifier: TileClassifierKind::PerClass,
+        num_classes: 3,
+        ..ms_clam
+    };
+    [
+        (ms_clam, Dtype::F32, Layout::Panel16),
+        (ms_clam, Dtype::F32, Layout::RowMajor),
+        (ms_clam, Dtype::F16, Layout::Panel16),
+        (ms_clam, Dtype::Bf16, Layout::Panel16),
+        (ms_clam, Dtype::Int8, Layout::Panel16),
+        (clam, Dtype::F32, Layout::Panel16),
+    ]
+    .into_iter()
+    .map(|(config, dtype, layout)| {
+        ModelWriter::new(&random_weights(config, 1))
+            .matrix_dtype(dtype)
+            .matrix_layout(layout)
+            .metadata(keys::EMBEDDER_NAME, "resnet50_trunc")
+            .and_then(|w| w.metadata(keys::TILE_SIZE_PX, "256"))
+            .and_then(|w| w.to_bytes())
+            .expect("a valid small model")
+    })
+    .collect()
 }

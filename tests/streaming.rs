@@ -74,7 +74,10 @@ fn check_streaming(config: ModelConfig, seed: u64, n: usize, sizes: &[usize], is
                 &format!("slide prob {c} after {} tiles", strip.end),
             );
         }
-        assert_eq!(pushed.slide_tumor_probability, current[config.tumor_class]);
+        assert_eq!(
+            pushed.slide_tumor_probability,
+            Some(current[config.tumor_class])
+        );
     }
     let want = reference::forward(&weights, &emb);
     let result = session.finalize().unwrap();
@@ -319,6 +322,7 @@ fn same_inputs_give_bit_identical_outputs_run_after_run() {
                 s.push(&emb[strip.start * 1024..strip.end * 1024], None)
                     .unwrap()
                     .slide_tumor_probability
+                    .unwrap()
                     .to_bits(),
             );
         }
@@ -344,7 +348,7 @@ fn stream_bits(s: &mut SlideSession<'_>, emb: &[f32], d: usize, sizes: &[usize])
     let mut bits = Vec::new();
     for strip in strips(n, sizes) {
         let pushed = s.push(&emb[strip.start * d..strip.end * d], None).unwrap();
-        bits.push(pushed.slide_tumor_probability.to_bits());
+        bits.push(pushed.slide_tumor_probability.unwrap().to_bits());
     }
     let r = s.finalize().unwrap();
     for v in [

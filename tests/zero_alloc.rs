@@ -108,7 +108,7 @@ fn streaming_thousands_of_tiles_allocates_nothing() {
                                 let pushed = session
                                     .push(&emb[start * d..end * d], Some(&coords[start..end]))
                                     .unwrap();
-                                checksum += pushed.slide_tumor_probability as f64;
+                                checksum += pushed.slide_tumor_probability.unwrap_or(0.0) as f64;
                                 checksum += session.tile_probabilities()[start] as f64;
                                 checksum += session.attention_logits()[end - 1] as f64;
                                 checksum += session.slide_probabilities().unwrap()[0] as f64;

@@ -74,7 +74,7 @@ fn streaming_with_worker_threads_allocates_nothing_in_any_thread() {
                 for _ in 0..repeats {
                     let end = start + size;
                     let pushed = session.push(&emb[start * d..end * d], None).unwrap();
-                    checksum += pushed.slide_tumor_probability as f64;
+                    checksum += pushed.slide_tumor_probability.unwrap_or(0.0) as f64;
                     start = end;
                 }
             }

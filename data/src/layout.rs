@@ -155,7 +155,71 @@ fn h5_error(slide: &str, e: impl std::fmt::Display) -> DataError {
     DataError::slide(slide, format!("HDF5: {e}"))
 }
 
+/// Most values read from one HDF5 dataset (2^32: 16 GiB of f32, beyond any slide).
+const MAX_DATASET_VALUES: usize = 1 << 32;
+/// How many times the file's size a dataset may declare (compressed features shrink a few
+/// times; a dataset declaring far more is unwritten storage, or a hostile file).
+const MAX_DECLARED_EXPANSION: u64 = 256;
+
+/// The number of values of `ds`, checked before anything is read: its shape must not overflow,
+/// exceed [`MAX_DATASET_VALUES`], or declare more than [`MAX_DECLARED_EXPANSION`] times the
+/// file's bytes.
+fn dataset_values(ds: &hdf5::Dataset, slide: &str, name: &str, file_bytes: u64) -> Result<usize> {
+    let shape = ds.shape();
+    let too_large = || {
+        DataError::slide(
+            slide,
+            format!("HDF5 dataset `{name}` declares shape {shape:?}, too large to read"),
+        )
+    };
+    let values = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|v| *v <= MAX_DATASET_VALUES)
+        .ok_or_else(too_large)?;
+    use hdf5::types::TypeDescriptor as T;
+    let numeric = matches!(
+        ds.dtype().and_then(|t| t.to_descriptor()),
+        Ok(T::Integer(_) | T::Unsigned(_) | T::Float(_) | T::Boolean)
+    );
+    if !numeric {
+        return Err(DataError::slide(
+            slide,
+            format!("HDF5 dataset `{name}` does not hold numbers"),
+        ));
+    }
+    let element = ds.dtype().map(|t| t.size() as u64).unwrap_or(8);
+    let declared = values as u64 * element;
+    // Contiguous and compact data must be stored whole (contiguous: inside the file).
+    if !ds.is_chunked() {
+        let outside = ds
+            .offset()
+            .is_some_and(|offset| offset.saturating_add(declared) > file_bytes);
+        if outside || ds.storage_size() < declared {
+            return Err(DataError::slide(
+                slide,
+                format!(
+                    "HDF5 dataset `{name}` declares {declared} bytes that the {file_bytes}-byte \
+                     file does not store"
+                ),
+            ));
+        }
+    }
+    if declared > file_bytes.saturating_mul(MAX_DECLARED_EXPANSION) {
+        return Err(DataError::slide(
+            slide,
+            format!(
+                "HDF5 dataset `{name}` declares shape {shape:?} ({declared} bytes), but the \
+                 file holds only {file_bytes} bytes"
+            ),
+        ));
+    }
+    Ok(values)
+}
+
 /// Reads `features` (float32 or float16), `coords` and optional `tile_labels` of one slide.
+/// Dataset shapes are checked against each other and against the file's size before any
+/// value is read, so a damaged or hostile file cannot make it allocate without bound.
 pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
     if !path.exists() {
         return Err(DataError::slide(
@@ -163,8 +227,12 @@ pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
             format!("missing features file {}", path.display()),
         ));
     }
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
     let file = hdf5::File::open(path).map_err(|e| h5_error(slide, e))?;
     let ds = file.dataset("features").map_err(|e| h5_error(slide, e))?;
+    dataset_values(&ds, slide, "features", file_bytes)?;
     let shape = ds.shape();
     if shape.len() != 2 {
         return Err(DataError::slide(
@@ -190,13 +258,14 @@ pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
     let coords = match file.dataset("coords") {
         Ok(c) => {
             tile_size = clam_tile_size(&c);
-            let raw = c.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
-            if raw.len() != 2 * n {
+            let values = dataset_values(&c, slide, "coords", file_bytes)?;
+            if values != 2 * n {
                 return Err(DataError::slide(
                     slide,
-                    format!("{} coordinate values for {n} tiles", raw.len()),
+                    format!("{values} coordinate values for {n} tiles"),
                 ));
             }
+            let raw = c.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
             raw.chunks_exact(2)
                 .map(|p| [p[0].max(0) as u32, p[1].max(0) as u32])
                 .collect()
@@ -205,13 +274,14 @@ pub fn read_h5(path: &Path, slide: &str) -> Result<SlideFile> {
     };
     let tile_labels = match file.dataset("tile_labels") {
         Ok(t) => {
-            let raw = t.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
-            if raw.len() != n {
+            let values = dataset_values(&t, slide, "tile_labels", file_bytes)?;
+            if values != n {
                 return Err(DataError::slide(
                     slide,
-                    format!("{} tile labels for {n} tiles", raw.len()),
+                    format!("{values} tile labels for {n} tiles"),
                 ));
             }
+            let raw = t.read_raw::<i64>().map_err(|e| h5_error(slide, e))?;
             Some(raw.into_iter().map(|v| u8::from(v != 0)).collect())
         }
         Err(_) => None,

@@ -17,7 +17,9 @@
 //! let mut session = SlideSession::new(model.clone(), 10_000)?;
 //! let strip = vec![0.5f32; 3 * model.config().input_dim]; // three tiles
 //! let pushed = session.push(&strip, None)?;
-//! println!("slide tumor probability so far: {}", pushed.slide_tumor_probability);
+//! if let Some(p) = pushed.slide_tumor_probability {
+//!     println!("slide tumor probability so far: {p}");
+//! }
 //! let result = session.finalize()?;
 //! assert_eq!(result.attention.len(), 3);
 //! session.reset(); // next slide, same memory

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayView2;
 
+use crate::config::MAX_CLASSES;
 use crate::error::{Error, Result};
 use crate::forward::{
     combine, compute_block, find_non_finite, Aggregate, Block, BlockScratch, Partial, BLOCK_TILES,
@@ -81,8 +82,9 @@ pub struct PushSummary {
     pub first_tile: usize,
     /// Number of tiles pushed.
     pub tiles: usize,
-    /// Current probability of the tumor slide class, over every tile pushed so far.
-    pub slide_tumor_probability: f32,
+    /// Current probability of the tumor slide class, over every tile pushed so far; `None`
+    /// while the slide has no tile (an empty push on a new slide).
+    pub slide_tumor_probability: Option<f32>,
 }
 
 /// The result of a slide, borrowed from its session (valid until the next push or reset).
@@ -487,7 +489,7 @@ impl<'m> SlideSession<'m> {
             return Ok(PushSummary {
                 first_tile: summary_first,
                 tiles: 0,
-                slide_tumor_probability: self.tumor_probability().unwrap_or(f32::NAN),
+                slide_tumor_probability: self.tumor_probability().ok(),
             });
         }
 
@@ -531,7 +533,7 @@ impl<'m> SlideSession<'m> {
         Ok(PushSummary {
             first_tile: summary_first,
             tiles: n,
-            slide_tumor_probability: self.f32s(&self.plan.slide_probs)[config.tumor_class],
+            slide_tumor_probability: Some(self.f32s(&self.plan.slide_probs)[config.tumor_class]),
         })
     }
 
@@ -702,22 +704,24 @@ impl<'m> SlideSession<'m> {
         let logits_out: &mut [f32] = bytemuck::cast_slice_mut(logits_out);
         let probs_out: &mut [f32] = bytemuck::cast_slice_mut(probs_out);
         let inv = 1.0 / self.weight_sum;
-        let mut max = f64::NEG_INFINITY;
-        for (c, out) in logits_out.iter_mut().enumerate() {
+        // The softmax runs on the f64 logits: with f32-rounded ones, a logit of 1e10 rounds
+        // by hundreds and a "probability" above 1 came out (found by the session fuzz target).
+        let mut z = [0.0f64; MAX_CLASSES];
+        let z = &mut z[..logits_out.len()];
+        for (c, (z, out)) in z.iter_mut().zip(logits_out.iter_mut()).enumerate() {
             let row = &w.classifier_weight[c * h..(c + 1) * h];
-            let z = w.classifier_bias[c] as f64
+            *z = w.classifier_bias[c] as f64
                 + inv * row.iter().zip(acc).map(|(w, a)| *w as f64 * a).sum::<f64>();
-            max = max.max(z);
-            *out = z as f32;
+            *out = *z as f32;
         }
+        let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
-        for (p, z) in probs_out.iter_mut().zip(logits_out.iter()) {
-            let e = (*z as f64 - max).exp();
-            *p = e as f32;
-            sum += e;
+        for z in z.iter_mut() {
+            *z = (*z - max).exp();
+            sum += *z;
         }
-        for p in probs_out.iter_mut() {
-            *p = (*p as f64 / sum) as f32;
+        for (p, e) in probs_out.iter_mut().zip(z.iter()) {
+            *p = (*e / sum) as f32;
         }
         logits_out
             .iter()

@@ -466,10 +466,14 @@ pub unsafe extern "C" fn msclam_session_push(
             }
         }
         let pushed = session.mutate(|inner| inner.push(embeddings, coords))??;
-        if !out_slide_tumor_probability.is_null() && session.inner.is_empty() {
+        let slide_probability = match pushed.slide_tumor_probability {
+            Some(p) => p,
             // No tiles yet (an empty push on a new slide): there is no slide score to give.
-            return Err(msclam_engine::Error::EmptySession.into());
-        }
+            None if !out_slide_tumor_probability.is_null() => {
+                return Err(msclam_engine::Error::EmptySession.into())
+            }
+            None => f32::NAN, // not written
+        };
         let strip = pushed.first_tile..pushed.first_tile + pushed.tiles;
         // The output slices are made only now, after the input is no longer borrowed, so a
         // caller may reuse its input buffer for output.
@@ -485,7 +489,7 @@ pub unsafe extern "C" fn msclam_session_push(
             out.copy_from_slice(&session.inner.attention_logits()[strip]);
         }
         // SAFETY: NULL or valid for writing per the contract.
-        unsafe { write_optional(out_slide_tumor_probability, pushed.slide_tumor_probability) };
+        unsafe { write_optional(out_slide_tumor_probability, slide_probability) };
         Ok(())
     })
 }

@@ -777,7 +777,7 @@ fn stream_through_engine(
             .chunks(strip_tiles * data.dim)
             .zip(s.coords.chunks(strip_tiles))
         {
-            scores.push(session.push(strip, Some(coords))?.slide_tumor_probability);
+            scores.extend(session.push(strip, Some(coords))?.slide_tumor_probability);
         }
         let r = session.finalize()?;
         worst = worst.max((r.tumor_probability as f64 - e.probabilities[TUMOR]).abs());

@@ -375,7 +375,8 @@ fn slide_outputs(
             None,
         )
         .map_err(|e| e.to_string())?;
-    Ok((s.tile_probabilities().to_vec(), p.slide_tumor_probability))
+    let slide = p.slide_tumor_probability.ok_or("no tiles to score")?;
+    Ok((s.tile_probabilities().to_vec(), slide))
 }
 
 /// Tiles per measurement: a whole number of strips, enough to time reliably.
@@ -400,7 +401,8 @@ fn time_engine(s: &mut SlideSession<'_>, x: &[f32], d: usize, strip: usize) -> R
         last = s
             .push(chunk, None)
             .map_err(|e| e.to_string())?
-            .slide_tumor_probability;
+            .slide_tumor_probability
+            .unwrap_or(f32::NAN);
     }
     let secs = start.elapsed().as_secs_f64();
     std::hint::black_box(last);
