@@ -51,6 +51,10 @@
 // `MAJOR * 1000000 + MINOR * 1000 + PATCH`, for compile-time checks.
 #define MSCLAM_VERSION 1000
 
+// Share of out-of-distribution tiles (msclam_session_out_of_distribution()) above which a
+// slide's scores should not be trusted. (Added in 0.1.1.)
+#define MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED 0.1
+
 // Values of `msclam_model_info.attention`: plain attention.
 #define MSCLAM_ATTENTION_PLAIN 0
 
@@ -124,7 +128,7 @@ typedef enum {
   MSCLAM_STATUS_EMPTY_SESSION = 11,
   // An output buffer or arena is too small (the required size is reported).
   MSCLAM_STATUS_BUFFER_TOO_SMALL = 12,
-  // A metadata key or index does not exist.
+  // A metadata key or index does not exist, or the model has no embedding statistics.
   MSCLAM_STATUS_NOT_FOUND = 13,
   // A bug inside the library was caught at the boundary. Please report it with the message.
   MSCLAM_STATUS_PANIC = 14,
@@ -176,6 +180,9 @@ typedef struct {
   size_t in_place_bytes;
   // Bytes of weights the library converted into memory it allocated.
   size_t converted_bytes;
+  // 1 if the model carries its training embeddings' statistics (format 1.1), so that
+  // sessions report the share of out-of-distribution tiles; 0 otherwise. (Added in 0.1.1.)
+  uint32_t has_embedding_statistics;
 } msclam_model_info;
 
 // How to create a session. Get one from msclam_session_options_default() and change fields;
@@ -219,6 +226,10 @@ typedef struct {
   size_t num_tiles;
   // Number of tiles in the tumor mask (tile probability >= the model's threshold).
   size_t tumor_tiles;
+  // Share of the tiles whose embeddings lie outside the training data's range, 0 to 1
+  // (see msclam_session_out_of_distribution()); -1 when the model carries no embedding
+  // statistics. (Added in 0.1.1.)
+  float out_of_distribution_fraction;
 } msclam_slide_result;
 
 #ifdef __cplusplus
@@ -241,6 +252,10 @@ msclam_model_info msclam_model_info_init(void);
 // `path` is a NUL-terminated file path. On success `*out_model` receives a new model to
 // release with msclam_model_free(); on failure it is left untouched. The file must not be
 // modified while the model is loaded (replace model files by renaming a new file over them).
+// On POSIX systems the path is passed to open() as bytes (any encoding); elsewhere it must be
+// UTF-8 (MSCLAM_STATUS_INVALID_ARGUMENT otherwise): read such files yourself and use
+// msclam_model_load_from_buffer(). Paths that are not regular files (a FIFO, a directory, a
+// device) are refused without being opened for reading.
 //
 // # Safety
 // `path` must be a valid NUL-terminated string; `out_model` must be valid for writing.
@@ -409,6 +424,22 @@ size_t msclam_session_capacity(const msclam_session *session);
 // `session` live; `out_probability` valid for writing.
 msclam_status msclam_session_tumor_probability(const msclam_session *session,
                                                float *out_probability);
+
+// Share of the slide's tiles whose embeddings do not look like the model's training data:
+// outside the distance range stored with the model (the 0.1th to 99.9th percentiles, over
+// the training tiles, of the mean squared z-score of a tile's values). About 0.002 for
+// slides like the training data; above MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not
+// be trusted (another encoder or dimension order, magnification, stain, or scale). Updated by
+// every push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.
+// MSCLAM_STATUS_NOT_FOUND when the model carries no embedding statistics
+// (msclam_model_info.has_embedding_statistics), MSCLAM_STATUS_EMPTY_SESSION before the first
+// tile. (Added in 0.1.1.)
+//
+// # Safety
+// `session` live; `out_fraction` valid for writing; `out_tiles` NULL or valid for writing.
+msclam_status msclam_session_out_of_distribution(const msclam_session *session,
+                                                 float *out_fraction,
+                                                 size_t *out_tiles);
 
 // Computes the slide's result over every tile pushed so far (class, tumor probability,
 // attention map and tumor mask, the latter two read with the copy functions). The slide is

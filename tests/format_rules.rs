@@ -373,3 +373,45 @@ fn a_tensor_of_a_newer_minor_version_is_skipped_but_its_bytes_count() {
         "{err}"
     );
 }
+
+#[test]
+fn embedding_statistics_come_together_with_positive_scales_and_an_ordered_range() {
+    let file = tiny_file();
+    let config = format::parse(&file).unwrap().config;
+    let stats = msclam_engine::statistics::EmbeddingStatistics {
+        mean: vec![0.5; 6],
+        scale: vec![2.0; 6],
+        distance_range: [0.25, 4.0],
+    };
+    let with_stats = ModelWriter::new(&random_weights(config, 9))
+        .embedding_statistics(stats)
+        .to_bytes()
+        .unwrap();
+    let model = Model::from_bytes(&with_stats).unwrap();
+    assert_eq!(model.format_version(), (1, 1));
+    assert_eq!(model.embedding_statistics().unwrap().distance_range, [0.25, 4.0]);
+    let parsed = format::parse(&with_stats).unwrap();
+    let data = |id| parsed.tensor(id).unwrap().data.clone();
+
+    let range = entry_of(&with_stats, TensorId::EmbeddingDistanceRange);
+    let err = rejection(&with_stats, |b| {
+        b[range..range + 2].copy_from_slice(&999u16.to_le_bytes())
+    });
+    assert!(
+        err.contains("incomplete: embedding.distance_range is missing"),
+        "{err}"
+    );
+    let scale = data(TensorId::EmbeddingScale);
+    let err = rejection(&with_stats, |b| {
+        b[scale.start..scale.start + 4].copy_from_slice(&0.0f32.to_le_bytes())
+    });
+    assert!(err.contains("embedding.scale has values out of range"), "{err}");
+    let r = data(TensorId::EmbeddingDistanceRange);
+    let err = rejection(&with_stats, |b| {
+        b[r.start..r.start + 4].copy_from_slice(&5.0f32.to_le_bytes())
+    });
+    assert!(
+        err.contains("embedding.distance_range has values out of range"),
+        "{err}"
+    );
+}

@@ -122,6 +122,7 @@ pub fn write_slide_heatmap<S: SlideTruth>(
             .reference_tiles()
             .map(|r| r.iter().map(|t| *t != 0).collect()),
         tile_mask,
+        out_of_distribution: None,
     };
     crate::outputs::heatmap::write_heatmap(&path, &scores)?;
     Ok(path)

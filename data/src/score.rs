@@ -251,7 +251,18 @@ fn score_slide(
             .unwrap_or_else(|| inferred_tile_size(&file.coords)),
         label: input.label,
         reference_mask: reference,
+        out_of_distribution: r.out_of_distribution_fraction,
     };
+    if let Some(share) = r.out_of_distribution_fraction {
+        if share > msclam_engine::statistics::UNTRUSTED_FRACTION {
+            log::warn!(
+                "{}: {:.0} % of the tiles do not look like the model's training data \
+                 (another encoder, magnification, stain or scale?): do not trust its scores",
+                input.slide_id,
+                100.0 * share
+            );
+        }
+    }
     outcome.engine_seconds += started.elapsed().as_secs_f64();
     outcome.tiles_scored += n;
     Ok(scores)

@@ -41,6 +41,7 @@ mod memory;
 mod model;
 pub mod reference;
 mod session;
+pub mod statistics;
 mod weights;
 mod workers;
 

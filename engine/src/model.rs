@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Layout, ParsedFile, TensorEntry, TensorId};
 use crate::kernels::{pack_panels, quad_panels, quad_weight_sums, Int8Weights, Isa, PANEL_WIDTH};
+use crate::statistics::StatisticsView;
 
 /// 64 bytes with 64-byte alignment: the unit of owned model storage.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -399,6 +400,16 @@ impl Model {
             }
             TensorLoc::Arena(range) => Some(&self.arena[range.clone()]),
         }
+    }
+
+    /// The training embeddings' statistics, when the file carries them (format 1.1).
+    pub fn embedding_statistics(&self) -> Option<StatisticsView<'_>> {
+        let range = self.tensor_values(TensorId::EmbeddingDistanceRange)?;
+        Some(StatisticsView {
+            mean: self.tensor_values(TensorId::EmbeddingMean)?,
+            scale: self.tensor_values(TensorId::EmbeddingScale)?,
+            distance_range: [*range.first()?, *range.get(1)?],
+        })
     }
 
     /// A large matrix for the kernels of `isa`: int8 for an int8 model; bf16 pairs when `pairs`

@@ -85,6 +85,11 @@ pub struct PushSummary {
     /// Current probability of the tumor slide class, over every tile pushed so far; `None`
     /// while the slide has no tile (an empty push on a new slide).
     pub slide_tumor_probability: Option<f32>,
+    /// Share of the slide's tiles so far whose embeddings lie outside the training data's
+    /// range ([`crate::statistics`]); `None` for a model without embedding statistics or a
+    /// slide without tiles. Above [`crate::statistics::UNTRUSTED_FRACTION`], do not trust the
+    /// slide's scores.
+    pub out_of_distribution_fraction: Option<f32>,
 }
 
 /// The result of a slide, borrowed from its session (valid until the next push or reset).
@@ -110,6 +115,10 @@ pub struct SlideResult<'s> {
     pub tumor_tiles: usize,
     /// Tile coordinates, if they were pushed.
     pub coordinates: Option<&'s [[u32; 2]]>,
+    /// Share of the tiles whose embeddings lie outside the training data's range
+    /// ([`crate::statistics`]); `None` for a model without embedding statistics. Above
+    /// [`crate::statistics::UNTRUSTED_FRACTION`], do not trust the slide's scores.
+    pub out_of_distribution_fraction: Option<f32>,
 }
 
 /// Scores one slide at a time, incrementally. Create once, then for each slide: push strips,
@@ -128,6 +137,8 @@ pub struct SlideSession<'m> {
     weight_sum: f64,
     coordinates: Coordinates,
     finalized: bool,
+    /// Tiles of the slide outside the model's embedding distance range.
+    outside_tiles: usize,
 }
 
 impl std::fmt::Debug for SlideSession<'_> {
@@ -299,6 +310,7 @@ impl<'m> SlideSession<'m> {
             weight_sum: 0.0,
             coordinates: Coordinates::NotYetKnown,
             finalized: false,
+            outside_tiles: 0,
         };
         session.reset();
         log::debug!("{session:?} created");
@@ -381,6 +393,22 @@ impl<'m> SlideSession<'m> {
             return Err(Error::EmptySession);
         }
         Ok(self.f32s(&self.plan.slide_logits))
+    }
+
+    /// Number of the slide's tiles whose embeddings lie outside the model's distance range
+    /// ([`crate::statistics`]); `None` for a model without embedding statistics.
+    pub fn out_of_distribution_tiles(&self) -> Option<usize> {
+        self.model
+            .embedding_statistics()
+            .map(|_| self.outside_tiles)
+    }
+
+    /// Share of the slide's tiles outside the model's distance range; `None` for a model without
+    /// embedding statistics or a slide without tiles. Above
+    /// [`crate::statistics::UNTRUSTED_FRACTION`], do not trust the slide's scores.
+    pub fn out_of_distribution_fraction(&self) -> Option<f32> {
+        let outside = self.out_of_distribution_tiles()?;
+        (self.len > 0).then(|| (outside as f64 / self.len as f64) as f32)
     }
 
     /// Current probability of the tumor class.
@@ -490,6 +518,7 @@ impl<'m> SlideSession<'m> {
                 first_tile: summary_first,
                 tiles: 0,
                 slide_tumor_probability: self.tumor_probability().ok(),
+                out_of_distribution_fraction: self.out_of_distribution_fraction(),
             });
         }
 
@@ -528,12 +557,16 @@ impl<'m> SlideSession<'m> {
         } else {
             Coordinates::Absent
         };
+        if let Some(stats) = self.model.embedding_statistics() {
+            self.outside_tiles += stats.count_outside(x, n, stride);
+        }
         self.len += n;
         self.finalized = false;
         Ok(PushSummary {
             first_tile: summary_first,
             tiles: n,
             slide_tumor_probability: Some(self.f32s(&self.plan.slide_probs)[config.tumor_class]),
+            out_of_distribution_fraction: self.out_of_distribution_fraction(),
         })
     }
 
@@ -778,6 +811,7 @@ impl<'m> SlideSession<'m> {
             tile_mask,
             tumor_tiles: tile_mask.iter().filter(|m| **m != 0).count(),
             coordinates: self.coordinates(),
+            out_of_distribution_fraction: self.out_of_distribution_fraction(),
         }
     }
 
@@ -788,6 +822,7 @@ impl<'m> SlideSession<'m> {
         self.weight_sum = 0.0;
         self.coordinates = Coordinates::NotYetKnown;
         self.finalized = false;
+        self.outside_tiles = 0;
         let plan = self.plan.clone();
         bytemuck::cast_slice_mut::<u8, f64>(&mut self.region.bytes_mut()[plan.acc]).fill(0.0);
     }

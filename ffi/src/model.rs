@@ -16,6 +16,13 @@ pub struct Model {
     pub(crate) inner: Arc<EngineModel>,
 }
 
+/// Share of out-of-distribution tiles (msclam_session_out_of_distribution()) above which a
+/// slide's scores should not be trusted. (Added in 0.1.1.)
+pub const MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED: f32 = 0.1;
+const _: () = assert!(
+    MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED == msclam_engine::statistics::UNTRUSTED_FRACTION,
+    "the C constant is the engine's"
+);
 /// Values of `msclam_model_info.attention`: plain attention.
 pub const MSCLAM_ATTENTION_PLAIN: u32 = 0;
 /// Values of `msclam_model_info.attention`: gated attention (CLAM's default).
@@ -77,6 +84,9 @@ pub struct ModelInfo {
     pub in_place_bytes: usize,
     /// Bytes of weights the library converted into memory it allocated.
     pub converted_bytes: usize,
+    /// 1 if the model carries its training embeddings' statistics (format 1.1), so that
+    /// sessions report the share of out-of-distribution tiles; 0 otherwise. (Added in 0.1.1.)
+    pub has_embedding_statistics: u32,
 }
 
 /// A msclam_model_info with `struct_size` set and every other field zero.
@@ -99,6 +109,7 @@ pub extern "C" fn msclam_model_info_init() -> ModelInfo {
         file_bytes: 0,
         in_place_bytes: 0,
         converted_bytes: 0,
+        has_embedding_statistics: 0,
     }
 }
 
@@ -114,6 +125,10 @@ fn publish(model: EngineModel, out_model: &mut *mut Model) {
 /// `path` is a NUL-terminated file path. On success `*out_model` receives a new model to
 /// release with msclam_model_free(); on failure it is left untouched. The file must not be
 /// modified while the model is loaded (replace model files by renaming a new file over them).
+/// On POSIX systems the path is passed to open() as bytes (any encoding); elsewhere it must be
+/// UTF-8 (MSCLAM_STATUS_INVALID_ARGUMENT otherwise): read such files yourself and use
+/// msclam_model_load_from_buffer(). Paths that are not regular files (a FIFO, a directory, a
+/// device) are refused without being opened for reading.
 ///
 /// # Safety
 /// `path` must be a valid NUL-terminated string; `out_model` must be valid for writing.
@@ -130,9 +145,17 @@ pub unsafe extern "C" fn msclam_model_load(
         let path = unsafe { CStr::from_ptr(path) };
         // SAFETY: out_model is valid for writing per the contract.
         let out = unsafe { reference_mut(out_model, "out_model") }?;
-        let path = path
-            .to_str()
-            .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))?;
+        // POSIX paths are bytes: any name that open() takes loads, UTF-8 or not.
+        #[cfg(unix)]
+        let path = {
+            use std::os::unix::ffi::OsStrExt;
+            std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()))
+        };
+        #[cfg(not(unix))]
+        let path = std::path::Path::new(
+            path.to_str()
+                .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))?,
+        );
         publish(EngineModel::load(path)?, out);
         Ok(())
     })
@@ -273,6 +296,7 @@ pub unsafe extern "C" fn msclam_model_get_info(
             file_bytes: memory.file_bytes,
             in_place_bytes: memory.in_place_bytes,
             converted_bytes: memory.converted_bytes,
+            has_embedding_statistics: u32::from(m.embedding_statistics().is_some()),
         };
         let ends = crate::session::field_ends!(
             ModelInfo,
@@ -292,7 +316,8 @@ pub unsafe extern "C" fn msclam_model_get_info(
             weight_dtype,
             file_bytes,
             in_place_bytes,
-            converted_bytes
+            converted_bytes,
+            has_embedding_statistics
         );
         let n = crate::session::whole_fields(size, &ends);
         let info = ModelInfo {

@@ -64,10 +64,14 @@ pub(crate) fn whole_fields(size: usize, field_ends: &[usize]) -> usize {
         .unwrap_or(0)
 }
 
-/// End offsets of the fields of a `#[repr(C)]` struct, in declaration order.
+/// End offsets of the fields of a `#[repr(C)]` struct, in declaration order, then its size
+/// (so that a caller's struct of the same size gets every byte, tail padding included).
 macro_rules! field_ends {
     ($ty:ty, $value:expr, $($field:ident),+) => {
-        [$(std::mem::offset_of!($ty, $field) + std::mem::size_of_val(&$value.$field)),+]
+        [
+            $(std::mem::offset_of!($ty, $field) + std::mem::size_of_val(&$value.$field),)+
+            std::mem::size_of::<$ty>(),
+        ]
     };
 }
 pub(crate) use field_ends;
@@ -140,6 +144,10 @@ pub struct SlideResult {
     pub num_tiles: usize,
     /// Number of tiles in the tumor mask (tile probability >= the model's threshold).
     pub tumor_tiles: usize,
+    /// Share of the tiles whose embeddings lie outside the training data's range, 0 to 1
+    /// (see msclam_session_out_of_distribution()); -1 when the model carries no embedding
+    /// statistics. (Added in 0.1.1.)
+    pub out_of_distribution_fraction: f32,
 }
 
 /// A msclam_slide_result with `struct_size` set and every other field zero.
@@ -152,6 +160,7 @@ pub extern "C" fn msclam_slide_result_init() -> SlideResult {
         num_classes: 0,
         num_tiles: 0,
         tumor_tiles: 0,
+        out_of_distribution_fraction: 0.0,
     }
 }
 
@@ -534,6 +543,43 @@ pub unsafe extern "C" fn msclam_session_tumor_probability(
     })
 }
 
+/// Share of the slide's tiles whose embeddings do not look like the model's training data:
+/// outside the distance range stored with the model (the 0.1th to 99.9th percentiles, over
+/// the training tiles, of the mean squared z-score of a tile's values). About 0.002 for
+/// slides like the training data; above MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not
+/// be trusted (another encoder or dimension order, magnification, stain, or scale). Updated by
+/// every push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.
+/// MSCLAM_STATUS_NOT_FOUND when the model carries no embedding statistics
+/// (msclam_model_info.has_embedding_statistics), MSCLAM_STATUS_EMPTY_SESSION before the first
+/// tile. (Added in 0.1.1.)
+///
+/// # Safety
+/// `session` live; `out_fraction` valid for writing; `out_tiles` NULL or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn msclam_session_out_of_distribution(
+    session: *const Session,
+    out_fraction: *mut f32,
+    out_tiles: *mut usize,
+) -> Status {
+    guard("msclam_session_out_of_distribution", || {
+        // SAFETY: per the contract.
+        let session = unsafe { reference(session, "session") }?;
+        // SAFETY: per the contract.
+        let out = unsafe { reference_mut(out_fraction, "out_fraction") }?;
+        let inner = session.usable_ref()?;
+        let tiles = inner
+            .out_of_distribution_tiles()
+            .ok_or(FfiError::NotFound("embedding statistics"))?;
+        let fraction = inner
+            .out_of_distribution_fraction()
+            .ok_or(msclam_engine::Error::EmptySession)?;
+        *out = fraction;
+        // SAFETY: NULL or valid for writing per the contract.
+        unsafe { write_optional(out_tiles, tiles) };
+        Ok(())
+    })
+}
+
 /// Computes the slide's result over every tile pushed so far (class, tumor probability,
 /// attention map and tumor mask, the latter two read with the copy functions). The slide is
 /// not closed: more strips may be pushed and finalize called again. No allocation.
@@ -567,6 +613,7 @@ pub unsafe extern "C" fn msclam_session_finalize(
                 num_classes: r.slide_probabilities.len() as u32,
                 num_tiles: r.tile_probabilities.len(),
                 tumor_tiles: r.tumor_tiles,
+                out_of_distribution_fraction: r.out_of_distribution_fraction.unwrap_or(-1.0),
             })
         })??;
         let ends = field_ends!(
@@ -577,7 +624,8 @@ pub unsafe extern "C" fn msclam_session_finalize(
             tumor_probability,
             num_classes,
             num_tiles,
-            tumor_tiles
+            tumor_tiles,
+            out_of_distribution_fraction
         );
         let n = whole_fields(size, &ends);
         let result = SlideResult {

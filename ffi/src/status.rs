@@ -36,7 +36,7 @@ pub enum Status {
     EmptySession = 11,
     /// An output buffer or arena is too small (the required size is reported).
     BufferTooSmall = 12,
-    /// A metadata key or index does not exist.
+    /// A metadata key or index does not exist, or the model has no embedding statistics.
     NotFound = 13,
     /// A bug inside the library was caught at the boundary. Please report it with the message.
     Panic = 14,

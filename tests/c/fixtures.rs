@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use msclam::{random_weights, synthetic_slide};
 use msclam_engine::format::{keys, Dtype, ModelWriter};
+use msclam_engine::statistics::EmbeddingStatistics;
 use msclam_engine::{Isa, Model, ModelConfig, ModelSize, SlideSession};
 
 const TILES: usize = 300;
@@ -71,6 +72,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ModelWriter::new(&random_weights(config, 1))
         .matrix_dtype(Dtype::Int8)
         .write(dir.join("model_int8.mscl"))?;
+    // And with the embedding statistics of 20 other slides of the same generator.
+    let stats = EmbeddingStatistics::fit::<msclam_engine::Error>(config.input_dim, 20, |i| {
+        Ok(synthetic_slide(config.input_dim, TILES, 0.2, 10 + i as u64).0)
+    })?;
+    ModelWriter::new(&random_weights(config, 1))
+        .embedding_statistics(stats)
+        .write(dir.join("model_stats.mscl"))?;
     let model = Arc::new(Model::load(&model_path)?);
     let (emb, coords, _) = synthetic_slide(config.input_dim, TILES, 0.2, 2);
     write_f32(&dir.join("slide.f32"), &emb)?;

@@ -187,6 +187,16 @@ static void test_model_loading_and_metadata(const fixture *fx) {
     CHECK(strstr(msclam_last_error_message(), "not a regular file") != NULL, "%s", msclam_last_error_message());
     unlink(fifo);
     CHECK_STATUS(msclam_model_load(fx->dir, &model), MSCLAM_STATUS_IO_ERROR);
+    /* A file name that is not UTF-8 (Latin-1 "modèle.mscl") loads: POSIX paths are bytes. */
+    char latin1[4200];
+    snprintf(latin1, sizeof latin1, "%s/mod\xe8le.mscl", fx->dir);
+    FILE *copy = fopen(latin1, "wb");
+    CHECK(copy != NULL && fwrite(bytes, 1, file_len, copy) == file_len, "copy to %s", latin1);
+    fclose(copy);
+    CHECK_STATUS(msclam_model_load(latin1, &model), MSCLAM_STATUS_OK);
+    msclam_model_free(model);
+    model = (msclam_model *)0x1;
+    unlink(latin1);
     bytes[file_len / 2] ^= 0x20;
     CHECK_STATUS(msclam_model_load_from_buffer(bytes, file_len, &model), MSCLAM_STATUS_CHECKSUM_MISMATCH);
     bytes[file_len / 2] ^= 0x20;
@@ -442,6 +452,50 @@ static void test_int8_model(const fixture *fx) {
     msclam_model_free(model);
 }
 
+/* A model with its training embeddings' statistics: the share of out-of-distribution tiles
+ * is small for a slide like the training slides, and all of them for the same slide scaled by
+ * 10. A model without statistics says NOT_FOUND, and -1 in the slide result. */
+static void test_out_of_distribution(const fixture *fx, msclam_model *plain) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model_stats.mscl", fx->dir);
+    msclam_model *model = NULL;
+    CHECK_STATUS(msclam_model_load(path, &model), MSCLAM_STATUS_OK);
+    msclam_model_info info = msclam_model_info_init();
+    CHECK_STATUS(msclam_model_get_info(model, &info), MSCLAM_STATUS_OK);
+    CHECK(info.has_embedding_statistics == 1 && info.format_version_minor == 1, "statistics");
+    msclam_session_options opts = msclam_session_options_default();
+    opts.max_tiles = fx->tiles;
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    float share = -2.0f;
+    size_t tiles = 0;
+    CHECK_STATUS(msclam_session_out_of_distribution(s, &share, &tiles), MSCLAM_STATUS_EMPTY_SESSION);
+    CHECK_STATUS(msclam_session_push(s, fx->slide, fx->tiles, fx->dim, NULL, NULL, NULL, NULL), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_out_of_distribution(s, &share, &tiles), MSCLAM_STATUS_OK);
+    CHECK(share >= 0.0f && share < MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED, "in distribution: %g", share);
+    CHECK(fabsf(share - (float)tiles / (float)fx->tiles) < 1e-6f, "%zu tiles, share %g", tiles, share);
+    msclam_slide_result r = msclam_slide_result_init();
+    CHECK_STATUS(msclam_session_finalize(s, &r), MSCLAM_STATUS_OK);
+    CHECK(r.out_of_distribution_fraction == share, "result %g", r.out_of_distribution_fraction);
+    float *scaled = (float *)malloc(fx->tiles * fx->dim * sizeof(float));
+    for (size_t i = 0; i < fx->tiles * fx->dim; i++) scaled[i] = 10.0f * fx->slide[i];
+    msclam_session_reset(s);
+    CHECK_STATUS(msclam_session_push(s, scaled, fx->tiles, fx->dim, NULL, NULL, NULL, NULL), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_out_of_distribution(s, &share, NULL), MSCLAM_STATUS_OK);
+    CHECK(share > 0.9f, "values scaled by 10: %g", share);
+    msclam_session_free(s);
+    free(scaled);
+    msclam_model_free(model);
+
+    CHECK_STATUS(msclam_session_create(plain, &opts, &s), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_push(s, fx->slide, 4, fx->dim, NULL, NULL, NULL, NULL), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_out_of_distribution(s, &share, &tiles), MSCLAM_STATUS_NOT_FOUND);
+    r = msclam_slide_result_init();
+    CHECK_STATUS(msclam_session_finalize(s, &r), MSCLAM_STATUS_OK);
+    CHECK(r.out_of_distribution_fraction == -1.0f, "no statistics: %g", r.out_of_distribution_fraction);
+    msclam_session_free(s);
+}
+
 static void test_session_outlives_model(const fixture *fx) {
     msclam_model *model = NULL;
     CHECK_STATUS(msclam_model_load(fx->model_path, &model), MSCLAM_STATUS_OK);
@@ -468,6 +522,7 @@ int main(int argc, char **argv) {
     test_streaming(&fx, model);
     test_session_errors(&fx, model);
     test_arena(&fx, model);
+    test_out_of_distribution(&fx, model);
     msclam_model_free(model);
     test_session_outlives_model(&fx);
     test_bf16_model(&fx);

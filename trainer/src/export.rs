@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use msclam_engine::format::{keys, Dtype, ModelWriter};
+use msclam_engine::statistics::EmbeddingStatistics;
 
-use crate::error::Result;
+use crate::data::Cohort;
+use crate::error::{Result, TrainError};
 use crate::model::Network;
 
 /// What the file records besides the weights.
@@ -22,6 +24,19 @@ pub struct ExportMetadata {
     /// Element type of the three large matrices (`None`: f32). bf16 and f16 halve the bytes
     /// the engine reads per tile.
     pub dtype: Option<Dtype>,
+    /// Statistics of the training embeddings ([`training_statistics`]): with them, sessions
+    /// report the share of a slide's tiles that do not look like the training data.
+    pub statistics: Option<EmbeddingStatistics>,
+}
+
+/// The embedding statistics of `slides` of `cohort` (its training slides), read from the
+/// device one slide at a time.
+pub fn training_statistics(cohort: &Cohort, slides: &[usize]) -> Result<EmbeddingStatistics> {
+    EmbeddingStatistics::fit(cohort.dim, slides.len(), |i| {
+        let features = cohort.slides[slides[i]].features_f32();
+        Vec::<f32>::try_from(features.to_device(tch::Device::Cpu).view([-1]))
+            .map_err(TrainError::from)
+    })
 }
 
 /// Writes `net` (eval mode semantics: no dropout) to `path` as a `.mscl` model.
@@ -42,6 +57,9 @@ pub fn export(net: &Network, path: &Path, meta: &ExportMetadata) -> Result<()> {
     }
     if let Some(mag) = &meta.magnification {
         writer = writer.metadata(keys::TILE_MAGNIFICATION, mag)?;
+    }
+    if let Some(statistics) = &meta.statistics {
+        writer = writer.embedding_statistics(statistics.clone());
     }
     writer.write(path)?;
     Ok(())

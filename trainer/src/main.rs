@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use msclam_trainer::config::{SizeName, TrainConfig};
 use msclam_trainer::data::{self, FeaturePrecision, SplitSpec, TUMOR};
-use msclam_trainer::export::{export, ExportMetadata};
+use msclam_trainer::export::{export, training_statistics, ExportMetadata};
 use msclam_trainer::losses::AttentionLossMode;
 use msclam_trainer::model::ModelKind;
 use msclam_trainer::samplers::SamplerKind;
@@ -591,6 +591,7 @@ fn train_on(
         &ExportMetadata {
             embedder_name: args.embedder_name.clone(),
             training_summary: training_summary.to_string(),
+            statistics: Some(training_statistics(&cohort, &cohort.train)?),
             ..Default::default()
         },
     )?;
@@ -754,6 +755,7 @@ fn stream_through_engine(
         &ExportMetadata {
             embedder_name: "synthetic".into(),
             training_summary: "msclam demo".into(),
+            statistics: Some(training_statistics(data, &data.train)?),
             ..Default::default()
         },
     )?;
@@ -766,6 +768,7 @@ fn stream_through_engine(
         .unwrap_or(1);
     let mut session = SlideSession::new(model, capacity)?;
     let (mut streamed, mut worst) = (0usize, 0.0f64);
+    let mut outside: Vec<f32> = Vec::new();
     let stream_started = Instant::now();
     for (k, e) in evals.iter().enumerate() {
         let s = &data.slides[e.slide];
@@ -780,6 +783,7 @@ fn stream_through_engine(
             scores.extend(session.push(strip, Some(coords))?.slide_tumor_probability);
         }
         let r = session.finalize()?;
+        outside.extend(r.out_of_distribution_fraction);
         worst = worst.max((r.tumor_probability as f64 - e.probabilities[TUMOR]).abs());
         for (a, b) in r.tile_probabilities.iter().zip(&e.tile_probabilities) {
             worst = worst.max((a - b).abs() as f64);
@@ -797,6 +801,14 @@ fn stream_through_engine(
         model_path.display(),
         streamed as f64 / secs
     );
+    if !outside.is_empty() {
+        let mean = outside.iter().sum::<f32>() / outside.len() as f32;
+        let max = outside.iter().copied().fold(0.0f32, f32::max);
+        println!(
+            "      out-of-distribution tiles (embedding statistics of the training slides): mean share {mean:.4}, largest {max:.4} (scores are not to be trusted above {})",
+            msclam_engine::statistics::UNTRUSTED_FRACTION
+        );
+    }
     compare_half_precision(net, data, evals, dir, &model_path, capacity)
 }
 

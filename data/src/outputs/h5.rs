@@ -34,6 +34,9 @@ pub struct SlideScores {
     pub label: Option<usize>,
     /// Reference tile labels, when the input had them.
     pub reference_mask: Option<Vec<bool>>,
+    /// Share of the tiles whose embeddings do not look like the model's training data (a
+    /// model with embedding statistics only; see `msclam_engine::statistics`).
+    pub out_of_distribution: Option<f32>,
 }
 
 impl SlideScores {
@@ -58,6 +61,9 @@ pub struct SlideSummary {
     pub tumor_tiles: usize,
     /// The slide's label, when known (-1 in the file otherwise).
     pub label: Option<usize>,
+    /// Share of out-of-distribution tiles, when the model has embedding statistics (-1 in
+    /// the file otherwise).
+    pub out_of_distribution: Option<f32>,
 }
 
 impl From<&SlideScores> for SlideSummary {
@@ -69,6 +75,7 @@ impl From<&SlideScores> for SlideSummary {
             predicted_class: s.predicted_class,
             tumor_tiles: s.tumor_tiles(),
             label: s.label,
+            out_of_distribution: s.out_of_distribution,
         }
     }
 }
@@ -130,6 +137,9 @@ pub fn write_scores(path: &Path, scores: &SlideScores) -> Result<()> {
         file.new_attr::<i64>()
             .create("tile_size")?
             .write_scalar(&(scores.tile_size as i64))?;
+        file.new_attr::<f32>()
+            .create("out_of_distribution_fraction")?
+            .write_scalar(&scores.out_of_distribution.unwrap_or(-1.0))?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -152,6 +162,11 @@ pub fn read_summary(path: &Path) -> Option<SlideSummary> {
         predicted_class: usize::try_from(int("predicted_class")?).ok()?,
         tumor_tiles: usize::try_from(int("tumor_tiles")?).ok()?,
         label: usize::try_from(int("label")?).ok(),
+        out_of_distribution: file
+            .attr("out_of_distribution_fraction")
+            .ok()
+            .and_then(|a| a.read_scalar::<f32>().ok())
+            .filter(|v| *v >= 0.0),
     })
 }
 

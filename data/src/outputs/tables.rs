@@ -23,13 +23,14 @@ pub struct Failure {
 }
 
 /// Header of `slides.csv`.
-const SLIDES_HEADER: [&str; 6] = [
+const SLIDES_HEADER: [&str; 7] = [
     "slide_id",
     "tiles",
     "tumor_probability",
     "predicted_class",
     "tumor_tiles",
     "label",
+    "out_of_distribution",
 ];
 
 /// Writes `slides` (sorted by slide id) as CSV at `path`.
@@ -47,6 +48,8 @@ pub fn write_slides_csv(path: &Path, slides: &[SlideSummary]) -> Result<()> {
             s.predicted_class.to_string(),
             s.tumor_tiles.to_string(),
             s.label.map_or(String::new(), |l| l.to_string()),
+            s.out_of_distribution
+                .map_or(String::new(), |f| f.to_string()),
         ])
         .map_err(err)?;
     }
@@ -71,6 +74,10 @@ pub fn read_slides_csv(path: &Path) -> Result<Vec<SlideSummary>> {
             label: match field(5) {
                 "" => None,
                 v => Some(v.parse().map_err(|_| bad("label of"))?),
+            },
+            out_of_distribution: match field(6) {
+                "" => None,
+                v => Some(v.parse().map_err(|_| bad("out-of-distribution share of"))?),
             },
         });
     }

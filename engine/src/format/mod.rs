@@ -15,9 +15,10 @@ pub use writer::ModelWriter;
 pub const MAGIC: [u8; 8] = [0x89, b'M', b'S', b'C', b'L', b'\r', b'\n', 0x1a];
 /// Major version written and read by this engine; files of another major version are rejected.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version written by this engine; newer minors of the same major are read (unknown
-/// tensors and metadata keys are ignored).
-pub const VERSION_MINOR: u16 = 0;
+/// Newest minor version this engine writes (1: the optional embedding statistics; files
+/// without them are written as 1.0); newer minors of the same major are read (unknown tensors
+/// and metadata keys are ignored).
+pub const VERSION_MINOR: u16 = 1;
 /// Size of the fixed header in bytes.
 pub const HEADER_BYTES: usize = 128;
 /// Size of one tensor table entry in bytes.
@@ -170,11 +171,19 @@ pub enum TensorId {
     TileClassifierWeight = 11,
     /// Tile classifier biases, `2T`.
     TileClassifierBias = 12,
+    /// Optional (format 1.1): mean of each embedding dimension over the training tiles, `D`.
+    EmbeddingMean = 13,
+    /// Optional (format 1.1): 1 / standard deviation of each embedding dimension over the
+    /// training tiles, `D`.
+    EmbeddingScale = 14,
+    /// Optional (format 1.1): the range of an in-distribution tile's "distance" (the mean
+    /// squared z-score): its 0.1th and 99.9th percentiles over the training tiles, `2`.
+    EmbeddingDistanceRange = 15,
 }
 
 impl TensorId {
     /// Every id, in file order.
-    pub const ALL: [TensorId; 12] = [
+    pub const ALL: [TensorId; 15] = [
         TensorId::FcWeight,
         TensorId::FcBias,
         TensorId::AttentionAWeight,
@@ -187,6 +196,9 @@ impl TensorId {
         TensorId::ClassifierBias,
         TensorId::TileClassifierWeight,
         TensorId::TileClassifierBias,
+        TensorId::EmbeddingMean,
+        TensorId::EmbeddingScale,
+        TensorId::EmbeddingDistanceRange,
     ];
 
     /// The id of a stored code, if known to this version.
@@ -214,7 +226,18 @@ impl TensorId {
             TensorId::ClassifierBias => "classifier.bias",
             TensorId::TileClassifierWeight => "tile_classifier.weight",
             TensorId::TileClassifierBias => "tile_classifier.bias",
+            TensorId::EmbeddingMean => "embedding.mean",
+            TensorId::EmbeddingScale => "embedding.scale",
+            TensorId::EmbeddingDistanceRange => "embedding.distance_range",
         }
+    }
+
+    /// Whether a file may leave this tensor out (the embedding statistics: all three or none).
+    pub fn is_optional(self) -> bool {
+        matches!(
+            self,
+            TensorId::EmbeddingMean | TensorId::EmbeddingScale | TensorId::EmbeddingDistanceRange
+        )
     }
 
     /// Whether this tensor is one of the large matrices stored in [`Layout::Panel16`] by default.
@@ -249,6 +272,8 @@ impl TensorId {
             TensorId::ClassifierBias => (c, 1),
             TensorId::TileClassifierWeight => (2 * t, h),
             TensorId::TileClassifierBias => (2 * t, 1),
+            TensorId::EmbeddingMean | TensorId::EmbeddingScale => (d, 1),
+            TensorId::EmbeddingDistanceRange => (2, 1),
         })
     }
 }

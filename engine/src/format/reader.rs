@@ -341,13 +341,14 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
         });
     }
     for id in TensorId::ALL {
-        if id.shape(&config).is_some() && tensors[id.index()].is_none() {
+        if id.shape(&config).is_some() && !id.is_optional() && tensors[id.index()].is_none() {
             return Err(Error::invalid_model(format!(
                 "required tensor {} is missing",
                 id.name()
             )));
         }
     }
+    check_embedding_statistics(bytes, &tensors)?;
 
     let metadata_region = checked_range(
         u64_at(bytes, 72),
@@ -371,6 +372,55 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
         tensors,
         metadata,
     })
+}
+
+/// The embedding statistics are all there or all absent, f32, the scales positive, the
+/// distance range `0 <= low <= high`.
+fn check_embedding_statistics(
+    bytes: &[u8],
+    tensors: &[Option<TensorEntry>; TensorId::ALL.len()],
+) -> Result<()> {
+    let ids = [
+        TensorId::EmbeddingMean,
+        TensorId::EmbeddingScale,
+        TensorId::EmbeddingDistanceRange,
+    ];
+    let present = ids.map(|id| tensors[id.index()].as_ref());
+    if present.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    for (id, entry) in ids.iter().zip(present) {
+        let Some(entry) = entry else {
+            return Err(Error::invalid_model(format!(
+                "the embedding statistics are incomplete: {} is missing",
+                id.name()
+            )));
+        };
+        if entry.dtype != Dtype::F32 {
+            return Err(Error::invalid_model(format!(
+                "tensor {} must be f32",
+                id.name()
+            )));
+        }
+        let values = bytes[entry.data.clone()]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let valid = match id {
+            TensorId::EmbeddingScale => values.clone().all(|v| v > 0.0),
+            TensorId::EmbeddingDistanceRange => {
+                let v: [f32; 2] = std::array::from_fn(|i| values.clone().nth(i).unwrap_or(-1.0));
+                0.0 <= v[0] && v[0] <= v[1]
+            }
+            _ => true,
+        };
+        if !valid {
+            return Err(Error::invalid_model(format!(
+                "tensor {} has values out of range",
+                id.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The offset of the first non-zero byte of `bytes` within `ranges`.

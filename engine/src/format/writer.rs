@@ -10,6 +10,7 @@ use super::{
 use crate::config::{AttentionKind, TileClassifierKind};
 use crate::error::{Error, Result};
 use crate::kernels::pack_panels;
+use crate::statistics::EmbeddingStatistics;
 use crate::weights::ModelWeights;
 
 /// Builds the bytes of a `.mscl` file from [`ModelWeights`] and metadata.
@@ -29,6 +30,7 @@ pub struct ModelWriter<'a> {
     metadata: Vec<(String, String)>,
     matrix_dtype: Dtype,
     matrix_layout: Layout,
+    statistics: Option<EmbeddingStatistics>,
 }
 
 struct PlannedTensor {
@@ -55,6 +57,7 @@ impl<'a> ModelWriter<'a> {
             )],
             matrix_dtype: Dtype::F32,
             matrix_layout: Layout::Panel16,
+            statistics: None,
         }
     }
 
@@ -106,6 +109,13 @@ impl<'a> ModelWriter<'a> {
         self
     }
 
+    /// Stores the training embeddings' statistics (format 1.1), so that sessions can count the
+    /// tiles that do not look like the training data (see [`crate::statistics`]).
+    pub fn embedding_statistics(mut self, statistics: EmbeddingStatistics) -> Self {
+        self.statistics = Some(statistics);
+        self
+    }
+
     /// The complete file image.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let w = self.weights;
@@ -116,7 +126,7 @@ impl<'a> ModelWriter<'a> {
         let mut tensors: Vec<PlannedTensor> = Vec::new();
         for (id, (name, data, (rows, cols))) in TensorId::ALL
             .iter()
-            .filter(|id| id.shape(config).is_some())
+            .filter(|id| id.shape(config).is_some() && !id.is_optional())
             .zip(w.tensors())
         {
             debug_assert_eq!(id.name(), name);
@@ -154,6 +164,27 @@ impl<'a> ModelWriter<'a> {
             });
         }
 
+        if let Some(stats) = &self.statistics {
+            stats.validate(config.input_dim)?;
+            for (id, values) in [
+                (TensorId::EmbeddingMean, &stats.mean[..]),
+                (TensorId::EmbeddingScale, &stats.scale[..]),
+                (TensorId::EmbeddingDistanceRange, &stats.distance_range[..]),
+            ] {
+                tensors.push(PlannedTensor {
+                    id,
+                    dtype: Dtype::F32,
+                    layout: Layout::RowMajor,
+                    rows: values.len(),
+                    cols: 1,
+                    data: encode(values, Dtype::F32),
+                    offset: 0,
+                    scales: Vec::new(),
+                    scale_offset: 0,
+                });
+            }
+        }
+
         // Lay out the sections.
         let table_offset = HEADER_BYTES;
         let metadata_offset = align_up(table_offset + tensors.len() * TENSOR_ENTRY_BYTES);
@@ -184,7 +215,13 @@ impl<'a> ModelWriter<'a> {
         // Header.
         out[0..8].copy_from_slice(&MAGIC);
         put_u16(&mut out, 8, VERSION_MAJOR);
-        put_u16(&mut out, 10, VERSION_MINOR);
+        // Minor 1 adds the embedding statistics; files without them stay 1.0.
+        let minor = if self.statistics.is_some() {
+            VERSION_MINOR
+        } else {
+            0
+        };
+        put_u16(&mut out, 10, minor);
         put_u32(&mut out, 12, HEADER_BYTES as u32);
         put_u64(&mut out, 16, file_bytes as u64);
         // 24..28 checksum, written last; 28..32 flags = 0.
