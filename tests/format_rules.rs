@@ -389,7 +389,10 @@ fn embedding_statistics_come_together_with_positive_scales_and_an_ordered_range(
         .unwrap();
     let model = Model::from_bytes(&with_stats).unwrap();
     assert_eq!(model.format_version(), (1, 1));
-    assert_eq!(model.embedding_statistics().unwrap().distance_range, [0.25, 4.0]);
+    assert_eq!(
+        model.embedding_statistics().unwrap().distance_range,
+        [0.25, 4.0]
+    );
     let parsed = format::parse(&with_stats).unwrap();
     let data = |id| parsed.tensor(id).unwrap().data.clone();
 
@@ -405,7 +408,10 @@ fn embedding_statistics_come_together_with_positive_scales_and_an_ordered_range(
     let err = rejection(&with_stats, |b| {
         b[scale.start..scale.start + 4].copy_from_slice(&0.0f32.to_le_bytes())
     });
-    assert!(err.contains("embedding.scale has values out of range"), "{err}");
+    assert!(
+        err.contains("embedding.scale has values out of range"),
+        "{err}"
+    );
     let r = data(TensorId::EmbeddingDistanceRange);
     let err = rejection(&with_stats, |b| {
         b[r.start..r.start + 4].copy_from_slice(&5.0f32.to_le_bytes())
