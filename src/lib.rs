@@ -3,6 +3,7 @@
 //! embeddings look like post-ReLU CNN features.
 
 use msclam_engine::format::{keys, Dtype, Layout, ModelWriter};
+use msclam_engine::statistics::{EmbeddingStatistics, COMPONENTS};
 use msclam_engine::{AttentionKind, ModelConfig, ModelWeights, TileClassifierKind};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -84,8 +85,8 @@ pub fn synthetic_slide(
     (embeddings, coords, tumor)
 }
 
-/// Valid `.mscl` files of a small network (D 6, H 5, K 3): gated MS-CLAM with f32 panels,
-/// f32 row-major, f16, bf16 and int8 matrices, and a CLAM-SB-like network (plain attention, a
+/// Valid `.mscl` files of a small network (D 6, H 5, K 3): gated MS-CLAM with f32 panels (and
+/// embedding statistics, format 1.1), f32 row-major, f16, bf16 and int8 matrices, and a CLAM-SB-like network (plain attention, a
 /// tile classifier per class, 3 classes). Seeds for the fuzz targets and the format tests.
 pub fn sample_model_files() -> Vec<Vec<u8>> {
     let ms_clam = ModelConfig {
@@ -113,10 +114,29 @@ pub fn sample_model_files() -> Vec<Vec<u8>> {
         (clam, Dtype::F32, Layout::Panel16),
     ]
     .into_iter()
-    .map(|(config, dtype, layout)| {
-        ModelWriter::new(&random_weights(config, 1))
+    .enumerate()
+    .map(|(i, (config, dtype, layout))| {
+        let weights = random_weights(config, 1);
+        let mut writer = ModelWriter::new(&weights)
             .matrix_dtype(dtype)
-            .matrix_layout(layout)
+            .matrix_layout(layout);
+        if i == 0 {
+            // Embedding statistics (format 1.1): unit spread around 0.25, one direction along
+            // the first dimension, distances from 0.05 to 4 in distribution.
+            let d = config.input_dim;
+            let mut components = vec![0.0; d * COMPONENTS];
+            components[0] = 1.0;
+            let mut component_terms: Vec<f32> = (0..=COMPONENTS).flat_map(|_| [0.0, 1.0]).collect();
+            component_terms[0] = 0.25;
+            writer = writer.embedding_statistics(EmbeddingStatistics {
+                mean: vec![0.25; d],
+                scale: vec![1.0; d],
+                components,
+                component_terms,
+                distance_range: [0.05, 4.0],
+            });
+        }
+        writer
             .metadata(keys::EMBEDDER_NAME, "resnet50_trunc")
             .and_then(|w| w.metadata(keys::TILE_SIZE_PX, "256"))
             .and_then(|w| w.to_bytes())

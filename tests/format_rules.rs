@@ -378,9 +378,12 @@ fn a_tensor_of_a_newer_minor_version_is_skipped_but_its_bytes_count() {
 fn embedding_statistics_come_together_with_positive_scales_and_an_ordered_range() {
     let file = tiny_file();
     let config = format::parse(&file).unwrap().config;
+    // D 6: 6 x 16 directions (any values do for the format: the loader checks the weights).
     let stats = msclam_engine::statistics::EmbeddingStatistics {
         mean: vec![0.5; 6],
         scale: vec![2.0; 6],
+        components: vec![0.1; 6 * 16],
+        component_terms: (0..17).flat_map(|c| [0.3, 1.0 + c as f32]).collect(),
         distance_range: [0.25, 4.0],
     };
     let with_stats = ModelWriter::new(&random_weights(config, 9))
@@ -410,6 +413,14 @@ fn embedding_statistics_come_together_with_positive_scales_and_an_ordered_range(
     });
     assert!(
         err.contains("embedding.scale has values out of range"),
+        "{err}"
+    );
+    let terms = data(TensorId::EmbeddingComponentTerms);
+    let err = rejection(&with_stats, |b| {
+        b[terms.start + 4..terms.start + 8].copy_from_slice(&(-1.0f32).to_le_bytes())
+    });
+    assert!(
+        err.contains("embedding.component_terms has values out of range"),
         "{err}"
     );
     let r = data(TensorId::EmbeddingDistanceRange);

@@ -451,6 +451,7 @@ fn a_bf16_model_matches_the_reference_over_its_rounded_weights() {
                 isa,
                 threads: 1,
                 bf16_dot,
+                ..SessionOptions::default()
             };
             let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();
             for strip in strips(n, &[1, 64, 300]) {
@@ -639,6 +640,7 @@ fn an_int8_model_is_identical_on_every_isa_and_close_to_the_reference_over_its_w
                 isa,
                 threads,
                 bf16_dot: false,
+                ..SessionOptions::default()
             };
             let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();
             for strip in strips(n, cuts) {

@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 use msclam::{random_weights, synthetic_slide};
 use msclam_engine::format::{Dtype, ModelWriter};
+use msclam_engine::statistics::EmbeddingStatistics;
 use msclam_engine::{Isa, Model, ModelConfig, ModelSize, SessionOptions, SlideSession};
 
 struct CountingAllocator;
@@ -77,24 +78,31 @@ fn streaming_thousands_of_tiles_allocates_nothing() {
         let d = config.input_dim;
         let total = 1 + 7 * 20 + 64 * 20 + 1000 * 3;
         let (emb, coords, _) = synthetic_slide(d, total, 0.1, 2);
-        // Every weight dtype; bf16 also through its dot-product kernels where the CPU has them.
-        for (dtype, bf16_dot) in [
-            (Dtype::F32, false),
-            (Dtype::F16, false),
-            (Dtype::Bf16, false),
-            (Dtype::Bf16, true),
-            (Dtype::Int8, false),
+        let statistics =
+            EmbeddingStatistics::fit::<msclam_engine::Error>(d, 1, |_| Ok(emb.clone())).unwrap();
+        // Every weight dtype; bf16 also through its dot-product kernels where the CPU has them;
+        // f32 also with embedding statistics (the out-of-distribution count).
+        for (dtype, bf16_dot, with_statistics) in [
+            (Dtype::F32, false, false),
+            (Dtype::F32, false, true),
+            (Dtype::F16, false, false),
+            (Dtype::Bf16, false, false),
+            (Dtype::Bf16, true, false),
+            (Dtype::Int8, false, false),
         ] {
-            let bytes = ModelWriter::new(&random_weights(config, 1))
-                .matrix_dtype(dtype)
-                .to_bytes()
-                .unwrap();
+            let weights = random_weights(config, 1);
+            let mut writer = ModelWriter::new(&weights).matrix_dtype(dtype);
+            if with_statistics {
+                writer = writer.embedding_statistics(statistics.clone());
+            }
+            let bytes = writer.to_bytes().unwrap();
             let model = std::sync::Arc::new(Model::from_bytes(&bytes).unwrap());
             for isa in Isa::all_supported() {
                 let options = SessionOptions {
                     isa,
                     threads: 1,
                     bf16_dot,
+                    ..SessionOptions::default()
                 };
                 let mut session =
                     SlideSession::with_options(model.clone(), total, options).unwrap();
@@ -112,6 +120,8 @@ fn streaming_thousands_of_tiles_allocates_nothing() {
                                 checksum += session.tile_probabilities()[start] as f64;
                                 checksum += session.attention_logits()[end - 1] as f64;
                                 checksum += session.slide_probabilities().unwrap()[0] as f64;
+                                checksum +=
+                                    pushed.out_of_distribution_fraction.unwrap_or(0.0) as f64;
                                 start = end;
                             }
                         }
@@ -125,7 +135,7 @@ fn streaming_thousands_of_tiles_allocates_nothing() {
                 });
                 assert_eq!(
                     calls, 0,
-                    "{isa:?}, {dtype:?} (dot {bf16_dot}): {calls} allocator calls while streaming"
+                    "{isa:?}, {dtype:?} (dot {bf16_dot}, statistics {with_statistics}): {calls} allocator calls while streaming"
                 );
                 assert!(checksum.is_finite());
             }

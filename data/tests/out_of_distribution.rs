@@ -139,18 +139,17 @@ fn held_out_slides_are_in_distribution_and_shifted_embeddings_are_not() {
         rows[0].1
     );
     assert!(held < 0.01, "held-out slides: {held}");
-    // Shifts of the dimensions' ranges are seen; a change of the correlation structure with
-    // the same per-dimension spread (another encoder, dimensions reordered, on this generator)
-    // is not: the statistics are per dimension (docs/FORMAT.md says so).
-    for (name, (mean, _)) in [&rows[3], &rows[4], &rows[5]] {
+    // Another encoder, reordered dimensions, another stain, a scale error: seen.
+    for (name, (mean, _)) in [&rows[2], &rows[3], &rows[4], &rows[6]] {
         assert!(*mean > 2.0 * UNTRUSTED_FRACTION, "{name}: {mean}");
     }
-    for (name, (mean, _)) in [&rows[2], &rows[6]] {
-        assert!(
-            *mean < UNTRUSTED_FRACTION,
-            "{name}: {mean} (now detected: update the docs)"
-        );
-    }
+    // Halved values stay in the principal subspace, near the training tiles' spread: not
+    // seen on this generator (docs/FORMAT.md says so). Fails when it starts being seen.
+    let (faded, _) = rows[5].1;
+    assert!(
+        faded < UNTRUSTED_FRACTION,
+        "faded: {faded} (now detected: update the docs)"
+    );
 
     // One absurd but finite value: accepted (no false rejection), that tile counted.
     let mut one = held_out[0].features.clone();

@@ -408,6 +408,8 @@ impl Model {
         Some(StatisticsView {
             mean: self.tensor_values(TensorId::EmbeddingMean)?,
             scale: self.tensor_values(TensorId::EmbeddingScale)?,
+            components: self.tensor_values(TensorId::EmbeddingComponents)?,
+            component_terms: self.tensor_values(TensorId::EmbeddingComponentTerms)?,
             distance_range: [*range.first()?, *range.get(1)?],
         })
     }

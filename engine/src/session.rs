@@ -42,6 +42,11 @@ pub struct SessionOptions {
     /// and more (the dot product's throughput). By default the bf16 weights are widened to
     /// f32 in the kernels, exactly: the results equal f32 kernels over the widened weights.
     pub bf16_dot: bool,
+    /// For a model with embedding statistics: count the tiles that do not look like the
+    /// training data (default true; [`crate::statistics`]). Costs 4-7 % of the time at large
+    /// strips on an Intel Xeon with AVX-512 (docs/PERFORMANCE.md); without it the
+    /// out-of-distribution share is `None`, as for a model without statistics.
+    pub embedding_check: bool,
 }
 
 impl Default for SessionOptions {
@@ -50,6 +55,7 @@ impl Default for SessionOptions {
             isa: Isa::detect(),
             threads: 1,
             bf16_dot: false,
+            embedding_check: true,
         }
     }
 }
@@ -121,6 +127,10 @@ pub struct SlideResult<'s> {
     pub out_of_distribution_fraction: Option<f32>,
 }
 
+/// Tiles checked at once before scoring (finiteness, then the embedding statistics): 64 tiles
+/// of 1,024 values are 256 KiB, in L2.
+const CHECK_BLOCK: usize = 64;
+
 /// Scores one slide at a time, incrementally. Create once, then for each slide: push strips,
 /// read, finalize, reset. Used by one thread at a time (it is `Send`, not shared).
 pub struct SlideSession<'m> {
@@ -128,6 +138,8 @@ pub struct SlideSession<'m> {
     kernels: KernelPlan,
     /// Whether the kernels read the model's bf16 pairs (AVX-512 BF16 dot products).
     bf16_pairs: bool,
+    /// Whether pushes count out-of-distribution tiles (options and model allow it).
+    embedding_check: bool,
     workers: Workers,
     capacity: usize,
     plan: Plan,
@@ -297,10 +309,12 @@ impl<'m> SlideSession<'m> {
             )));
         }
         let bf16_pairs = options.bf16_dot && isa == Isa::Avx512 && model.has_bf16_pairs();
+        let embedding_check = options.embedding_check && model.embedding_statistics().is_some();
         let mut session = SlideSession {
             model,
             kernels: KernelPlan::for_isa(isa),
             bf16_pairs,
+            embedding_check,
             workers: Workers::start(options.threads)?,
             capacity,
             plan,
@@ -396,11 +410,10 @@ impl<'m> SlideSession<'m> {
     }
 
     /// Number of the slide's tiles whose embeddings lie outside the model's distance range
-    /// ([`crate::statistics`]); `None` for a model without embedding statistics.
+    /// ([`crate::statistics`]); `None` for a model without embedding statistics or a session
+    /// without [`SessionOptions::embedding_check`].
     pub fn out_of_distribution_tiles(&self) -> Option<usize> {
-        self.model
-            .embedding_statistics()
-            .map(|_| self.outside_tiles)
+        self.embedding_check.then_some(self.outside_tiles)
     }
 
     /// Share of the slide's tiles outside the model's distance range; `None` for a model without
@@ -505,12 +518,26 @@ impl<'m> SlideSession<'m> {
                 requested: n,
             });
         }
-        if let Some((tile, feature)) = find_non_finite(self.kernels.isa, x, n, stride, d) {
-            return Err(Error::NonFiniteInput {
-                tile,
-                feature,
-                value: x[tile * stride + feature],
-            });
+        // One pass over the embeddings, in cache-sized blocks: the finiteness check, then the
+        // out-of-distribution count while the block is still in cache.
+        let statistics = self
+            .model
+            .embedding_statistics()
+            .filter(|_| self.embedding_check);
+        let mut outside = 0;
+        for start in (0..n).step_by(CHECK_BLOCK) {
+            let m = CHECK_BLOCK.min(n - start);
+            let block = &x[start * stride..];
+            if let Some((tile, feature)) = find_non_finite(self.kernels.isa, block, m, stride, d) {
+                return Err(Error::NonFiniteInput {
+                    tile: start + tile,
+                    feature,
+                    value: block[tile * stride + feature],
+                });
+            }
+            if let Some(statistics) = &statistics {
+                outside += statistics.count_outside_with(self.kernels.isa, block, m, stride);
+            }
         }
         let summary_first = self.len;
         if n == 0 {
@@ -557,9 +584,7 @@ impl<'m> SlideSession<'m> {
         } else {
             Coordinates::Absent
         };
-        if let Some(stats) = self.model.embedding_statistics() {
-            self.outside_tiles += stats.count_outside(x, n, stride);
-        }
+        self.outside_tiles += outside;
         self.len += n;
         self.finalized = false;
         Ok(PushSummary {

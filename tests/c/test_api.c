@@ -484,6 +484,15 @@ static void test_out_of_distribution(const fixture *fx, msclam_model *plain) {
     CHECK_STATUS(msclam_session_out_of_distribution(s, &share, NULL), MSCLAM_STATUS_OK);
     CHECK(share > 0.9f, "values scaled by 10: %g", share);
     msclam_session_free(s);
+    /* Switched off: no count, as for a model without statistics. */
+    opts.check_embeddings = 0;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_push(s, scaled, 4, fx->dim, NULL, NULL, NULL, NULL), MSCLAM_STATUS_OK);
+    CHECK_STATUS(msclam_session_out_of_distribution(s, &share, NULL), MSCLAM_STATUS_NOT_FOUND);
+    msclam_session_free(s);
+    opts.check_embeddings = 2;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    opts.check_embeddings = 1;
     free(scaled);
     msclam_model_free(model);
 

@@ -167,6 +167,7 @@ fn run(args: &Args) -> Result<(), String> {
                 isa: *isa,
                 threads: 1,
                 bf16_dot,
+                ..SessionOptions::default()
             };
             let s = SlideSession::with_options(bf16_model.clone(), most, options)
                 .map_err(|e| e.to_string())?;

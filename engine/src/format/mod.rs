@@ -179,11 +179,17 @@ pub enum TensorId {
     /// Optional (format 1.1): the range of an in-distribution tile's "distance" (the mean
     /// squared z-score): its 0.1th and 99.9th percentiles over the training tiles, `2`.
     EmbeddingDistanceRange = 15,
+    /// Optional (format 1.1): 16 principal directions of the standardized training
+    /// embeddings, in the embeddings' space, dimension-major: `D x 16`.
+    EmbeddingComponents = 16,
+    /// Optional (format 1.1): per direction `(offset, 1 / variance)`, then `(0, 1 / variance)`
+    /// of the rest, `17 x 2`.
+    EmbeddingComponentTerms = 17,
 }
 
 impl TensorId {
     /// Every id, in file order.
-    pub const ALL: [TensorId; 15] = [
+    pub const ALL: [TensorId; 17] = [
         TensorId::FcWeight,
         TensorId::FcBias,
         TensorId::AttentionAWeight,
@@ -199,6 +205,8 @@ impl TensorId {
         TensorId::EmbeddingMean,
         TensorId::EmbeddingScale,
         TensorId::EmbeddingDistanceRange,
+        TensorId::EmbeddingComponents,
+        TensorId::EmbeddingComponentTerms,
     ];
 
     /// The id of a stored code, if known to this version.
@@ -229,14 +237,20 @@ impl TensorId {
             TensorId::EmbeddingMean => "embedding.mean",
             TensorId::EmbeddingScale => "embedding.scale",
             TensorId::EmbeddingDistanceRange => "embedding.distance_range",
+            TensorId::EmbeddingComponents => "embedding.components",
+            TensorId::EmbeddingComponentTerms => "embedding.component_terms",
         }
     }
 
-    /// Whether a file may leave this tensor out (the embedding statistics: all three or none).
+    /// Whether a file may leave this tensor out (the embedding statistics: all or none).
     pub fn is_optional(self) -> bool {
         matches!(
             self,
-            TensorId::EmbeddingMean | TensorId::EmbeddingScale | TensorId::EmbeddingDistanceRange
+            TensorId::EmbeddingMean
+                | TensorId::EmbeddingScale
+                | TensorId::EmbeddingDistanceRange
+                | TensorId::EmbeddingComponents
+                | TensorId::EmbeddingComponentTerms
         )
     }
 
@@ -274,6 +288,8 @@ impl TensorId {
             TensorId::TileClassifierBias => (2 * t, 1),
             TensorId::EmbeddingMean | TensorId::EmbeddingScale => (d, 1),
             TensorId::EmbeddingDistanceRange => (2, 1),
+            TensorId::EmbeddingComponents => (d, crate::statistics::COMPONENTS),
+            TensorId::EmbeddingComponentTerms => (crate::statistics::COMPONENTS + 1, 2),
         })
     }
 }

@@ -374,8 +374,8 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile> {
     })
 }
 
-/// The embedding statistics are all there or all absent, f32, the scales positive, the
-/// distance range `0 <= low <= high`.
+/// The embedding statistics are all there or all absent, f32, the scales and weights positive,
+/// the distance range `0 <= low <= high`.
 fn check_embedding_statistics(
     bytes: &[u8],
     tensors: &[Option<TensorEntry>; TensorId::ALL.len()],
@@ -384,6 +384,8 @@ fn check_embedding_statistics(
         TensorId::EmbeddingMean,
         TensorId::EmbeddingScale,
         TensorId::EmbeddingDistanceRange,
+        TensorId::EmbeddingComponents,
+        TensorId::EmbeddingComponentTerms,
     ];
     let present = ids.map(|id| tensors[id.index()].as_ref());
     if present.iter().all(Option::is_none) {
@@ -407,6 +409,8 @@ fn check_embedding_statistics(
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
         let valid = match id {
             TensorId::EmbeddingScale => values.clone().all(|v| v > 0.0),
+            // (offset, weight) rows: the weights positive.
+            TensorId::EmbeddingComponentTerms => values.clone().skip(1).step_by(2).all(|v| v > 0.0),
             TensorId::EmbeddingDistanceRange => {
                 let v: [f32; 2] = std::array::from_fn(|i| values.clone().nth(i).unwrap_or(-1.0));
                 0.0 <= v[0] && v[0] <= v[1]

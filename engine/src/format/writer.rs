@@ -170,13 +170,19 @@ impl<'a> ModelWriter<'a> {
                 (TensorId::EmbeddingMean, &stats.mean[..]),
                 (TensorId::EmbeddingScale, &stats.scale[..]),
                 (TensorId::EmbeddingDistanceRange, &stats.distance_range[..]),
+                (TensorId::EmbeddingComponents, &stats.components[..]),
+                (
+                    TensorId::EmbeddingComponentTerms,
+                    &stats.component_terms[..],
+                ),
             ] {
+                let (rows, cols) = id.shape(config).unwrap_or((values.len(), 1));
                 tensors.push(PlannedTensor {
                     id,
                     dtype: Dtype::F32,
                     layout: Layout::RowMajor,
-                    rows: values.len(),
-                    cols: 1,
+                    rows,
+                    cols,
                     data: encode(values, Dtype::F32),
                     offset: 0,
                     scales: Vec::new(),
