@@ -195,7 +195,8 @@ typedef struct {
   uint32_t struct_size;
   // Kernels to use: MSCLAM_ISA_AUTO (default), _PORTABLE, _AVX2 or _AVX512.
   uint32_t isa;
-  // Maximum number of tiles per slide (default 100000). Memory grows by 21 bytes per tile.
+  // Maximum number of tiles per slide, 1 to 2^32 (default 100000; else
+  // MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
   size_t max_tiles;
   // Threads that score a strip together (default 1, at most 64): the extra threads are
   // created with the session and parked between pushes; strips of at least 128 tiles per
@@ -387,13 +388,17 @@ void msclam_session_free(msclam_session *session);
 //
 // - `embeddings`: `n_tiles * embedding_dim` floats, tile after tile; `embedding_dim` must
 //   equal the model's input_dim (else MSCLAM_STATUS_DIMENSION_MISMATCH). May be NULL only if
-//   `n_tiles` is 0.
+//   `n_tiles` is 0 (else MSCLAM_STATUS_NULL_ARGUMENT).
 // - `coords`: may be NULL; else `2 * n_tiles` values, (x, y) per tile. Give coordinates for
-//   every push of a slide or for none.
+//   every push of a slide or for none (mixing them is MSCLAM_STATUS_INVALID_ARGUMENT).
 // - `out_tile_probabilities`, `out_attention_logits`: may be NULL; else room for `n_tiles`
 //   floats: this strip's tumor probabilities and raw attention logits.
 // - `out_slide_tumor_probability`: may be NULL; else receives the slide's tumor probability
-//   over every tile pushed so far.
+//   over every tile pushed so far (MSCLAM_STATUS_EMPTY_SESSION for an empty push on a slide
+//   without tiles: there is no score to give).
+// - Every buffer must be aligned for its element type (4 bytes for float and uint32_t, as
+//   malloc and arrays of them are; else MSCLAM_STATUS_INVALID_ARGUMENT). An output buffer may
+//   be the input buffer.
 //
 // Errors (NaN/Inf input, capacity exceeded, dimension mismatch) reject the whole strip and
 // leave the session exactly as it was. No allocation.

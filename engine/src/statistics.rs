@@ -34,6 +34,7 @@ pub const COMPONENTS: usize = 16;
 pub const SAMPLED_TILES: usize = 16_384;
 
 /// Number of principal directions fitted for `dim`-dimensional embeddings.
+#[cfg(feature = "fit")]
 fn fitted_components(dim: usize) -> usize {
     COMPONENTS.min(dim.saturating_sub(1))
 }
