@@ -85,11 +85,10 @@ pub fn synthetic_slide(
     (embeddings, coords, tumor)
 }
 
-/// Valid `.mscl` files of a small network (D 6, H 5, K 3): gated MS-CLAM with f32 panels (and
-/// embedding statistics, format 1.1), f32 row-major, f16, bf16 and int8 matrices, and a CLAM-SB-like network (plain attention, a
-/// tile classifier per class, 3 classes). Seeds for the fuzz targets and the format tests.
-pub fn sample_model_files() -> Vec<Vec<u8>> {
-    let ms_clam = ModelConfig {
+/// A very small gated MS-CLAM network (D 6, H 5, K 3, 2 classes): small enough to build files
+/// by hand around it.
+pub fn tiny_config() -> ModelConfig {
+    ModelConfig {
         input_dim: 6,
         hidden_dim: 5,
         attention_dim: 3,
@@ -98,7 +97,14 @@ pub fn sample_model_files() -> Vec<Vec<u8>> {
         tile_classifier: TileClassifierKind::SingleBinary,
         tumor_class: 1,
         threshold: 0.5,
-    };
+    }
+}
+
+/// Valid `.mscl` files of [`tiny_config`]: f32 panels (and embedding statistics, format 1.1),
+/// f32 row-major, f16, bf16 and int8 matrices, and a CLAM-SB-like network (plain attention, a
+/// tile classifier per class, 3 classes). Seeds for the fuzz targets and the format tests.
+pub fn sample_model_files() -> Vec<Vec<u8>> {
+    let ms_clam = tiny_config();
     let clam = ModelConfig {
         attention: AttentionKind::Plain,
         tile_classifier: TileClassifierKind::PerClass,

@@ -5,25 +5,10 @@ mod common;
 
 use std::sync::Arc;
 
-use msclam::{random_weights, synthetic_slide};
+use msclam::{random_weights, synthetic_slide, tiny_config};
 use msclam_engine::format::{self, keys, Dtype, Layout, ModelWriter, TensorId};
 use msclam_engine::kernels::unpack_panels;
-use msclam_engine::{
-    AttentionKind, Error, Model, ModelConfig, ModelSize, SlideSession, TileClassifierKind,
-};
-
-fn tiny_config() -> ModelConfig {
-    ModelConfig {
-        input_dim: 6,
-        hidden_dim: 5,
-        attention_dim: 3,
-        attention: AttentionKind::Gated,
-        num_classes: 2,
-        tile_classifier: TileClassifierKind::SingleBinary,
-        tumor_class: 1,
-        threshold: 0.5,
-    }
-}
+use msclam_engine::{Error, Model, ModelConfig, ModelSize, SlideSession};
 
 fn tiny_file() -> Vec<u8> {
     ModelWriter::new(&random_weights(tiny_config(), 9))

@@ -1,24 +1,14 @@
 //! Each structural rule of docs/FORMAT.md, one file per rule that breaks only that rule, sealed
 //! with a recomputed checksum (and `file_bytes` updated), so that the rule itself rejects it.
 
-use msclam::random_weights;
+use msclam::{random_weights, tiny_config};
 use msclam_engine::format::{self, keys, ModelWriter, TensorId, ALIGNMENT, HEADER_BYTES};
-use msclam_engine::{AttentionKind, Error, Model, ModelConfig, TileClassifierKind};
+use msclam_engine::{Error, Model};
 
 const ENTRY: usize = format::TENSOR_ENTRY_BYTES;
 
 fn tiny_file() -> Vec<u8> {
-    let config = ModelConfig {
-        input_dim: 6,
-        hidden_dim: 5,
-        attention_dim: 3,
-        attention: AttentionKind::Gated,
-        num_classes: 2,
-        tile_classifier: TileClassifierKind::SingleBinary,
-        tumor_class: 1,
-        threshold: 0.5,
-    };
-    ModelWriter::new(&random_weights(config, 9))
+    ModelWriter::new(&random_weights(tiny_config(), 9))
         .metadata(keys::EMBEDDER_NAME, "resnet50_trunc")
         .unwrap()
         .metadata(keys::TILE_SIZE_PX, "256")
