@@ -52,7 +52,9 @@
 #define MSCLAM_VERSION 1000
 
 // Share of out-of-distribution tiles (msclam_session_out_of_distribution()) above which a
-// slide's scores should not be trusted. (Added in 0.1.1.)
+// slide's scores should not be trusted. A float threshold: compare in float, as the library
+// does (`fraction > (float)MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED`; in double, exactly 1 tile
+// in 10 would count as above). (Added in 0.1.1.)
 #define MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED 0.1
 
 // Values of `msclam_model_info.attention`: plain attention.
@@ -234,7 +236,7 @@ typedef struct {
   size_t tumor_tiles;
   // Share of the tiles whose embeddings lie outside the training data's range, 0 to 1
   // (see msclam_session_out_of_distribution()); -1 when the model carries no embedding
-  // statistics. (Added in 0.1.1.)
+  // statistics or the session was created with `check_embeddings` 0. (Added in 0.1.1.)
   float out_of_distribution_fraction;
 } msclam_slide_result;
 
@@ -437,7 +439,8 @@ msclam_status msclam_session_tumor_probability(const msclam_session *session,
 
 // Share of the slide's tiles whose embeddings do not look like the model's training data:
 // outside the distance range stored with the model (the 0.1th to 99.9th percentiles, over
-// the training tiles, of the mean squared z-score of a tile's values). About 0.002 for
+// the training tiles, of a tile's Mahalanobis distance under a PCA model of the training
+// embeddings; docs/FORMAT.md). About 0.002 for
 // slides like the training data; above MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not
 // be trusted (another encoder or dimension order, magnification, stain, or scale). Updated by
 // every push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.

@@ -94,6 +94,12 @@ impl EmbeddingStatistics {
             if !x.len().is_multiple_of(dim) {
                 return Err(Error::EmbeddingLength { len: x.len(), dim }.into());
             }
+            if x.iter().any(|v| !v.is_finite()) {
+                return Err(Error::invalid_argument(format!(
+                    "training slide {i} has a non-finite embedding value"
+                ))
+                .into());
+            }
             for tile in x.chunks_exact(dim) {
                 for ((s, q), v) in sum.iter_mut().zip(&mut sum_sq).zip(tile) {
                     *s += *v as f64;
@@ -149,7 +155,19 @@ impl EmbeddingStatistics {
         let correlation =
             nalgebra::DMatrix::from_fn(dim, dim, |r, c| gram[[r, c]] as f64 / denominator);
         let trace = correlation.trace();
-        let eigen = nalgebra::SymmetricEigen::new(correlation);
+        if !correlation.iter().all(|v| v.is_finite()) {
+            return Err(Error::invalid_argument(
+                "the training embeddings' correlation matrix is not finite",
+            )
+            .into());
+        }
+        // An iteration limit: nalgebra's default loops forever on some degenerate matrices.
+        let eigen = nalgebra::SymmetricEigen::try_new(correlation, f64::EPSILON, 100 * dim)
+            .ok_or_else(|| {
+                Error::invalid_argument(
+                    "the eigendecomposition of the training embeddings did not converge",
+                )
+            })?;
         let mut order: Vec<usize> = (0..dim).collect();
         order.sort_by(|a, b| eigen.eigenvalues[*b].total_cmp(&eigen.eigenvalues[*a]));
         let k = fitted_components(dim);
@@ -191,6 +209,12 @@ impl EmbeddingStatistics {
         for i in 0..slides {
             let view = statistics.view();
             distances.extend(slide(i)?.chunks_exact(dim).map(|t| view.distance(t)));
+        }
+        if distances.len() != tiles {
+            return Err(Error::invalid_argument(
+                "the training slides changed between the passes over them",
+            )
+            .into());
         }
         distances.sort_unstable_by(f32::total_cmp);
         let quantile = |q: f64| distances[((distances.len() - 1) as f64 * q).round() as usize];
@@ -328,7 +352,7 @@ fn count_of<const FUSED: bool>(
 /// [`count_of`] compiled for AVX-512F.
 ///
 /// # Safety
-/// The CPU must support AVX-512F and FMA.
+/// The CPU must support AVX-512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn count_avx512(v: &StatisticsView<'_>, x: &[f32], n: usize, stride: usize) -> usize {
@@ -383,9 +407,9 @@ impl StatisticsView<'_> {
     pub fn count_outside_with(&self, isa: Isa, x: &[f32], n: usize, stride: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
         {
-            let fma = is_x86_feature_detected!("fma");
+            let fma = is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2");
             if isa == Isa::Avx512 && fma && is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F and FMA were detected on this CPU just above.
+                // SAFETY: AVX-512F, AVX2 and FMA were detected on this CPU just above.
                 return unsafe { count_avx512(self, x, n, stride) };
             }
             if isa != Isa::Portable && fma && is_x86_feature_detected!("avx2") {

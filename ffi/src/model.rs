@@ -17,7 +17,9 @@ pub struct Model {
 }
 
 /// Share of out-of-distribution tiles (msclam_session_out_of_distribution()) above which a
-/// slide's scores should not be trusted. (Added in 0.1.1.)
+/// slide's scores should not be trusted. A float threshold: compare in float, as the library
+/// does (`fraction > (float)MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED`; in double, exactly 1 tile
+/// in 10 would count as above). (Added in 0.1.1.)
 pub const MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED: f32 = 0.1;
 const _: () = assert!(
     MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED == msclam_engine::statistics::UNTRUSTED_FRACTION,

@@ -153,7 +153,7 @@ pub struct SlideResult {
     pub tumor_tiles: usize,
     /// Share of the tiles whose embeddings lie outside the training data's range, 0 to 1
     /// (see msclam_session_out_of_distribution()); -1 when the model carries no embedding
-    /// statistics. (Added in 0.1.1.)
+    /// statistics or the session was created with `check_embeddings` 0. (Added in 0.1.1.)
     pub out_of_distribution_fraction: f32,
 }
 
@@ -566,7 +566,8 @@ pub unsafe extern "C" fn msclam_session_tumor_probability(
 
 /// Share of the slide's tiles whose embeddings do not look like the model's training data:
 /// outside the distance range stored with the model (the 0.1th to 99.9th percentiles, over
-/// the training tiles, of the mean squared z-score of a tile's values). About 0.002 for
+/// the training tiles, of a tile's Mahalanobis distance under a PCA model of the training
+/// embeddings; docs/FORMAT.md). About 0.002 for
 /// slides like the training data; above MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not
 /// be trusted (another encoder or dimension order, magnification, stain, or scale). Updated by
 /// every push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.

@@ -1,5 +1,5 @@
 //! The data layer's reader of CLAM feature files (HDF5: `features`, `coords`, optional
-//! `tile_labels`) through the HDF5 C library. Seeds: valid files written by `fuzz/seeds.sh`.
+//! `tile_labels`) through the HDF5 C library. Seeds: valid files written by `data/tests/fuzz_seeds.rs`.
 //! Findings inside libhdf5 itself are reported upstream and listed in docs/FUZZING.md.
 #![no_main]
 

@@ -1,5 +1,5 @@
 //! Raw bytes into the `.mscl` loader (from bytes, and from a borrowed buffer); an accepted
-//! model then scores a few tiles. Seeds: `fuzz/seeds.sh` writes valid files of every dtype.
+//! model then scores a few tiles. Seeds: valid files of every dtype, written by `data/tests/fuzz_seeds.rs`.
 #![no_main]
 
 use std::sync::Arc;

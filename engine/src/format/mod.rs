@@ -176,8 +176,9 @@ pub enum TensorId {
     /// Optional (format 1.1): 1 / standard deviation of each embedding dimension over the
     /// training tiles, `D`.
     EmbeddingScale = 14,
-    /// Optional (format 1.1): the range of an in-distribution tile's "distance" (the mean
-    /// squared z-score): its 0.1th and 99.9th percentiles over the training tiles, `2`.
+    /// Optional (format 1.1): the range of an in-distribution tile's distance (its Mahalanobis
+    /// distance under a PCA model; [`crate::statistics`]): the 0.1th and 99.9th percentiles
+    /// over the training tiles, `2`.
     EmbeddingDistanceRange = 15,
     /// Optional (format 1.1): 16 principal directions of the standardized training
     /// embeddings, in the embeddings' space, dimension-major: `D x 16`.
