@@ -486,7 +486,10 @@ impl Sections {
     /// Records a section (the table's length bounds how many there are: 3 + 2 per entry, at
     /// most [`MAX_TENSOR_ENTRIES`] entries, which is the list's size).
     fn push(&mut self, range: Range<usize>, section: Section) {
-        debug_assert!(self.len < self.list.len(), "more sections than the table allows");
+        debug_assert!(
+            self.len < self.list.len(),
+            "more sections than the table allows"
+        );
         if let Some(slot) = self.list.get_mut(self.len) {
             *slot = (range, section);
             self.len += 1;
