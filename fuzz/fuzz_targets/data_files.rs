@@ -3,25 +3,8 @@
 //! (the readers take paths, as the CLI does) and read; any error is fine, a panic is not.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use msclam_data::layout;
-
-fn dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("msclam-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a scratch folder");
-        dir
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, content)) = data.split_first() else {
@@ -36,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         "l.txt",
         "l.csv",
     ][choice as usize % 7];
-    let path = dir().join(name);
+    let path = msclam_fuzz::scratch_dir().join(name);
     std::fs::write(&path, content).expect("scratch file written");
     let labels = [("normal".to_owned(), 0), ("tumor".to_owned(), 1)];
     match choice % 7 {

@@ -1,6 +1,7 @@
 //! What the fuzz targets share.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use msclam_engine::{Model, SlideSession};
 
@@ -41,4 +42,20 @@ pub fn score_a_few_tiles(model: Arc<Model>) {
 /// A probability the engine reported with an OK status.
 pub fn check_probability(p: f32) {
     assert!((0.0..=1.0).contains(&p), "probability {p}");
+}
+
+/// This process's scratch folder for the readers that take paths (in `/dev/shm` where it
+/// exists: no disk writes per input).
+pub fn scratch_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("msclam-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a scratch folder");
+        dir
+    })
 }
