@@ -4,8 +4,8 @@
 //! <root>/dataset.csv                 case_id,slide_id,label   (label names mapped to classes)
 //! <root>/h5_files/<slide_id>.h5      features (N x D, float32 or float16), coords (N x 2),
 //!                                    optionally tile_labels (N, 1 = tumor)
-//! <root>/pt_files/<slide_id>.pt      the features as a torch.save tensor (read by the trainer,
-//!                                    which has libtorch, when the .h5 is absent)
+//! <root>/pt_files/<slide_id>.pt      the features as a torch.save tensor (read when the .h5
+//!                                    is absent; tiles are then laid out in reading order)
 //! <root>/tile_labels/<slide_id>.pkl  Python list of tumorous tile indices (MS-CLAM's format),
 //!                       or .npy (integer indices, or a boolean mask of N),
 //!                       or .txt/.csv one index per line or comma-separated
@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 use crate::synthetic::SyntheticSlide;
+use crate::torch_save::{Dtype, PyObject};
 use crate::{NORMAL, TUMOR};
 
 /// Where a cohort's files are.
@@ -149,6 +150,80 @@ pub struct SlideFile {
     /// Side of a tile in level-0 pixels, from the `coords` attributes CLAM writes
     /// (`patch_size` times `downsample`), if present.
     pub tile_size: Option<u32>,
+}
+
+/// Reads one slide's features file: HDF5 (`.h5`) or a `torch.save` tensor (`.pt`, see
+/// [`read_pt`]).
+pub fn read_features_file(path: &Path, slide: &str) -> Result<SlideFile> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("pt") | Some("pth") => read_pt(path, slide),
+        _ => read_h5(path, slide),
+    }
+}
+
+/// Reads one slide of a cohort: `h5_files/<id>.h5` when it exists, else `pt_files/<id>.pt`.
+pub fn read_slide(layout: &ClamLayout, slide: &str) -> Result<SlideFile> {
+    let h5 = layout.h5_dir.join(format!("{slide}.h5"));
+    if h5.exists() {
+        return read_h5(&h5, slide);
+    }
+    match layout
+        .pt_dir
+        .as_ref()
+        .map(|d| d.join(format!("{slide}.pt")))
+        .filter(|p| p.exists())
+    {
+        Some(pt) => read_pt(&pt, slide),
+        None => Err(DataError::slide(
+            slide,
+            format!(
+                "missing features file {} (and no {slide}.pt in pt_files/)",
+                h5.display()
+            ),
+        )),
+    }
+}
+
+/// Reads a `pt_files/<id>.pt` tensor (`N x D`, float32/float16/bfloat16/float64, written by
+/// Python's `torch.save`) with the pure-Rust reader of [`crate::torch_save`]. Such a file has
+/// no coordinates: the tiles are laid out in reading order on a square grid of 256-pixel
+/// tiles.
+pub fn read_pt(path: &Path, slide: &str) -> Result<SlideFile> {
+    let bad = |why: String| DataError::slide(slide, format!("{}: {why}", path.display()));
+    let object = crate::torch_save::read_torch_save(path)
+        .map_err(|e| DataError::slide(slide, e.to_string()))?;
+    let array = match object {
+        PyObject::Array(a) => a,
+        other => return Err(bad(format!("holds {}, not a tensor", other.describe()))),
+    };
+    if array.shape.len() != 2 {
+        return Err(bad(format!(
+            "the tensor has shape {:?}, expected N x D",
+            array.shape
+        )));
+    }
+    if !array.dtype.is_float() {
+        return Err(bad(format!(
+            "the tensor holds {}, expected floating point",
+            array.dtype.name()
+        )));
+    }
+    let (n, dim) = (array.shape[0], array.shape[1]);
+    if n == 0 || dim == 0 {
+        return Err(bad("empty slide: no tiles".into()));
+    }
+    let features = array.to_f32();
+    let width = (n as f64).sqrt().ceil() as usize;
+    let coords = (0..n)
+        .map(|i| [((i % width) * 256) as u32, ((i / width) * 256) as u32])
+        .collect();
+    Ok(SlideFile {
+        features,
+        dim,
+        coords,
+        tile_labels: None,
+        tile_size: None,
+    })
 }
 
 fn h5_error(slide: &str, e: impl std::fmt::Display) -> DataError {
@@ -334,9 +409,10 @@ fn clam_tile_size(coords: &hdf5::Dataset) -> Option<u32> {
     (side >= 1.0 && side <= u32::MAX as f64).then_some(side as u32)
 }
 
-/// Reads a list of tumorous tile indices: a Python pickle (`.pkl`, a list of ints, as
-/// MS-CLAM stores them), a NumPy `.npy` array (integer indices, or a boolean mask with one
-/// entry per tile) or text (`.txt`/`.csv`, integers separated by newlines or commas).
+/// Reads a list of tumorous tile indices: a Python pickle (`.pkl`: a list or tuple of ints or
+/// NumPy integers, or a NumPy array of indices or a boolean mask, as MS-CLAM users write
+/// them), a NumPy `.npy` array (integer indices, or a boolean mask with one entry per tile)
+/// or text (`.txt`/`.csv`, integers separated by newlines or commas).
 /// Returns the per-tile labels of an `n`-tile slide.
 pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8>> {
     let indices: Vec<i64> = match path.extension().and_then(|e| e.to_str()) {
@@ -355,17 +431,40 @@ pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8
             NpyLabels::Indices(indices) => indices,
         },
         Some("pkl") | Some("pickle") => {
-            let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-            serde_pickle::from_reader(
-                std::io::BufReader::new(file),
-                serde_pickle::DeOptions::new(),
-            )
-            .map_err(|e| {
-                DataError::slide(
-                    slide,
-                    format!("{}: not a pickled list of integers ({e})", path.display()),
-                )
-            })?
+            let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+            let bad = |why: String| DataError::slide(slide, format!("{}: {why}", path.display()));
+            match crate::torch_save::parse_pickle(&bytes)
+                .map_err(|e| bad(format!("not a readable pickle ({e})")))?
+            {
+                PyObject::List(items) | PyObject::Tuple(items) => items
+                    .iter()
+                    .map(|v| match v {
+                        PyObject::Int(i) => Ok(*i),
+                        other => Err(bad(format!("a tile index that is {}", other.describe()))),
+                    })
+                    .collect::<Result<Vec<i64>>>()?,
+                PyObject::Array(a) if a.shape.len() == 1 && a.dtype == Dtype::Bool => {
+                    if a.len() != n {
+                        return Err(bad(format!(
+                            "boolean mask of {} entries for {n} tiles",
+                            a.len()
+                        )));
+                    }
+                    return Ok(a.bytes().to_vec());
+                }
+                PyObject::Array(a) if a.shape.len() <= 1 => a.to_i64().ok_or_else(|| {
+                    bad(format!(
+                        "a {} array, expected integer tile indices",
+                        a.dtype.name()
+                    ))
+                })?,
+                other => {
+                    return Err(bad(format!(
+                        "holds {}, expected a list or array of tile indices",
+                        other.describe()
+                    )))
+                }
+            }
         }
         _ => {
             let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;

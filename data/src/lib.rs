@@ -9,7 +9,9 @@
 //! - [`synthetic`]: generated cohorts that look like Camelyon16 or DigestPath;
 //! - [`outputs`]: per-slide scores as HDF5 (CLAM's heatmap convention), the tumor mask as
 //!   GeoJSON (QuPath), pictures, and the run's tables;
-//! - [`score`]: the batch job behind `msclam score` (threads, resumable, shards).
+//! - [`score`]: the batch job behind `msclam score` (threads, resumable, shards);
+//! - [`torch_save`]: files written by `torch.save` and `pickle.dump` (feature tensors,
+//!   checkpoints, tile labels), read without Python or libtorch.
 //!
 //! Nothing here links libtorch: `cargo tree -p msclam-data` shows no `tch`.
 
@@ -22,6 +24,7 @@ pub mod plots;
 pub mod report;
 pub mod score;
 pub mod synthetic;
+pub mod torch_save;
 
 pub use error::{DataError, Result};
 

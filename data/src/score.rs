@@ -58,24 +58,34 @@ impl Shard {
 pub struct SlideInput {
     /// Slide id (the features file's stem).
     pub slide_id: String,
-    /// Its `.h5` features file.
-    pub h5: PathBuf,
+    /// Its features file: CLAM's `.h5`, or a `torch.save` tensor (`.pt`, no coordinates).
+    pub features: PathBuf,
     /// Its class, when the input is a labelled CLAM cohort.
     pub label: Option<usize>,
     /// Its tile-label file, when the cohort has one.
     pub tile_labels: Option<PathBuf>,
 }
 
-/// The slides under `input`, sorted by id: a CLAM cohort (`dataset.csv` and `h5_files/`:
-/// every slide of the dataset, with labels), a folder holding `h5_files/`, or a folder of
-/// `.h5` files.
+/// The slides under `input`, sorted by id: a CLAM cohort (`dataset.csv` and `h5_files/` or
+/// `pt_files/`: every slide of the dataset, with labels), a folder holding `h5_files/` or
+/// `pt_files/`, or a folder of `.h5` or `.pt` files. A slide with both is read from its `.h5`
+/// (which has the coordinates).
 pub fn find_slides(input: &Path) -> Result<Vec<SlideInput>> {
     let layout = ClamLayout::under(input);
     let mut slides = Vec::new();
-    if layout.dataset_csv.exists() && layout.h5_dir.is_dir() {
+    let features_of = |id: &str| {
+        let h5 = layout.h5_dir.join(format!("{id}.h5"));
+        match &layout.pt_dir {
+            Some(pt_dir) if !h5.exists() && pt_dir.join(format!("{id}.pt")).exists() => {
+                pt_dir.join(format!("{id}.pt"))
+            }
+            _ => h5,
+        }
+    };
+    if layout.dataset_csv.exists() && (layout.h5_dir.is_dir() || layout.pt_dir.is_some()) {
         for row in layout::read_dataset_csv(&layout.dataset_csv, &layout.label_map)? {
             slides.push(SlideInput {
-                h5: layout.h5_dir.join(format!("{}.h5", row.slide_id)),
+                features: features_of(&row.slide_id),
                 label: Some(row.label),
                 tile_labels: layout
                     .tile_labels_dir
@@ -85,28 +95,40 @@ pub fn find_slides(input: &Path) -> Result<Vec<SlideInput>> {
             });
         }
     } else {
-        let dir = if layout.h5_dir.is_dir() {
-            layout.h5_dir.clone()
-        } else {
-            input.to_path_buf()
-        };
-        let entries = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| DataError::io(&dir, e))?.path();
-            if path.extension().and_then(|e| e.to_str()) == Some("h5") {
-                let slide_id = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .ok_or_else(|| DataError::file(&path, "file name is not UTF-8"))?
-                    .to_owned();
-                slides.push(SlideInput {
-                    slide_id,
-                    h5: path,
-                    label: None,
-                    tile_labels: None,
-                });
+        let mut dirs = Vec::new();
+        if layout.h5_dir.is_dir() {
+            dirs.push(layout.h5_dir.clone());
+        }
+        dirs.extend(layout.pt_dir.clone());
+        if dirs.is_empty() {
+            dirs.push(input.to_path_buf());
+        }
+        for dir in dirs {
+            let entries = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| DataError::io(&dir, e))?.path();
+                let extension = path.extension().and_then(|e| e.to_str());
+                if matches!(extension, Some("h5") | Some("pt")) {
+                    let slide_id = path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .ok_or_else(|| DataError::file(&path, "file name is not UTF-8"))?
+                        .to_owned();
+                    slides.push(SlideInput {
+                        slide_id,
+                        features: path,
+                        label: None,
+                        tile_labels: None,
+                    });
+                }
             }
         }
+        // The .h5 of a slide that also has a .pt (it has the coordinates).
+        slides.sort_by(|a, b| {
+            let is_pt = |s: &SlideInput| s.features.extension().is_some_and(|e| e == "pt");
+            (&a.slide_id, is_pt(a)).cmp(&(&b.slide_id, is_pt(b)))
+        });
+        slides.dedup_by(|later, first| later.slide_id == first.slide_id);
     }
     slides.sort_by(|a, b| a.slide_id.cmp(&b.slide_id));
     if let Some(w) = slides.windows(2).find(|w| w[0].slide_id == w[1].slide_id) {
@@ -133,7 +155,7 @@ pub fn shard_slides(slides: Vec<SlideInput>, shard: Option<Shard>) -> Vec<SlideI
 pub struct ScoreOptions {
     /// The `.mscl` model.
     pub model: PathBuf,
-    /// A CLAM cohort or a folder of `.h5` files ([`find_slides`]).
+    /// A CLAM cohort or a folder of `.h5` or `.pt` files ([`find_slides`]).
     pub input: PathBuf,
     /// Output folder.
     pub out: PathBuf,
@@ -199,7 +221,14 @@ fn score_slide(
     outcome: &mut Outcome,
 ) -> Result<SlideScores> {
     let started = std::time::Instant::now();
-    let file = layout::read_h5(&input.h5, &input.slide_id)?;
+    let file = layout::read_features_file(&input.features, &input.slide_id)?;
+    if input.features.extension().is_some_and(|e| e == "pt") {
+        log::warn!(
+            "{}: a torch.save tensor has no tile coordinates: the tiles are placed in reading \
+             order on a square grid, and the GeoJSON and picture show that grid",
+            input.slide_id
+        );
+    }
     let n = file.coords.len();
     let dim = model.config().input_dim;
     if file.dim != dim {
@@ -207,7 +236,7 @@ fn score_slide(
             &input.slide_id,
             format!(
                 "{}: features have D = {}, the model expects {dim}",
-                input.h5.display(),
+                input.features.display(),
                 file.dim
             ),
         ));
@@ -231,7 +260,10 @@ fn score_slide(
     let s = session.as_mut().expect("created above");
     s.reset();
     let engine_error = |e: msclam_engine::Error| {
-        DataError::slide(&input.slide_id, format!("{}: {e}", input.h5.display()))
+        DataError::slide(
+            &input.slide_id,
+            format!("{}: {e}", input.features.display()),
+        )
     };
     s.push(&file.features, Some(&file.coords))
         .map_err(engine_error)?;
@@ -317,7 +349,7 @@ pub fn score_slides(options: &ScoreOptions, progress: &(dyn Fn(&str) + Sync)) ->
                                 log::warn!("{e}");
                                 mine.failures.push(Failure {
                                     slide_id: input.slide_id.clone(),
-                                    path: input.h5.display().to_string(),
+                                    path: input.features.display().to_string(),
                                     reason: e.to_string(),
                                 });
                             }

@@ -142,6 +142,34 @@ fn seeds_are_valid_inputs_of_their_readers() {
         &[&[5 + 7 * 20][..], b"0\n3\n19\n"].concat(),
     );
 
+    // torch.save archives (zip and legacy) and pickles, written by the real PyTorch and NumPy
+    // (the reader's own test files) when the project's Python environment is there.
+    if let Some(venv) = std::env::var_os("MSCLAM_VENV") {
+        let files = out.join("torch-files");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_save_files.py");
+        let status = std::process::Command::new(PathBuf::from(venv).join("bin/python"))
+            .arg(&script)
+            .arg(&files)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for entry in std::fs::read_dir(&files).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            if name.ends_with(".pt") && name != "text.pt" && name != "scripted.pt" {
+                msclam_data::torch_save::parse_torch_save(&bytes).unwrap();
+            } else if name.ends_with(".pkl") {
+                msclam_data::torch_save::parse_pickle(&bytes).unwrap();
+            } else {
+                continue;
+            }
+            write(&out, "torch_files", &name, &bytes);
+        }
+        std::fs::remove_dir_all(&files).unwrap();
+    }
+
     if std::env::var_os("MSCLAM_FUZZ_SEEDS").is_none() {
         let _ = std::fs::remove_dir_all(&out);
     } else {

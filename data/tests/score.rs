@@ -301,3 +301,72 @@ fn shards_merge_into_exactly_the_unsharded_tables() {
     assert!(e.contains("shard 2 of 4"), "{e}");
     assert!("3/4".parse::<Shard>().is_ok() && "4/4".parse::<Shard>().is_err());
 }
+
+#[test]
+fn pt_files_cohorts_score_like_their_h5_files() {
+    let root = temp("pt");
+    let (data, model, _) = cohort(&root);
+    let h5_out = root.join("out-h5");
+    let from_h5 = score::score_slides(&options(&model, &data, &h5_out), &|_| {}).unwrap();
+    // CLAM's pt_files/: each slide's features as a torch.save tensor, written by PyTorch; the
+    // .h5 files of all slides but one go away (a slide with both is read from its .h5).
+    let layout = layout::ClamLayout::under(&data);
+    let pt_dir = data.join("pt_files");
+    std::fs::create_dir_all(&pt_dir).unwrap();
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&layout.h5_dir).unwrap() {
+        let h5 = entry.unwrap().path();
+        let id = h5.file_stem().unwrap().to_string_lossy().into_owned();
+        let file = layout::read_h5(&h5, &id).unwrap();
+        let raw = root.join(format!("{id}.f32"));
+        let bytes: Vec<u8> = file.features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&raw, bytes).unwrap();
+        let program = format!(
+            "import sys, torch\n\
+             t = torch.frombuffer(bytearray(open(sys.argv[1], 'rb').read()), dtype=torch.float32)\n\
+             torch.save(t.reshape(-1, {DIM}).clone(), sys.argv[2])"
+        );
+        let output = Command::new(venv_python())
+            .args(["-c", &program])
+            .arg(&raw)
+            .arg(pt_dir.join(format!("{id}.pt")))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ids.push((id, h5));
+    }
+    ids.sort();
+    for (_, h5) in &ids[1..] {
+        std::fs::remove_file(h5).unwrap();
+    }
+    let pt_out = root.join("out-pt");
+    let from_pt = score::score_slides(&options(&model, &data, &pt_out), &|_| {}).unwrap();
+    assert!(from_pt.failures.is_empty(), "{:?}", from_pt.failures);
+    assert_eq!(from_pt.slides.len(), from_h5.slides.len());
+    for (a, b) in from_pt.slides.iter().zip(&from_h5.slides) {
+        assert_eq!(a.slide_id, b.slide_id);
+        assert_eq!(a.tumor_probability, b.tumor_probability, "{}", a.slide_id);
+        assert_eq!(a.tumor_tiles, b.tumor_tiles, "{}", a.slide_id);
+    }
+    // The same with only the pt files in a folder, no dataset.csv: unlabelled slides.
+    let loose = root.join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    for (id, _) in &ids {
+        std::fs::copy(
+            pt_dir.join(format!("{id}.pt")),
+            loose.join(format!("{id}.pt")),
+        )
+        .unwrap();
+    }
+    let slides = score::find_slides(&loose).unwrap();
+    assert_eq!(slides.len(), ids.len());
+    let out = root.join("out-loose");
+    let outcome = score::score_slides(&options(&model, &loose, &out), &|_| {}).unwrap();
+    for (a, b) in outcome.slides.iter().zip(&from_h5.slides) {
+        assert_eq!(a.tumor_probability, b.tumor_probability, "{}", a.slide_id);
+    }
+}

@@ -1,7 +1,6 @@
 //! Loading cohorts in the CLAM layout onto the training device. The on-disk layout itself (what
 //! each file holds, and the readers and writers) is `msclam_data::layout`, re-exported here;
-//! this module adds what needs libtorch: `pt_files/` tensors and the device-resident
-//! [`Cohort`].
+//! this module adds what needs libtorch: the device-resident [`Cohort`].
 //!
 //!
 //! ```text
@@ -22,60 +21,14 @@
 //! split naming a slide that is not in the dataset.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 pub use msclam_data::layout::{
-    find_tile_label_file, read_dataset_csv, read_exclusions, read_h5, read_split_csv,
-    read_tile_label_file, write_synthetic, ClamLayout, DatasetRow, SlideFile,
+    find_tile_label_file, read_dataset_csv, read_exclusions, read_h5, read_pt, read_slide,
+    read_split_csv, read_tile_label_file, write_synthetic, ClamLayout, DatasetRow, SlideFile,
 };
 
 use crate::data::{choose_annotated, Cohort, FeaturePrecision, Slide, NORMAL};
 use crate::error::{Result, TrainError};
-
-/// Reads one slide's features: `h5_files/<id>.h5` when it exists, else `pt_files/<id>.pt`.
-pub fn read_slide(layout: &ClamLayout, slide: &str) -> Result<SlideFile> {
-    let h5 = layout.h5_dir.join(format!("{slide}.h5"));
-    if h5.exists() {
-        return Ok(read_h5(&h5, slide)?);
-    }
-    let pt = layout
-        .pt_dir
-        .as_ref()
-        .map(|d| d.join(format!("{slide}.pt")))
-        .filter(|p| p.exists());
-    match pt {
-        Some(pt) => read_pt(&pt, slide),
-        None => Err(TrainError::data(
-            slide,
-            format!(
-                "missing features file {} (and no {slide}.pt in pt_files/)",
-                h5.display()
-            ),
-        )),
-    }
-}
-
-/// Reads a `pt_files/<id>.pt` tensor (`N x D`, written by Python's `torch.save`). It has no
-/// coordinates: the tiles are laid out in reading order on a square grid.
-pub fn read_pt(path: &Path, slide: &str) -> Result<SlideFile> {
-    let (features, dim) = crate::torch_file::read_features(path)
-        .map_err(|e| TrainError::data(slide, format!("{}: {e}", path.display())))?;
-    let n = features.len().checked_div(dim).unwrap_or(0);
-    if n == 0 {
-        return Err(TrainError::data(slide, "empty slide: no tiles"));
-    }
-    let width = (n as f64).sqrt().ceil() as usize;
-    let coords = (0..n)
-        .map(|i| [((i % width) * 256) as u32, ((i / width) * 256) as u32])
-        .collect();
-    Ok(SlideFile {
-        features,
-        dim,
-        coords,
-        tile_labels: None,
-        tile_size: None,
-    })
-}
 
 /// Tiles and feature dimension of fold `fold`'s slides, from the files' shapes only (nothing
 /// is loaded): what the memory check needs before loading.

@@ -7,9 +7,9 @@
 //! Modules: [`data`] (cohorts in memory), [`model`] (the network), [`losses`], [`samplers`]
 //! (slides per step, tiles per slide), [`training`] (the loop, Adam, early stopping),
 //! [`checkpoint`], [`metrics`], [`export`], [`synthetic`] (generated cohorts), [`cohort`]
-//! (loading cohorts in the CLAM layout onto the device), [`torch_file`] (CLAM's `pt_files/`).
-//! What needs no libtorch (the CLAM-layout readers and writers, the metrics, the synthetic
-//! cohorts) lives in the `msclam-data` crate, shared with the torch-free `msclam` command.
+//! (loading cohorts in the CLAM layout onto the device).
+//! What needs no libtorch (the CLAM-layout readers and writers, `pt_files/` included, the
+//! metrics, the synthetic cohorts) lives in the `msclam-data` crate, shared with the torch-free `msclam` command.
 
 #![deny(missing_docs)]
 
@@ -22,7 +22,6 @@ pub mod export;
 pub mod losses;
 pub mod model;
 pub mod samplers;
-pub mod torch_file;
 pub mod training;
 
 pub use error::{Result, TrainError};

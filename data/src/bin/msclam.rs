@@ -24,15 +24,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Score every slide of a CLAM cohort or a folder of .h5 feature files: per slide
+    /// Score every slide of a CLAM cohort or a folder of .h5 (or .pt) feature files: per slide
     /// <id>.h5 (scores), <id>.geojson (tumor mask for QuPath) and <id>.png; slides.csv,
     /// failures.csv and, for labelled cohorts, metrics.json. Re-running skips finished slides.
     Score {
         /// The trained model (.mscl).
         #[arg(long)]
         model: PathBuf,
-        /// A CLAM cohort (dataset.csv + h5_files/), a folder holding h5_files/, or a folder of
-        /// .h5 files (features, coords).
+        /// A CLAM cohort (dataset.csv + h5_files/ or pt_files/), a folder holding h5_files/ or
+        /// pt_files/, or a folder of .h5 files (features, coords) or .pt files (torch.save
+        /// tensors, no coordinates: tiles placed in reading order).
         #[arg(long)]
         slides: PathBuf,
         /// Output folder (created if needed; shared by every shard of a job).
