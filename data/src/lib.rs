@@ -10,11 +10,13 @@
 //! - [`outputs`]: per-slide scores as HDF5 (CLAM's heatmap convention), the tumor mask as
 //!   GeoJSON (QuPath), pictures, and the run's tables;
 //! - [`score`]: the batch job behind `msclam score` (threads, resumable, shards);
+//! - [`convert`]: CLAM-SB and MS-CLAM PyTorch checkpoints to `.mscl` models;
 //! - [`torch_save`]: files written by `torch.save` and `pickle.dump` (feature tensors,
 //!   checkpoints, tile labels), read without Python or libtorch.
 //!
 //! Nothing here links libtorch: `cargo tree -p msclam-data` shows no `tch`.
 
+pub mod convert;
 pub mod error;
 pub mod history;
 pub mod layout;

@@ -15,8 +15,9 @@ fn venv_python() -> PathBuf {
     PathBuf::from(venv).join("bin/python")
 }
 
-fn python_files() -> (PathBuf, Vec<Json>) {
-    let dir = std::env::temp_dir().join(format!("msclam-torch-save-{}", std::process::id()));
+/// Runs the script into a folder of the calling test's own.
+fn python_files(test: &str) -> (PathBuf, Vec<Json>) {
+    let dir = std::env::temp_dir().join(format!("msclam-torch-save-{}-{test}", std::process::id()));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_save_files.py");
     let out = Command::new(venv_python())
         .arg(&script)
@@ -101,7 +102,7 @@ fn check(got: &PyObject, want: &Json, at: &str) {
 
 #[test]
 fn files_written_by_pytorch_and_numpy_read_back_exactly() {
-    let (dir, cases) = python_files();
+    let (dir, cases) = python_files("exact");
     assert!(cases.len() >= 30);
     for case in &cases {
         let file = case["file"].as_str().unwrap();
@@ -166,7 +167,7 @@ fn files_written_by_pytorch_and_numpy_read_back_exactly() {
 
 #[test]
 fn damaged_torch_files_are_errors_naming_the_file() {
-    let (dir, _) = python_files();
+    let (dir, _) = python_files("damaged");
     for name in ["state_dict.pt", "legacy.pt", "features_f32.pt"] {
         let bytes = std::fs::read(dir.join(name)).unwrap();
         // Every truncation and a few overwrites: an error, never a panic or a wrong value

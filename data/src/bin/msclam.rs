@@ -3,13 +3,16 @@
 //! ```text
 //! msclam score --model model.mscl --slides COHORT_OR_H5_DIR --out DIR [--threads N] [--shard I/N]
 //! msclam merge-scores --model model.mscl --out DIR
+//! msclam convert s_0_checkpoint.pt --out model.mscl [--embedder-name resnet50_trunc]
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use msclam_data::convert::{self, CodeBase, ConvertOptions};
 use msclam_data::score::{self, ScoreOptions, Shard};
+use msclam_engine::format::Dtype;
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +67,41 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Convert a CLAM-SB or MS-CLAM PyTorch checkpoint (a state_dict written by torch.save,
+    /// e.g. s_0_checkpoint.pt) to a .mscl model, without Python. The variant (gated or plain
+    /// attention, sizes, CLAM's per-class or MS-CLAM's single tile classifier) is read from
+    /// the checkpoint's keys and shapes.
+    Convert {
+        /// The checkpoint (.pt).
+        checkpoint: PathBuf,
+        /// The model to write (.mscl).
+        #[arg(long)]
+        out: PathBuf,
+        /// Name of the tile embedder the model was trained on (recorded in the model).
+        #[arg(long, default_value = "unknown")]
+        embedder_name: String,
+        /// Index of the tumor class (CLAM's Camelyon16 task: 1).
+        #[arg(long, default_value_t = 1)]
+        tumor_class: usize,
+        /// Tile probability at or above which a tile is in the tumor mask.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// Tile side in pixels, if known (recorded in the model).
+        #[arg(long)]
+        tile_size: Option<u32>,
+        /// Element type of the large matrices in the model.
+        #[arg(long, value_enum, default_value_t = WeightType::F32)]
+        dtype: WeightType,
+    },
+}
+
+/// Element type of a converted model's matrices.
+#[derive(Clone, Copy, ValueEnum)]
+enum WeightType {
+    F32,
+    F16,
+    Bf16,
+    Int8,
 }
 
 fn main() -> ExitCode {
@@ -142,6 +180,63 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Convert {
+            checkpoint,
+            out,
+            embedder_name,
+            tumor_class,
+            threshold,
+            tile_size,
+            dtype,
+        } => {
+            let options = ConvertOptions {
+                tumor_class,
+                threshold,
+                embedder_name,
+                tile_size_px: tile_size,
+                dtype: match dtype {
+                    WeightType::F32 => Dtype::F32,
+                    WeightType::F16 => Dtype::F16,
+                    WeightType::Bf16 => Dtype::Bf16,
+                    WeightType::Int8 => Dtype::Int8,
+                },
+            };
+            match convert::convert_file(&checkpoint, &out, &options) {
+                Ok(c) => {
+                    let config = c.weights.config;
+                    println!(
+                        "{} -> {}: {} ({} attention, D {} / H {} / K {}, {} classes, tumor class {}, {} weights)",
+                        checkpoint.display(),
+                        out.display(),
+                        match c.code_base {
+                            CodeBase::ClamSb => "CLAM-SB",
+                            CodeBase::MsClam => "MS-CLAM",
+                        },
+                        match config.attention {
+                            msclam_engine::AttentionKind::Gated => "gated",
+                            msclam_engine::AttentionKind::Plain => "plain",
+                        },
+                        config.input_dim,
+                        config.hidden_dim,
+                        config.attention_dim,
+                        config.num_classes,
+                        config.tumor_class,
+                        c.source_dtype
+                    );
+                    if !c.ignored_keys.is_empty() {
+                        println!(
+                            "not part of the network, left out: {}",
+                            c.ignored_keys.join(", ")
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::MergeScores { model, out } => match score::merge_shards(&out, &model) {
