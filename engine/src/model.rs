@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Layout, ParsedFile, TensorEntry, TensorId};
 use crate::kernels::{pack_panels, quad_panels, quad_weight_sums, Int8Weights, Isa, PANEL_WIDTH};
 use crate::statistics::StatisticsView;
+use crate::weights::ModelWeights;
 
 /// 64 bytes with 64-byte alignment: the unit of owned model storage.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -387,6 +388,51 @@ impl Model {
             .map_or(Dtype::F32, |e| e.dtype)
     }
 
+    /// The network's parameters as stored, in PyTorch's row-major layout: 16-bit matrices
+    /// widened to f32, int8 matrices multiplied by their row scales. What an exporter (ONNX)
+    /// or the reference implementation needs; the engine itself never uses this copy.
+    pub fn to_weights(&self) -> ModelWeights {
+        let bytes = self.storage.bytes();
+        let mut weights = ModelWeights::zeros(self.parsed.config);
+        for entry in self.parsed.tensors.iter().flatten() {
+            let Some(target) = weights.tensor_mut(entry.id) else {
+                continue;
+            };
+            let raw = &bytes[entry.data.clone()];
+            let mut values: Vec<f32> = match entry.dtype {
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::Bf16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::Int8 => raw.iter().map(|&b| b as i8 as f32).collect(),
+            };
+            if entry.layout == Layout::Panel16 {
+                values = crate::kernels::unpack_panels(&values, entry.rows, entry.cols);
+            }
+            values.truncate(entry.rows * entry.cols);
+            if let Some(scales) = &entry.scales {
+                let scales = &bytes[scales.clone()];
+                for (row, s) in values
+                    .chunks_exact_mut(entry.cols.max(1))
+                    .zip(scales.chunks_exact(4))
+                {
+                    let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                    row.iter_mut().for_each(|v| *v *= scale);
+                }
+            }
+            *target = values;
+        }
+        weights
+    }
+
     /// A tensor's structure (dtype, layout, shape) as stored in the file.
     pub fn tensor_entry(&self, id: TensorId) -> Option<&TensorEntry> {
         self.parsed.tensor(id)
@@ -721,6 +767,43 @@ mod tests {
             assert_eq!(kind(views.fc_weight), dtype);
             assert_eq!(kind(views.attention_a_weight), dtype);
             assert_eq!(kind(views.attention_b.unwrap().0), dtype);
+        }
+    }
+
+    /// `to_weights` gives back what the writer was given: exactly for f32 in either layout,
+    /// within the type's rounding for 16-bit and int8 matrices.
+    #[test]
+    fn stored_weights_come_back_row_major() {
+        let mut weights = ModelWeights::zeros(ModelConfig::clam_sb(ModelSize::Tiny));
+        let mut x = 0.37f32;
+        for (id, _) in TensorId::ALL.iter().zip(0..) {
+            if let Some(t) = weights.tensor_mut(*id) {
+                for v in t.iter_mut() {
+                    x = (x * 3.7 + 0.11).fract();
+                    *v = x - 0.5;
+                }
+            }
+        }
+        for (dtype, layout, tolerance) in [
+            (Dtype::F32, Layout::Panel16, 0.0),
+            (Dtype::F32, Layout::RowMajor, 0.0),
+            (Dtype::F16, Layout::Panel16, 0.5 / 1024.0),
+            (Dtype::Bf16, Layout::RowMajor, 0.5 / 128.0),
+            (Dtype::Int8, Layout::Panel16, 0.5 / 127.0 * 0.5 + 1e-7),
+        ] {
+            let bytes = format::ModelWriter::new(&weights)
+                .matrix_dtype(dtype)
+                .matrix_layout(layout)
+                .to_bytes()
+                .unwrap();
+            let back = Model::from_bytes(&bytes).unwrap().to_weights();
+            assert_eq!(back.config, weights.config);
+            for ((name, want, _), (_, got, _)) in weights.tensors().iter().zip(back.tensors()) {
+                assert_eq!(want.len(), got.len(), "{name}");
+                for (w, g) in want.iter().zip(got) {
+                    assert!((w - g).abs() <= tolerance, "{dtype:?} {name}: {w} vs {g}");
+                }
+            }
         }
     }
 }

@@ -67,6 +67,27 @@ impl ModelWeights {
         }
     }
 
+    /// The tensor of the network stored under `id`; `None` for the optional embedding
+    /// statistics, which are not weights.
+    pub(crate) fn tensor_mut(&mut self, id: crate::format::TensorId) -> Option<&mut Vec<f32>> {
+        use crate::format::TensorId as T;
+        Some(match id {
+            T::FcWeight => &mut self.fc_weight,
+            T::FcBias => &mut self.fc_bias,
+            T::AttentionAWeight => &mut self.attention_a_weight,
+            T::AttentionABias => &mut self.attention_a_bias,
+            T::AttentionBWeight => &mut self.attention_b_weight,
+            T::AttentionBBias => &mut self.attention_b_bias,
+            T::AttentionCWeight => &mut self.attention_c_weight,
+            T::AttentionCBias => &mut self.attention_c_bias,
+            T::ClassifierWeight => &mut self.classifier_weight,
+            T::ClassifierBias => &mut self.classifier_bias,
+            T::TileClassifierWeight => &mut self.tile_classifier_weight,
+            T::TileClassifierBias => &mut self.tile_classifier_bias,
+            _ => return None,
+        })
+    }
+
     /// Every tensor with its name and expected `(rows, cols)`, in file order.
     pub fn tensors(&self) -> Vec<(&'static str, &[f32], (usize, usize))> {
         let c = &self.config;
