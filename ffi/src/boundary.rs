@@ -159,7 +159,9 @@ pub(crate) unsafe fn slice_in<'a, T>(
         return Ok(&[]);
     }
     check_buffer(ptr, len, name)?;
-    // SAFETY: non-NULL, aligned, and valid for `len` elements per this function's contract.
+    // SAFETY: `ptr` is non-NULL and aligned, and `len` elements fit in `isize::MAX` bytes
+    // (check_buffer above); this function's caller guarantees that it points to `len` readable
+    // elements that outlive `'a`.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
@@ -177,7 +179,9 @@ pub(crate) unsafe fn slice_out<'a, T>(
         return Ok(&mut []);
     }
     check_buffer(ptr.cast_const(), len, name)?;
-    // SAFETY: non-NULL, aligned, valid and exclusive for `len` elements per the contract.
+    // SAFETY: `ptr` is non-NULL and aligned, and `len` elements fit in `isize::MAX` bytes
+    // (check_buffer above); this function's caller guarantees that it points to `len` writable
+    // elements that outlive `'a` and that nothing else uses meanwhile.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 

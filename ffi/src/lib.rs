@@ -16,6 +16,7 @@ mod boundary;
 mod model;
 mod session;
 mod status;
+mod versioned;
 
 pub use model::*;
 pub use session::*;

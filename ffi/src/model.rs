@@ -9,6 +9,7 @@ use crate::boundary::{
     guard, reference, reference_mut, slice_in, slice_out, write_optional, FfiError,
 };
 use crate::status::Status;
+use crate::versioned::{self, versioned};
 
 /// A loaded, validated model (opaque). Immutable: any number of threads may use one model at
 /// once. Sessions keep their model alive, so a model may be freed before its sessions.
@@ -90,6 +91,25 @@ pub struct ModelInfo {
     /// sessions report the share of out-of-distribution tiles; 0 otherwise. (Added in 0.1.1.)
     pub has_embedding_statistics: u32,
 }
+versioned!(ModelInfo {
+    struct_size,
+    input_dim,
+    hidden_dim,
+    attention_dim,
+    num_classes,
+    tumor_class,
+    attention,
+    tile_classifier,
+    threshold,
+    format_version_major,
+    format_version_minor,
+    metadata_count,
+    weight_dtype,
+    file_bytes,
+    in_place_bytes,
+    converted_bytes,
+    has_embedding_statistics,
+});
 
 /// A msclam_model_info with `struct_size` set and every other field zero.
 #[no_mangle]
@@ -143,9 +163,11 @@ pub unsafe extern "C" fn msclam_model_load(
         if path.is_null() {
             return Err(FfiError::Null("path"));
         }
-        // SAFETY: non-NULL and NUL-terminated per the contract.
+        // SAFETY: `path` is non-NULL (checked above) and the header requires a NUL-terminated
+        // string that stays valid and unchanged for the call.
         let path = unsafe { CStr::from_ptr(path) };
-        // SAFETY: out_model is valid for writing per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_model`; otherwise the header requires it to
+        // point to writable storage for one pointer, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_model, "out_model") }?;
         // POSIX paths are bytes: any name that open() takes loads, UTF-8 or not.
         #[cfg(unix)]
@@ -178,9 +200,11 @@ pub unsafe extern "C" fn msclam_model_load_from_buffer(
         if data.is_null() {
             return Err(FfiError::Null("data"));
         }
-        // SAFETY: data points to len readable bytes per the contract.
+        // SAFETY: `data` is non-NULL (checked above) and the header requires it to point to
+        // `len` readable bytes, unchanged during the call (the bytes are copied before return).
         let bytes = unsafe { slice_in(data.cast::<u8>(), len, "data") }?;
-        // SAFETY: out_model is valid for writing per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_model`; otherwise the header requires it to
+        // point to writable storage for one pointer, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_model, "out_model") }?;
         publish(EngineModel::from_bytes(bytes)?, out);
         Ok(())
@@ -213,9 +237,12 @@ pub unsafe extern "C" fn msclam_model_load_from_borrowed_buffer(
         if data.is_null() {
             return Err(FfiError::Null("data"));
         }
-        // SAFETY: data points to len readable bytes per the contract.
+        // SAFETY: `data` is non-NULL (checked above) and the header requires it to point to
+        // `len` readable bytes that stay valid and unchanged until the model and its sessions
+        // are freed, which outlives this call.
         let bytes = unsafe { slice_in(data.cast::<u8>(), len, "data") }?;
-        // SAFETY: out_model is valid for writing per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_model`; otherwise the header requires it to
+        // point to writable storage for one pointer, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_model, "out_model") }?;
         // SAFETY: the caller keeps the bytes alive and unchanged for the model's lifetime.
         let model = unsafe { EngineModel::from_borrowed_bytes(bytes) }?;
@@ -233,7 +260,8 @@ pub unsafe extern "C" fn msclam_model_load_from_borrowed_buffer(
 pub unsafe extern "C" fn msclam_model_free(model: *mut Model) {
     let _ = guard("msclam_model_free", || {
         if !model.is_null() {
-            // SAFETY: created by Box::into_raw in `publish` and not freed yet (contract).
+            // SAFETY: `model` is non-NULL (checked above) and the header requires a model from
+            // msclam_model_load*() not yet freed: a Box::into_raw from `publish`, freed once.
             drop(unsafe { Box::from_raw(model) });
         }
         Ok(())
@@ -254,24 +282,24 @@ pub unsafe extern "C" fn msclam_model_get_info(
     out_info: *mut ModelInfo,
 ) -> Status {
     guard("msclam_model_get_info", || {
-        // SAFETY: live model per the contract.
+        // SAFETY: reference refuses a NULL `model`; otherwise the header requires a live model
+        // (from msclam_model_load*(), not yet freed), which is immutable.
         let model = unsafe { reference(model, "model") }?;
-        if out_info.is_null() {
-            return Err(FfiError::Null("out_info"));
-        }
-        // SAFETY: out_info is valid for reading its first field per the contract.
-        let size = unsafe { std::ptr::addr_of!((*out_info).struct_size).read_unaligned() } as usize;
-        if size < 8 {
-            return Err(FfiError::Invalid(
+        // SAFETY: a non-NULL `out_info` points, as the header requires, to a
+        // msclam_model_info readable for its `struct_size` bytes (so its first 4 bytes are).
+        let size = unsafe {
+            versioned::read_struct_size(
+                out_info,
+                "out_info",
                 "out_info->struct_size must be set to sizeof(msclam_model_info)",
-            ));
-        }
+            )
+        }?;
         let m = &model.inner;
         let c = m.config();
         let memory = m.memory();
         let (major, minor) = m.format_version();
         let info = ModelInfo {
-            struct_size: size.min(std::mem::size_of::<ModelInfo>()) as u32,
+            struct_size: 0, // set by write_fields
             input_dim: c.input_dim as u32,
             hidden_dim: c.hidden_dim as u32,
             attention_dim: c.attention_dim as u32,
@@ -300,54 +328,27 @@ pub unsafe extern "C" fn msclam_model_get_info(
             converted_bytes: memory.converted_bytes,
             has_embedding_statistics: u32::from(m.embedding_statistics().is_some()),
         };
-        let ends = crate::session::field_ends!(
-            ModelInfo,
-            info,
-            struct_size,
-            input_dim,
-            hidden_dim,
-            attention_dim,
-            num_classes,
-            tumor_class,
-            attention,
-            tile_classifier,
-            threshold,
-            format_version_major,
-            format_version_minor,
-            metadata_count,
-            weight_dtype,
-            file_bytes,
-            in_place_bytes,
-            converted_bytes,
-            has_embedding_statistics
-        );
-        let n = crate::session::whole_fields(size, &ends);
-        let info = ModelInfo {
-            struct_size: n as u32,
-            ..info
-        };
-        // SAFETY: out_info is valid for `struct_size` bytes (the caller's struct) and n is at
-        // most that; source and destination do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&info as *const ModelInfo).cast::<u8>(),
-                out_info.cast::<u8>(),
-                n,
-            )
-        };
+        // SAFETY: `out_info` is non-NULL (read_struct_size checked it) and the header requires
+        // it to be valid for writing its `struct_size` (`size`) bytes.
+        unsafe { versioned::write_fields(info, out_info, size) };
         Ok(())
     })
 }
 
 /// Copies `text` plus a NUL into `out` (capacity bytes); `*out_len` (may be NULL) receives
 /// the text's length without the NUL, also when the buffer is too small.
-fn copy_text(
+///
+/// # Safety
+/// `out_len` must be NULL or valid for writing a `usize` (aligned), and must not point into
+/// `out`.
+unsafe fn copy_text(
     text: &str,
     out: &mut [u8],
     out_len: *mut usize,
     what: &'static str,
 ) -> Result<(), FfiError> {
-    // SAFETY: out_len is NULL or valid for writing per the callers' contracts.
+    // SAFETY: `out_len` is NULL or valid for writing a `usize`, and is not part of the borrowed
+    // `out`, as this function's caller guarantees.
     unsafe { write_optional(out_len, text.len()) };
     if out.len() < text.len() + 1 {
         return Err(FfiError::TooSmall {
@@ -379,23 +380,29 @@ pub unsafe extern "C" fn msclam_model_metadata_get(
     out_len: *mut usize,
 ) -> Status {
     guard("msclam_model_metadata_get", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `model`; otherwise the header requires a live model
+        // (from msclam_model_load*(), not yet freed), which is immutable.
         let model = unsafe { reference(model, "model") }?;
         if key.is_null() {
             return Err(FfiError::Null("key"));
         }
-        // SAFETY: NUL-terminated per the contract.
+        // SAFETY: `key` is non-NULL (checked above) and the header requires a NUL-terminated
+        // string that stays valid and unchanged for the call.
         let key = unsafe { CStr::from_ptr(key) }
             .to_str()
             .map_err(|_| FfiError::Invalid("key is not UTF-8"))?;
-        // SAFETY: valid for capacity bytes per the contract.
+        // SAFETY: slice_out refuses a NULL `out` unless `capacity` is 0; the header requires it
+        // to be writable for `capacity` bytes, and it is taken, as every output buffer the
+        // header does not say may alias, not to overlap `key` or anything else in use.
         let out = unsafe { slice_out(out.cast::<u8>(), capacity, "out") }?;
         let value = model
             .inner
             .metadata()
             .get(key)
             .ok_or(FfiError::NotFound("metadata key"))?;
-        copy_text(value, out, out_len, "out")
+        // SAFETY: the header requires `out_len` to be NULL or valid for writing a size_t; an
+        // output it does not say may alias, it is taken not to lie inside the buffer `out`.
+        unsafe { copy_text(value, out, out_len, "out") }
     })
 }
 
@@ -413,15 +420,20 @@ pub unsafe extern "C" fn msclam_model_metadata_key(
     out_len: *mut usize,
 ) -> Status {
     guard("msclam_model_metadata_key", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `model`; otherwise the header requires a live model
+        // (from msclam_model_load*(), not yet freed), which is immutable.
         let model = unsafe { reference(model, "model") }?;
-        // SAFETY: valid for capacity bytes per the contract.
+        // SAFETY: slice_out refuses a NULL `out` unless `capacity` is 0; the header requires it
+        // to be writable for `capacity` bytes, and it is taken, as every output buffer the
+        // header does not say may alias, not to overlap anything else in use.
         let out = unsafe { slice_out(out.cast::<u8>(), capacity, "out") }?;
         let (key, _) = model
             .inner
             .metadata()
             .entry(index)
             .ok_or(FfiError::NotFound("metadata index"))?;
-        copy_text(key, out, out_len, "out")
+        // SAFETY: the header requires `out_len` to be NULL or valid for writing a size_t; an
+        // output it does not say may alias, it is taken not to lie inside the buffer `out`.
+        unsafe { copy_text(key, out, out_len, "out") }
     })
 }

@@ -7,6 +7,7 @@ use crate::boundary::{
 };
 use crate::model::Model;
 use crate::status::Status;
+use crate::versioned::{self, versioned};
 
 /// A slide session (opaque): scores one slide at a time, incrementally. Use it from one
 /// thread at a time; it may move between threads.
@@ -19,62 +20,40 @@ pub struct Session {
 }
 
 impl Session {
-    fn usable(&mut self) -> Result<&mut SlideSession<'static>, FfiError> {
+    /// Refuses a poisoned session.
+    fn check_usable(&self) -> Result<(), FfiError> {
         if self.poisoned {
             return Err(FfiError::Invalid(
                 "the session is unusable after an internal error: call msclam_session_reset",
             ));
         }
-        Ok(&mut self.inner)
+        Ok(())
     }
 
     fn usable_ref(&self) -> Result<&SlideSession<'static>, FfiError> {
-        if self.poisoned {
-            return Err(FfiError::Invalid(
-                "the session is unusable after an internal error: call msclam_session_reset",
-            ));
-        }
+        self.check_usable()?;
         Ok(&self.inner)
     }
 
-    /// Runs `f` on the session; a panic inside poisons the session before it propagates.
-    fn mutate<T>(
-        &mut self,
-        f: impl FnOnce(&mut SlideSession<'static>) -> T,
+    /// Runs `f` on the session (refused if poisoned); a panic inside poisons the session
+    /// before it propagates. What `f` returns may borrow from the session.
+    fn mutate<'s, T>(
+        &'s mut self,
+        f: impl FnOnce(&'s mut SlideSession<'static>) -> T,
     ) -> Result<T, FfiError> {
-        let inner = self.usable()?;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner))) {
+        self.check_usable()?;
+        let Session {
+            inner, poisoned, ..
+        } = self;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(inner))) {
             Ok(value) => Ok(value),
             Err(payload) => {
-                self.poisoned = true;
+                *poisoned = true;
                 std::panic::resume_unwind(payload)
             }
         }
     }
 }
-
-/// The largest prefix of a struct made of whole fields that fits in `size` bytes, given the
-/// end offsets of its fields in order.
-pub(crate) fn whole_fields(size: usize, field_ends: &[usize]) -> usize {
-    field_ends
-        .iter()
-        .copied()
-        .take_while(|end| *end <= size)
-        .last()
-        .unwrap_or(0)
-}
-
-/// End offsets of the fields of a `#[repr(C)]` struct, in declaration order, then its size
-/// (so that a caller's struct of the same size gets every byte, tail padding included).
-macro_rules! field_ends {
-    ($ty:ty, $value:expr, $($field:ident),+) => {
-        [
-            $(std::mem::offset_of!($ty, $field) + std::mem::size_of_val(&$value.$field),)+
-            std::mem::size_of::<$ty>(),
-        ]
-    };
-}
-pub(crate) use field_ends;
 
 /// `msclam_session_options.isa`: the best kernels this CPU supports (default).
 pub const MSCLAM_ISA_AUTO: u32 = 0;
@@ -118,6 +97,14 @@ pub struct SessionOptions {
     /// (Added in 0.1.1.)
     pub check_embeddings: u32,
 }
+versioned!(SessionOptions {
+    struct_size,
+    isa,
+    max_tiles,
+    threads,
+    bf16_dot,
+    check_embeddings,
+});
 
 /// Default session options: automatic kernels, 100000 tiles per slide, one thread.
 #[no_mangle]
@@ -156,6 +143,15 @@ pub struct SlideResult {
     /// statistics or the session was created with `check_embeddings` 0. (Added in 0.1.1.)
     pub out_of_distribution_fraction: f32,
 }
+versioned!(SlideResult {
+    struct_size,
+    predicted_class,
+    tumor_probability,
+    num_classes,
+    num_tiles,
+    tumor_tiles,
+    out_of_distribution_fraction,
+});
 
 /// A msclam_slide_result with `struct_size` set and every other field zero.
 #[no_mangle]
@@ -178,32 +174,18 @@ pub extern "C" fn msclam_slide_result_init() -> SlideResult {
 unsafe fn read_options(options: *const SessionOptions) -> Result<ReadOptions, FfiError> {
     let mut opts = msclam_session_options_default();
     if !options.is_null() {
-        // SAFETY: valid for reading its first field per the contract.
-        let size = unsafe { std::ptr::addr_of!((*options).struct_size).read_unaligned() } as usize;
-        if size < 8 {
-            return Err(FfiError::Invalid(
+        // SAFETY: `options` is non-NULL (checked above) and this function's caller guarantees
+        // it is valid for reading `struct_size` bytes, so its first 4 bytes are readable.
+        let size = unsafe {
+            versioned::read_struct_size(
+                options,
+                "options",
                 "options->struct_size must be sizeof(msclam_session_options)",
-            ));
-        }
-        let ends = field_ends!(
-            SessionOptions,
-            opts,
-            struct_size,
-            isa,
-            max_tiles,
-            threads,
-            bf16_dot,
-            check_embeddings
-        );
-        let n = whole_fields(size, &ends);
-        // SAFETY: the caller's struct holds at least `size >= n` bytes; no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                options.cast::<u8>(),
-                (&mut opts as *mut SessionOptions).cast::<u8>(),
-                n,
             )
-        };
+        }?;
+        // SAFETY: the caller's struct is readable for its `struct_size` (`size`) bytes, as
+        // above, and does not overlap the local `opts`.
+        opts = unsafe { versioned::read_fields(options, size, opts) };
     }
     let isa = match opts.isa {
         MSCLAM_ISA_AUTO => Isa::detect(),
@@ -278,11 +260,14 @@ pub unsafe extern "C" fn msclam_session_create(
     out_session: *mut *mut Session,
 ) -> Status {
     guard("msclam_session_create", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `model`; otherwise the header requires a live model
+        // (from msclam_model_load*(), not yet freed), which is immutable.
         let model = unsafe { reference(model, "model") }?;
-        // SAFETY: per the contract.
+        // SAFETY: read_options takes a NULL `options` as the defaults; otherwise the header
+        // requires a msclam_session_options readable for its `struct_size` bytes.
         let o = unsafe { read_options(options) }?;
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_session`; otherwise the header requires it
+        // to point to writable storage for one pointer, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_session, "out_session") }?;
         let options = EngineOptions {
             isa: o.isa,
@@ -313,9 +298,11 @@ pub unsafe extern "C" fn msclam_session_arena_size(
     out_bytes: *mut usize,
 ) -> Status {
     guard("msclam_session_arena_size", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `model`; otherwise the header requires a live model
+        // (from msclam_model_load*(), not yet freed), which is immutable.
         let model = unsafe { reference(model, "model") }?;
-        // SAFETY: per the contract.
+        // SAFETY: read_options takes a NULL `options` as the defaults; otherwise the header
+        // requires a msclam_session_options readable for its `struct_size` bytes.
         let o = unsafe { read_options(options) }?;
         let max_tiles = o.max_tiles;
         if o.threads != 1 {
@@ -323,7 +310,8 @@ pub unsafe extern "C" fn msclam_session_arena_size(
                 "a session in an arena runs on one thread",
             ));
         }
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_bytes`; otherwise the header requires it to
+        // point to a writable size_t, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_bytes, "out_bytes") }?;
         *out = arena_bytes_needed(model, max_tiles)?;
         Ok(())
@@ -347,9 +335,11 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
     out_session: *mut *mut Session,
 ) -> Status {
     guard("msclam_session_create_in_arena", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `model`; otherwise the header requires a live model
+        // (from msclam_model_load*(), not yet freed), which is immutable.
         let model = unsafe { reference(model, "model") }?;
-        // SAFETY: per the contract.
+        // SAFETY: read_options takes a NULL `options` as the defaults; otherwise the header
+        // requires a msclam_session_options readable for its `struct_size` bytes.
         let o = unsafe { read_options(options) }?;
         let (max_tiles, isa) = (o.max_tiles, o.isa);
         if o.threads != 1 {
@@ -357,7 +347,8 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
                 "a session in an arena runs on one thread",
             ));
         }
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_session`; otherwise the header requires it
+        // to point to writable storage for one pointer, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_session, "out_session") }?;
         if arena.is_null() {
             return Err(FfiError::Null("arena"));
@@ -376,9 +367,10 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
             });
         }
         let base = arena.cast::<u8>();
-        // SAFETY: the arena holds arena_bytes >= needed > ARENA_HEADER bytes, stays valid and
-        // unused by others until the session is freed (contract); the region after the
-        // header is disjoint from the handle's slot.
+        // SAFETY: `arena` is non-NULL (checked above) and the header requires it to be valid
+        // for `arena_bytes` bytes, which hold `needed > ARENA_HEADER` (checked above), and to
+        // stay valid and unused by anything else until the session is freed; the region after
+        // the header is disjoint from the handle's slot.
         let region: &'static mut [u8] = unsafe {
             std::slice::from_raw_parts_mut(base.add(ARENA_HEADER), arena_bytes - ARENA_HEADER)
         };
@@ -391,8 +383,9 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
         let inner =
             SlideSession::in_buffer_with_options(model.inner.clone(), max_tiles, region, options)?;
         let slot = base.cast::<Session>();
-        // SAFETY: the slot is 64-byte aligned (>= align_of Session), ARENA_HEADER >= its size,
-        // and writable per the contract.
+        // SAFETY: the slot is the start of the arena: non-NULL, 64-byte aligned (checked above;
+        // >= align_of Session), writable for `arena_bytes > ARENA_HEADER >= size_of Session`
+        // bytes as the header requires, and disjoint from `region`.
         unsafe {
             slot.write(Session {
                 inner,
@@ -416,7 +409,8 @@ pub unsafe extern "C" fn msclam_session_free(session: *mut Session) {
         if session.is_null() {
             return Ok(());
         }
-        // SAFETY: a live session per the contract.
+        // SAFETY: `session` is non-NULL (checked above) and the header requires a live session
+        // (from msclam_session_create*(), not yet freed), so it points to a valid Session.
         let in_arena = unsafe { (*session).in_arena };
         if in_arena {
             // SAFETY: written in place by msclam_session_create_in_arena; dropped once.
@@ -464,7 +458,9 @@ pub unsafe extern "C" fn msclam_session_push(
     out_slide_tumor_probability: *mut f32,
 ) -> Status {
     guard("msclam_session_push", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `session`; otherwise the header requires a live
+        // session (from msclam_session_create*(), not yet freed) that no other thread uses
+        // during the call, so this is the only reference to it.
         let session = unsafe { reference_mut(session, "session") }?;
         let expected = session.inner.model().config().input_dim;
         if embedding_dim != expected {
@@ -476,12 +472,16 @@ pub unsafe extern "C" fn msclam_session_push(
         let values = n_tiles
             .checked_mul(embedding_dim)
             .ok_or(FfiError::Invalid("n_tiles * embedding_dim overflows"))?;
-        // SAFETY: valid for `values` floats per the contract.
+        // SAFETY: slice_in refuses a NULL or misaligned `embeddings` unless `values` is 0; the
+        // header requires a non-NULL one to hold `n_tiles * embedding_dim` (`values`) readable
+        // floats, unchanged during the call.
         let embeddings = unsafe { slice_in(embeddings, values, "embeddings") }?;
         let coords: Option<&[[u32; 2]]> = if coords.is_null() {
             None
         } else {
-            // SAFETY: valid for 2 * n_tiles u32 per the contract; [u32; 2] has u32's alignment.
+            // SAFETY: `coords` is non-NULL here and the header requires it to hold `2 * n_tiles`
+            // readable uint32_t, unchanged during the call: `n_tiles` pairs, as [u32; 2] has
+            // u32's alignment and no padding (slice_in checks the alignment).
             Some(unsafe { slice_in(coords.cast::<[u32; 2]>(), n_tiles, "coords") }?)
         };
         for ptr in [
@@ -508,17 +508,21 @@ pub unsafe extern "C" fn msclam_session_push(
         // The output slices are made only now, after the input is no longer borrowed, so a
         // caller may reuse its input buffer for output.
         if !out_tile_probabilities.is_null() {
-            // SAFETY: room for n_tiles floats per the contract; aligned (checked above).
+            // SAFETY: non-NULL and aligned (checked above); the header requires room for
+            // `n_tiles` floats; the inputs are no longer borrowed (the header lets an output be
+            // the input buffer) and this slice is dropped before the next output's is made.
             let out =
                 unsafe { slice_out(out_tile_probabilities, n_tiles, "out_tile_probabilities") }?;
             out.copy_from_slice(&session.inner.tile_probabilities()[strip.clone()]);
         }
         if !out_attention_logits.is_null() {
-            // SAFETY: room for n_tiles floats per the contract; aligned (checked above).
+            // SAFETY: non-NULL and aligned (checked above); the header requires room for
+            // `n_tiles` floats; the inputs and the previous output are no longer borrowed.
             let out = unsafe { slice_out(out_attention_logits, n_tiles, "out_attention_logits") }?;
             out.copy_from_slice(&session.inner.attention_logits()[strip]);
         }
-        // SAFETY: NULL or valid for writing per the contract.
+        // SAFETY: `out_slide_tumor_probability` is NULL or aligned (checked above), and the
+        // header requires a non-NULL one to be writable for one float; no slice is borrowed.
         unsafe { write_optional(out_slide_tumor_probability, slide_probability) };
         Ok(())
     })
@@ -530,7 +534,8 @@ pub unsafe extern "C" fn msclam_session_push(
 /// `session` NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn msclam_session_tile_count(session: *const Session) -> usize {
-    // SAFETY: NULL or live per the contract.
+    // SAFETY: the header requires `session` to be NULL (as_ref gives None) or a live session
+    // used by one thread at a time, so nothing changes it during the call.
     unsafe { session.as_ref() }.map_or(0, |s| s.inner.len())
 }
 
@@ -540,7 +545,8 @@ pub unsafe extern "C" fn msclam_session_tile_count(session: *const Session) -> u
 /// `session` NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn msclam_session_capacity(session: *const Session) -> usize {
-    // SAFETY: NULL or live per the contract.
+    // SAFETY: the header requires `session` to be NULL (as_ref gives None) or a live session
+    // used by one thread at a time, so nothing changes it during the call.
     unsafe { session.as_ref() }.map_or(0, |s| s.inner.capacity())
 }
 
@@ -555,9 +561,12 @@ pub unsafe extern "C" fn msclam_session_tumor_probability(
     out_probability: *mut f32,
 ) -> Status {
     guard("msclam_session_tumor_probability", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `session`; otherwise the header requires a live
+        // session (from msclam_session_create*(), not yet freed) used by one thread at a time,
+        // so nothing changes it during the call.
         let session = unsafe { reference(session, "session") }?;
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_probability`; otherwise the header requires
+        // it to point to a writable float, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_probability, "out_probability") }?;
         *out = session.usable_ref()?.tumor_probability()?;
         Ok(())
@@ -584,9 +593,12 @@ pub unsafe extern "C" fn msclam_session_out_of_distribution(
     out_tiles: *mut usize,
 ) -> Status {
     guard("msclam_session_out_of_distribution", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `session`; otherwise the header requires a live
+        // session (from msclam_session_create*(), not yet freed) used by one thread at a time,
+        // so nothing changes it during the call.
         let session = unsafe { reference(session, "session") }?;
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `out_fraction`; otherwise the header requires it
+        // to point to a writable float, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_fraction, "out_fraction") }?;
         let inner = session.usable_ref()?;
         let tiles = inner
@@ -596,7 +608,8 @@ pub unsafe extern "C" fn msclam_session_out_of_distribution(
             .out_of_distribution_fraction()
             .ok_or(msclam_engine::Error::EmptySession)?;
         *out = fraction;
-        // SAFETY: NULL or valid for writing per the contract.
+        // SAFETY: the header requires `out_tiles` to be NULL (nothing is written) or to point
+        // to a writable size_t; `out` is no longer used.
         unsafe { write_optional(out_tiles, tiles) };
         Ok(())
     })
@@ -614,19 +627,20 @@ pub unsafe extern "C" fn msclam_session_finalize(
     out_result: *mut SlideResult,
 ) -> Status {
     guard("msclam_session_finalize", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `session`; otherwise the header requires a live
+        // session (from msclam_session_create*(), not yet freed) that no other thread uses
+        // during the call, so this is the only reference to it.
         let session = unsafe { reference_mut(session, "session") }?;
-        if out_result.is_null() {
-            return Err(FfiError::Null("out_result"));
-        }
-        // SAFETY: valid for reading its first field per the contract.
-        let size =
-            unsafe { std::ptr::addr_of!((*out_result).struct_size).read_unaligned() } as usize;
-        if size < 8 {
-            return Err(FfiError::Invalid(
+        // SAFETY: a non-NULL `out_result` points, as the header requires, to a
+        // msclam_slide_result whose `struct_size` the caller set (its first 4 bytes are
+        // readable).
+        let size = unsafe {
+            versioned::read_struct_size(
+                out_result,
+                "out_result",
                 "out_result->struct_size must be sizeof(msclam_slide_result)",
-            ));
-        }
+            )
+        }?;
         let result = session.mutate(|inner| {
             inner.finalize().map(|r| SlideResult {
                 struct_size: 0,
@@ -638,30 +652,10 @@ pub unsafe extern "C" fn msclam_session_finalize(
                 out_of_distribution_fraction: r.out_of_distribution_fraction.unwrap_or(-1.0),
             })
         })??;
-        let ends = field_ends!(
-            SlideResult,
-            result,
-            struct_size,
-            predicted_class,
-            tumor_probability,
-            num_classes,
-            num_tiles,
-            tumor_tiles,
-            out_of_distribution_fraction
-        );
-        let n = whole_fields(size, &ends);
-        let result = SlideResult {
-            struct_size: n as u32,
-            ..result
-        };
-        // SAFETY: the caller's struct holds `size >= n` bytes; no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&result as *const SlideResult).cast::<u8>(),
-                out_result.cast::<u8>(),
-                n,
-            )
-        };
+        // SAFETY: `out_result` is non-NULL (read_struct_size checked it) and the header
+        // requires it to be valid for writing the caller's msclam_slide_result, whose size the
+        // caller set in `struct_size` (`size`).
+        unsafe { versioned::write_fields(result, out_result, size) };
         Ok(())
     })
 }
@@ -676,7 +670,8 @@ unsafe fn copy_out<T: Copy>(
     capacity: usize,
     out_count: *mut usize,
 ) -> Result<(), FfiError> {
-    // SAFETY: per the contract.
+    // SAFETY: this function's caller guarantees that `out_count` is NULL (nothing is written)
+    // or valid for writing a usize; no slice of `out` exists yet.
     unsafe { write_optional(out_count, values.len()) };
     if capacity < values.len() {
         return Err(FfiError::TooSmall {
@@ -685,7 +680,10 @@ unsafe fn copy_out<T: Copy>(
             given: capacity,
         });
     }
-    // SAFETY: valid for `capacity >= values.len()` elements per the contract.
+    // SAFETY: slice_out refuses a NULL or misaligned `out` unless `values` is empty; this
+    // function's caller guarantees that `out` is valid for `capacity >= values.len()` (checked
+    // above) writable elements, and it is not the session's memory that `values` borrows (the
+    // library's, or an arena the header reserves to the session).
     let out = unsafe { slice_out(out, values.len(), "out") }?;
     out.copy_from_slice(values);
     Ok(())
@@ -701,19 +699,24 @@ unsafe fn copy_from_ref<T: Copy>(
     out: *mut T,
     capacity: usize,
     out_count: *mut usize,
-    values: impl FnOnce(&Session) -> Result<&[T], FfiError>,
+    values: impl for<'a> FnOnce(&'a SlideSession<'static>) -> Result<&'a [T], FfiError>,
 ) -> Status {
     guard(function, || {
-        // SAFETY: per the contract.
+        // SAFETY: reference refuses a NULL `session`; otherwise this function's caller
+        // guarantees a live session (the header's requirement of the msclam_session_copy_*
+        // functions), used by one thread at a time, so nothing changes it during the call.
         let session = unsafe { reference(session, "session") }?;
-        session.usable_ref()?;
-        let values = values(session)?;
-        // SAFETY: per the contract.
+        let values = values(session.usable_ref()?)?;
+        // SAFETY: this function's caller guarantees that `out` is valid for `capacity`
+        // elements and `out_count` NULL or valid for writing: copy_out's contract.
         unsafe { copy_out(values, out, capacity, out_count) }
     })
 }
 
-/// The body of a copy function that may finalize the session first.
+/// The body of a copy function that may finalize the session first: `values` runs through
+/// the session's poisoning guard ([`Session::mutate`]), as msclam_session_finalize() does, so a
+/// poisoned session is refused and a panic inside poisons it (and becomes
+/// MSCLAM_STATUS_PANIC at [`guard`]).
 ///
 /// # Safety
 /// As [`copy_from_ref`], and `session` not used by another thread during the call.
@@ -723,14 +726,16 @@ unsafe fn copy_from_mut<T: Copy>(
     out: *mut T,
     capacity: usize,
     out_count: *mut usize,
-    values: impl FnOnce(&mut Session) -> Result<&[T], FfiError>,
+    values: impl for<'a> FnOnce(&'a mut SlideSession<'static>) -> Result<&'a [T], FfiError>,
 ) -> Status {
     guard(function, || {
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `session`; otherwise this function's caller
+        // guarantees a live session (the header's requirement of the msclam_session_copy_*
+        // functions) that no other thread uses during the call, so this is the only reference.
         let session = unsafe { reference_mut(session, "session") }?;
-        session.mutate(|_| ())?;
-        let values = values(session)?;
-        // SAFETY: per the contract.
+        let values = session.mutate(values)??;
+        // SAFETY: this function's caller guarantees that `out` is valid for `capacity`
+        // elements and `out_count` NULL or valid for writing: copy_out's contract.
         unsafe { copy_out(values, out, capacity, out_count) }
     })
 }
@@ -750,7 +755,8 @@ pub unsafe extern "C" fn msclam_session_copy_tile_probabilities(
     capacity: usize,
     out_count: *mut usize,
 ) -> Status {
-    // SAFETY: the caller's contract is this function's.
+    // SAFETY: the header requires what copy_from_ref does: `session` live, `out` valid for
+    // `capacity` elements, `out_count` NULL or valid for writing.
     unsafe {
         copy_from_ref(
             "msclam_session_copy_tile_probabilities",
@@ -758,7 +764,7 @@ pub unsafe extern "C" fn msclam_session_copy_tile_probabilities(
             out,
             capacity,
             out_count,
-            |s| Ok(s.inner.tile_probabilities()),
+            |s| Ok(s.tile_probabilities()),
         )
     }
 }
@@ -774,7 +780,8 @@ pub unsafe extern "C" fn msclam_session_copy_attention_logits(
     capacity: usize,
     out_count: *mut usize,
 ) -> Status {
-    // SAFETY: the caller's contract is this function's.
+    // SAFETY: the header requires what copy_from_ref does: `session` live, `out` valid for
+    // `capacity` elements, `out_count` NULL or valid for writing.
     unsafe {
         copy_from_ref(
             "msclam_session_copy_attention_logits",
@@ -782,7 +789,7 @@ pub unsafe extern "C" fn msclam_session_copy_attention_logits(
             out,
             capacity,
             out_count,
-            |s| Ok(s.inner.attention_logits()),
+            |s| Ok(s.attention_logits()),
         )
     }
 }
@@ -799,7 +806,8 @@ pub unsafe extern "C" fn msclam_session_copy_slide_probabilities(
     capacity: usize,
     out_count: *mut usize,
 ) -> Status {
-    // SAFETY: the caller's contract is this function's.
+    // SAFETY: the header requires what copy_from_ref does: `session` live, `out` valid for
+    // `capacity` elements, `out_count` NULL or valid for writing.
     unsafe {
         copy_from_ref(
             "msclam_session_copy_slide_probabilities",
@@ -807,7 +815,7 @@ pub unsafe extern "C" fn msclam_session_copy_slide_probabilities(
             out,
             capacity,
             out_count,
-            |s| Ok(s.inner.slide_probabilities()?),
+            |s| Ok(s.slide_probabilities()?),
         )
     }
 }
@@ -824,7 +832,8 @@ pub unsafe extern "C" fn msclam_session_copy_coordinates(
     capacity: usize,
     out_count: *mut usize,
 ) -> Status {
-    // SAFETY: the caller's contract is this function's.
+    // SAFETY: the header requires what copy_from_ref does: `session` live, `out` valid for
+    // `capacity` elements, `out_count` NULL or valid for writing.
     unsafe {
         copy_from_ref(
             "msclam_session_copy_coordinates",
@@ -833,10 +842,7 @@ pub unsafe extern "C" fn msclam_session_copy_coordinates(
             capacity,
             out_count,
             |s| {
-                let pairs = s
-                    .inner
-                    .coordinates()
-                    .ok_or(FfiError::NotFound("coordinates"))?;
+                let pairs = s.coordinates().ok_or(FfiError::NotFound("coordinates"))?;
                 Ok(pairs.as_flattened())
             },
         )
@@ -856,7 +862,9 @@ pub unsafe extern "C" fn msclam_session_copy_attention(
     capacity: usize,
     out_count: *mut usize,
 ) -> Status {
-    // SAFETY: the caller's contract is this function's.
+    // SAFETY: the header requires what copy_from_mut does: `session` live and used by no
+    // other thread during the call, `out` valid for `capacity` elements, `out_count` NULL or
+    // valid for writing.
     unsafe {
         copy_from_mut(
             "msclam_session_copy_attention",
@@ -864,7 +872,7 @@ pub unsafe extern "C" fn msclam_session_copy_attention(
             out,
             capacity,
             out_count,
-            |s| Ok(s.inner.finalize()?.attention),
+            |s| Ok(s.finalize()?.attention),
         )
     }
 }
@@ -881,7 +889,9 @@ pub unsafe extern "C" fn msclam_session_copy_tile_mask(
     capacity: usize,
     out_count: *mut usize,
 ) -> Status {
-    // SAFETY: the caller's contract is this function's.
+    // SAFETY: the header requires what copy_from_mut does: `session` live and used by no
+    // other thread during the call, `out` valid for `capacity` elements, `out_count` NULL or
+    // valid for writing.
     unsafe {
         copy_from_mut(
             "msclam_session_copy_tile_mask",
@@ -889,7 +899,7 @@ pub unsafe extern "C" fn msclam_session_copy_tile_mask(
             out,
             capacity,
             out_count,
-            |s| Ok(s.inner.finalize()?.tile_mask),
+            |s| Ok(s.finalize()?.tile_mask),
         )
     }
 }
@@ -901,10 +911,140 @@ pub unsafe extern "C" fn msclam_session_copy_tile_mask(
 #[no_mangle]
 pub unsafe extern "C" fn msclam_session_reset(session: *mut Session) -> Status {
     guard("msclam_session_reset", || {
-        // SAFETY: per the contract.
+        // SAFETY: reference_mut refuses a NULL `session`; otherwise the header requires a live
+        // session (from msclam_session_create*(), not yet freed) that no other thread uses
+        // during the call, so this is the only reference to it.
         let session = unsafe { reference_mut(session, "session") }?;
         session.inner.reset();
         session.poisoned = false;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msclam_engine::format::ModelWriter;
+    use msclam_engine::{ModelConfig, ModelSize, ModelWeights};
+
+    /// A session of a tiny all-zero model with `tiles` tiles pushed; free it with
+    /// msclam_session_free().
+    fn session_with_tiles(tiles: usize) -> *mut Session {
+        let config = ModelConfig::ms_clam(ModelSize::Tiny);
+        let bytes = ModelWriter::new(&ModelWeights::zeros(config))
+            .to_bytes()
+            .unwrap();
+        let mut model = std::ptr::null_mut();
+        let mut session = std::ptr::null_mut();
+        let embeddings = vec![0.5f32; tiles * config.input_dim];
+        // SAFETY: every pointer is a live local or buffer of the sizes given.
+        unsafe {
+            let status = crate::model::msclam_model_load_from_buffer(
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                &mut model,
+            );
+            assert_eq!(status, Status::Ok);
+            let options = msclam_session_options_default();
+            assert_eq!(
+                msclam_session_create(model, &options, &mut session),
+                Status::Ok
+            );
+            crate::model::msclam_model_free(model);
+            let status = msclam_session_push(
+                session,
+                embeddings.as_ptr(),
+                tiles,
+                config.input_dim,
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            assert_eq!(status, Status::Ok);
+        }
+        session
+    }
+
+    #[test]
+    fn a_panic_in_a_finalizing_copy_poisons_the_session_like_finalize() {
+        let session = session_with_tiles(3);
+        let mut attention = [0f32; 3];
+        let mut mask = [0u8; 3];
+        let mut count = 0usize;
+        let mut result = msclam_slide_result_init();
+        // SAFETY: `session` is live and used by this thread only; the buffers are locals of
+        // the sizes given.
+        unsafe {
+            let status = copy_from_mut(
+                "test_copy",
+                session,
+                attention.as_mut_ptr(),
+                attention.len(),
+                &mut count,
+                |_| -> Result<&[f32], FfiError> { panic!("finalize failed") },
+            );
+            assert_eq!(status, Status::Panic);
+            assert!((*session).poisoned);
+            for status in [
+                msclam_session_copy_attention(session, attention.as_mut_ptr(), 3, &mut count),
+                msclam_session_copy_tile_mask(session, mask.as_mut_ptr(), 3, &mut count),
+                msclam_session_finalize(session, &mut result),
+            ] {
+                assert_eq!(status, Status::InvalidArgument);
+            }
+            assert_eq!(msclam_session_reset(session), Status::Ok);
+            assert!(!(*session).poisoned);
+            msclam_session_free(session);
+        }
+    }
+
+    #[test]
+    fn finalizing_copies_give_the_slide_results() {
+        let session = session_with_tiles(4);
+        let mut attention = [0f32; 4];
+        let mut mask = [9u8; 4];
+        let mut count = 0usize;
+        // SAFETY: `session` is live and used by this thread only; the buffers are locals of
+        // the sizes given.
+        unsafe {
+            let status =
+                msclam_session_copy_attention(session, attention.as_mut_ptr(), 4, &mut count);
+            assert_eq!((status, count), (Status::Ok, 4));
+            // Equal tiles share the attention equally.
+            assert!(attention.iter().all(|a| (a - 0.25).abs() < 1e-6));
+            let status = msclam_session_copy_tile_mask(session, mask.as_mut_ptr(), 4, &mut count);
+            assert_eq!((status, count), (Status::Ok, 4));
+            assert!(mask.iter().all(|m| *m <= 1));
+            let status =
+                msclam_session_copy_attention(session, attention.as_mut_ptr(), 3, &mut count);
+            assert_eq!((status, count), (Status::BufferTooSmall, 4));
+            msclam_session_free(session);
+        }
+    }
+
+    #[test]
+    fn versioned_structs_read_and_write_whole_fields_only() {
+        let session = session_with_tiles(2);
+        let mut result = msclam_slide_result_init();
+        result.struct_size = 10; // ends inside tumor_probability
+        result.tumor_probability = 7.0;
+        // SAFETY: `session` is live and used by this thread only; `result` is a local.
+        unsafe {
+            assert_eq!(msclam_session_finalize(session, &mut result), Status::Ok);
+            assert_eq!(result.struct_size, 8);
+            assert_eq!(result.tumor_probability, 7.0);
+            result.struct_size = 4;
+            let status = msclam_session_finalize(session, &mut result);
+            assert_eq!(status, Status::InvalidArgument);
+            result.struct_size = std::mem::size_of::<SlideResult>() as u32;
+            assert_eq!(msclam_session_finalize(session, &mut result), Status::Ok);
+            assert_eq!(result.num_tiles, 2);
+            assert_eq!(
+                result.struct_size as usize,
+                std::mem::size_of::<SlideResult>()
+            );
+            msclam_session_free(session);
+        }
+    }
 }
