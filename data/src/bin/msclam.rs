@@ -4,6 +4,7 @@
 //! msclam score --model model.mscl --slides COHORT_OR_H5_DIR --out DIR [--threads N] [--shard I/N]
 //! msclam merge-scores --model model.mscl --out DIR
 //! msclam convert s_0_checkpoint.pt --out model.mscl [--embedder-name resnet50_trunc]
+//! msclam export-onnx --model model.mscl --out DIR
 //! ```
 
 use std::path::PathBuf;
@@ -92,6 +93,20 @@ enum Command {
         /// Element type of the large matrices in the model.
         #[arg(long, value_enum, default_value_t = WeightType::F32)]
         dtype: WeightType,
+    },
+    /// Export the model's head as two ONNX graphs (opset 13) for another ONNX runtime:
+    /// DIR/tile_head.onnx (per strip: embeddings [N, D] -> attention_logit [N, 1],
+    /// tile_probability [N], hidden [N, H]) and DIR/slide_head.onnx (at the end of the slide,
+    /// over the strips' outputs concatenated: attention_logit, hidden -> slide_probabilities
+    /// [1, C], attention [N, 1]).
+    #[cfg(feature = "onnx")]
+    ExportOnnx {
+        /// The model (.mscl).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output folder (created if needed).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -231,6 +246,40 @@ fn main() -> ExitCode {
                             c.ignored_keys.join(", ")
                         );
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "onnx")]
+        Command::ExportOnnx { model, out } => {
+            let result = msclam_engine::Model::load(&model)
+                .map_err(|e| format!("{}: {e}", model.display()))
+                .and_then(|m| {
+                    let heads = msclam_onnx::export_heads(&m);
+                    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+                    for (name, bytes) in [
+                        ("tile_head.onnx", &heads.tile_head),
+                        ("slide_head.onnx", &heads.slide_head),
+                    ] {
+                        let path = out.join(name);
+                        let tmp = out.join(format!(".{name}.tmp"));
+                        std::fs::write(&tmp, bytes)
+                            .and_then(|_| std::fs::rename(&tmp, &path))
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                    Ok(())
+                });
+            match result {
+                Ok(()) => {
+                    println!(
+                        "wrote {} and {}",
+                        out.join("tile_head.onnx").display(),
+                        out.join("slide_head.onnx").display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
