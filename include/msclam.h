@@ -17,6 +17,14 @@
  *     msclam_session_reset(s);                                      // next slide
  *     msclam_session_free(s); msclam_model_free(model);
  *
+ * A scanner that has pixels, not embeddings, loads its tile encoder (an ONNX model, run by
+ * tract-onnx; libraries built with the `onnx` feature) and pushes RGB tiles instead:
+ *
+ *     msclam_encoder *enc;
+ *     msclam_encoder_load("resnet50_trunc.onnx", "resnet50_trunc", NULL, &enc);
+ *     msclam_session_push_rgb(s, enc, rgb, n, coords, tile_probs, &slide_prob);
+ *     msclam_encoder_free(enc);
+ *
  * Conventions, true of every function unless its comment says otherwise:
  *  - Functions return msclam_status; MSCLAM_STATUS_OK (0) is success. On failure
  *    msclam_last_error_message() gives details, and outputs are left untouched.
@@ -50,6 +58,12 @@
 
 // `MAJOR * 1000000 + MINOR * 1000 + PATCH`, for compile-time checks.
 #define MSCLAM_VERSION 1000
+
+// `msclam_encoder_options.channel_order`: the encoder expects red, green, blue (PyTorch).
+#define MSCLAM_CHANNELS_RGB 0
+
+// `msclam_encoder_options.channel_order`: the encoder expects blue, green, red (OpenCV).
+#define MSCLAM_CHANNELS_BGR 1
 
 // Share of out-of-distribution tiles (msclam_session_out_of_distribution()) above which a
 // slide's scores should not be trusted. A float threshold: compare in float, as the library
@@ -134,7 +148,13 @@ typedef enum {
   MSCLAM_STATUS_NOT_FOUND = 13,
   // A bug inside the library was caught at the boundary. Please report it with the message.
   MSCLAM_STATUS_PANIC = 14,
+  // This build of the library does not have the feature (e.g. the ONNX tile encoder).
+  MSCLAM_STATUS_UNSUPPORTED = 15,
 } msclam_status;
+
+// A loaded tile encoder (opaque). One thread at a time; it is not tied to a session or
+// model, but can only push into sessions of models it fits.
+typedef struct msclam_encoder msclam_encoder;
 
 // A loaded, validated model (opaque). Immutable: any number of threads may use one model at
 // once. Sessions keep their model alive, so a model may be freed before its sessions.
@@ -143,6 +163,27 @@ typedef struct msclam_model msclam_model;
 // A slide session (opaque): scores one slide at a time, incrementally. Use it from one
 // thread at a time; it may move between threads.
 typedef struct msclam_session msclam_session;
+
+// How tiles are prepared for a tile encoder. Start from msclam_encoder_options_default()
+// (224-pixel tiles, ImageNet mean and std, RGB, batches of 16) and change what differs.
+// `struct_size` works as in msclam_session_options.
+typedef struct {
+  // `sizeof(msclam_encoder_options)`.
+  uint32_t struct_size;
+  // Side of a tile in pixels, and of the encoder's square input (1 to 4096).
+  uint32_t tile_size;
+  // Per-channel mean subtracted from the pixel values scaled to [0, 1], in the encoder's
+  // channel order.
+  float mean[3];
+  // Per-channel standard deviation the values are divided by (positive), in the encoder's
+  // channel order.
+  float std[3];
+  // MSCLAM_CHANNELS_RGB or MSCLAM_CHANNELS_BGR: the order the encoder's input expects
+  // (tiles are always given as interleaved RGB).
+  uint32_t channel_order;
+  // Tiles per run of the encoder (1 to 1024); the encoder is optimised for this batch.
+  uint32_t batch;
+} msclam_encoder_options;
 
 // A model's architecture and memory use. Set `struct_size` to `sizeof(msclam_model_info)`
 // (msclam_model_info_init() does) before calling msclam_model_get_info(); the library fills
@@ -250,6 +291,63 @@ uint32_t msclam_version(void);
 
 // The library's version as a static string, e.g. "0.1.0". Never NULL; never free it.
 const char *msclam_version_string(void);
+
+// The default encoder options, with `struct_size` set.
+msclam_encoder_options msclam_encoder_options_default(void);
+
+// Loads an ONNX tile encoder (NCHW float32 input `[batch, 3, tile_size, tile_size]`, output
+// `[batch, D]` or `[batch, D, 1, 1]`) and prepares it with tract-onnx for `options` (NULL:
+// the defaults). `name` (may be NULL) is the embedder's name: pushes into a session whose
+// model names another embedder (`embedder.name`) are refused. On success `*out_encoder`
+// receives an encoder to release with msclam_encoder_free().
+//
+// MSCLAM_STATUS_UNSUPPORTED when the library was built without the `onnx` feature;
+// MSCLAM_STATUS_IO_ERROR for a missing file, MSCLAM_STATUS_INVALID_MODEL for a file tract
+// cannot load or prepare. Allocates (tract).
+//
+// # Safety
+// `path` must be a NUL-terminated string; `name` NULL or NUL-terminated; `options` NULL or
+// valid for reading `options->struct_size` bytes; `out_encoder` valid for writing a pointer.
+msclam_status msclam_encoder_load(const char *path,
+                                  const char *name,
+                                  const msclam_encoder_options *options,
+                                  msclam_encoder **out_encoder);
+
+// Releases an encoder (NULL is ignored).
+//
+// # Safety
+// `encoder` must be NULL or from msclam_encoder_load(), not yet freed.
+void msclam_encoder_free(msclam_encoder *encoder);
+
+// Dimension D of the embeddings the encoder gives (0 for NULL).
+//
+// # Safety
+// `encoder` NULL or live.
+size_t msclam_encoder_embedding_dim(const msclam_encoder *encoder);
+
+// Encodes `n_tiles` RGB tiles with `encoder` and pushes their embeddings into `session`,
+// as msclam_session_push() does with embeddings.
+//
+// - `rgb`: `n_tiles * tile_size * tile_size * 3` bytes, tile after tile, each row-major
+//   with interleaved R, G, B bytes. May be NULL only if `n_tiles` is 0.
+// - `coords`, `out_tile_probabilities`, `out_slide_tumor_probability`: as in
+//   msclam_session_push().
+//
+// The encoder must fit the session's model: the same embedding dimension (else
+// MSCLAM_STATUS_DIMENSION_MISMATCH) and, when both are named, the same embedder (else
+// MSCLAM_STATUS_INVALID_ARGUMENT). Errors leave the session as it was. Unlike
+// msclam_session_push(), this allocates (tract, and the encoder's embedding buffer).
+//
+// # Safety
+// Every non-NULL pointer must be valid for the sizes above; `session` and `encoder` live and
+// not used by another thread during the call.
+msclam_status msclam_session_push_rgb(msclam_session *session,
+                                      msclam_encoder *encoder,
+                                      const uint8_t *rgb,
+                                      size_t n_tiles,
+                                      const uint32_t *coords,
+                                      float *out_tile_probabilities,
+                                      float *out_slide_tumor_probability);
 
 // A msclam_model_info with `struct_size` set and every other field zero.
 msclam_model_info msclam_model_info_init(void);

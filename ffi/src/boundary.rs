@@ -26,6 +26,13 @@ pub(crate) enum FfiError {
     NotFound(&'static str),
     /// The caller's embedding dimension differs from the model's.
     Dimension { given: usize, expected: usize },
+    /// The feature is not in this build (fixed explanation).
+    #[cfg_attr(feature = "onnx", allow(dead_code))]
+    Unsupported(&'static str),
+    /// An error of the ONNX tile encoder, with its status. Unlike the others it holds an
+    /// owned message: the encoder's paths allocate anyway.
+    #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
+    Message(Status, String),
 }
 
 impl From<EngineError> for FfiError {
@@ -42,6 +49,8 @@ impl FfiError {
             FfiError::TooSmall { .. } => Status::BufferTooSmall,
             FfiError::NotFound(_) => Status::NotFound,
             FfiError::Dimension { .. } => Status::DimensionMismatch,
+            FfiError::Unsupported(_) => Status::Unsupported,
+            FfiError::Message(status, _) => *status,
             FfiError::Engine(e) => match e {
                 EngineError::Io { .. } => Status::IoError,
                 EngineError::Truncated { .. }
@@ -84,6 +93,8 @@ pub(crate) fn guard(function: &'static str, body: impl FnOnce() -> Result<(), Ff
                 FfiError::Dimension { given, expected } => set_last_error(format_args!(
                     "{function}: embeddings have {given} features per tile, the model expects {expected}"
                 )),
+                FfiError::Unsupported(why) => set_last_error(format_args!("{function}: {why}")),
+                FfiError::Message(_, message) => set_last_error(format_args!("{function}: {message}")),
             }
             log::debug!("{function} failed with {status:?}");
             status

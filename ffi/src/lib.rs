@@ -13,11 +13,13 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+mod encoder;
 mod model;
 mod session;
 mod status;
 mod versioned;
 
+pub use encoder::*;
 pub use model::*;
 pub use session::*;
 pub use status::*;

@@ -12,7 +12,7 @@ use crate::versioned::{self, versioned};
 /// A slide session (opaque): scores one slide at a time, incrementally. Use it from one
 /// thread at a time; it may move between threads.
 pub struct Session {
-    inner: SlideSession<'static>,
+    pub(crate) inner: SlideSession<'static>,
     in_arena: bool,
     /// Set when a panic was caught in the middle of changing the session: its state may be
     /// inconsistent, so every call but reset and free refuses it until reset.
@@ -37,7 +37,7 @@ impl Session {
 
     /// Runs `f` on the session (refused if poisoned); a panic inside poisons the session
     /// before it propagates. What `f` returns may borrow from the session.
-    fn mutate<'s, T>(
+    pub(crate) fn mutate<'s, T>(
         &'s mut self,
         f: impl FnOnce(&'s mut SlideSession<'static>) -> T,
     ) -> Result<T, FfiError> {

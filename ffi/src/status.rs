@@ -40,6 +40,8 @@ pub enum Status {
     NotFound = 13,
     /// A bug inside the library was caught at the boundary. Please report it with the message.
     Panic = 14,
+    /// This build of the library does not have the feature (e.g. the ONNX tile encoder).
+    Unsupported = 15,
 }
 
 impl Status {
@@ -60,10 +62,11 @@ impl Status {
             Status::BufferTooSmall => "buffer too small\0",
             Status::NotFound => "not found\0",
             Status::Panic => "internal error (panic caught at the API boundary)\0",
+            Status::Unsupported => "not supported by this build of the library\0",
         }
     }
 
-    const ALL: [Status; 15] = [
+    const ALL: [Status; 16] = [
         Status::Ok,
         Status::NullArgument,
         Status::InvalidArgument,
@@ -79,6 +82,7 @@ impl Status {
         Status::BufferTooSmall,
         Status::NotFound,
         Status::Panic,
+        Status::Unsupported,
     ];
 }
 

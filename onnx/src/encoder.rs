@@ -187,10 +187,10 @@ impl TileEncoder {
     pub fn check_model(&self, model: &Model) -> Result<()> {
         let want = model.config().input_dim;
         if self.dim != want {
-            return Err(OnnxError::Mismatch(format!(
-                "the encoder gives {}-dimensional embeddings; the model expects {want}",
-                self.dim
-            )));
+            return Err(OnnxError::Dimension {
+                encoder: self.dim,
+                model: want,
+            });
         }
         let model_name = model.metadata().get("embedder.name");
         if let (Some(mine), Some(theirs)) = (self.options.name.as_deref(), model_name) {

@@ -14,7 +14,15 @@ pub enum OnnxError {
         /// What tract said.
         reason: String,
     },
-    /// The encoder does not fit the model, or the options do not fit the encoder.
+    /// The encoder's embeddings have another dimension than the model's input.
+    #[error("the encoder gives {encoder}-dimensional embeddings; the model expects {model}")]
+    Dimension {
+        /// The encoder's output dimension.
+        encoder: usize,
+        /// The model's input dimension.
+        model: usize,
+    },
+    /// The encoder is another embedder than the one the model was trained on.
     #[error("{0}")]
     Mismatch(String),
     /// Bad arguments (buffer sizes).

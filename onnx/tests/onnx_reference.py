@@ -11,8 +11,8 @@
         Writes two tile encoders exported to ONNX by PyTorch (the TorchScript exporter,
         dynamic batch): small_cnn.onnx (64 x 64 tiles, 48-d, BGR input, its own mean/std) and
         resnet_trunc.onnx (a ResNet-50-style stem and bottleneck stages truncated after the
-        third, as CLAM's resnet50_trunc, at 224 x 224, 1024-d), tiles.u8 (interleaved RGB,
-        uint8) for each, and WORK/encoders.json: per encoder its options, the embeddings
+        third, as CLAM's resnet50_trunc, at 224 x 224, 1024-d), <name>.tiles.u8 (interleaved RGB,
+        uint8) and <name>.embeddings.f32 (PyTorch's) for each, and WORK/encoders.json: per encoder its options, the embeddings
         PyTorch computes for the tiles, and ONNX Runtime's tiles/s on one thread.
 """
 
@@ -132,6 +132,7 @@ def encoders(work):
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         with torch.no_grad():
             embeddings = net(x).reshape(n, -1)
+        embeddings.numpy().astype("<f4").tofile(work / f"{name}.embeddings.f32")
         # ONNX Runtime on one thread, batches of 16 (best of 5 rounds).
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1

@@ -64,6 +64,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .metadata(keys::EMBEDDER_NAME, "resnet50_trunc")?
         .metadata(keys::EMBEDDER_DIM, "1024")?
         .write(&model_path)?;
+    // A small model for the tile encoder test (test_encoder.c): D 48, embedder "small_cnn".
+    ModelWriter::new(&random_weights(
+        ModelConfig::ms_clam(ModelSize::Tiny).with_input_dim(48),
+        4,
+    ))
+    .metadata(keys::EMBEDDER_NAME, "small_cnn")?
+    .write(dir.join("model_encoder.mscl"))?;
     // The same weights with bf16 matrices.
     ModelWriter::new(&random_weights(config, 1))
         .matrix_dtype(Dtype::Bf16)

@@ -61,6 +61,19 @@ for t in test_api_shared test_no_malloc_static test_threads_static test_cpp_shar
     run "valgrind $t" memcheck "$t"
 done
 
+step "the ONNX tile encoder (libmsclam built with the onnx feature)"
+"$MSCLAM_VENV/bin/python" onnx/tests/onnx_reference.py encoders "$work/encoders" >/dev/null
+cargo build --release --locked --quiet -p msclam-ffi --features onnx
+onnx_lib="$work/onnx-lib"
+mkdir -p "$onnx_lib"
+cp "$CARGO_TARGET_DIR/release/libmsclam.so" "$onnx_lib/libmsclam.so.0"
+ln -sf libmsclam.so.0 "$onnx_lib/libmsclam.so"
+cc "${cflags[@]}" tests/c/test_encoder.c -o "$bin/test_encoder" -L"$onnx_lib" -lmsclam \
+    -Wl,-rpath,"$onnx_lib" -lm
+run "test_encoder (RGB tiles through tract vs PyTorch's embeddings)" "$bin/test_encoder" "$work/fx" "$work/encoders"
+run "the default library has no tract-onnx in it" \
+    sh -c "grep -q tract-core '$onnx_lib/libmsclam.so' && ! grep -q tract-core '$prefix/lib/libmsclam.so'"
+
 step "installing and building the example with pkg-config and CMake"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 run "pkg-config build of examples/c/stream_slide.c" sh -c \

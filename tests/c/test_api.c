@@ -90,10 +90,23 @@ static void test_version_and_statuses(void) {
     CHECK(msclam_version() == MSCLAM_VERSION, "library %u vs header %u", msclam_version(), (unsigned)MSCLAM_VERSION);
     CHECK(strlen(msclam_version_string()) >= 5, "version string");
     CHECK(strcmp(msclam_status_string(MSCLAM_STATUS_OK), "ok") == 0, "ok text");
-    for (int code = 1; code <= MSCLAM_STATUS_PANIC; code++)
+    for (int code = 1; code <= MSCLAM_STATUS_UNSUPPORTED; code++)
         CHECK(strcmp(msclam_status_string(code), "unknown status") != 0, "code %d has a text", code);
     CHECK(strcmp(msclam_status_string(-1), "unknown status") == 0, "unknown code");
     CHECK(strcmp(msclam_status_string(1000), "unknown status") == 0, "unknown code");
+}
+
+/* The default build has no ONNX tile encoder: its functions exist and say so. */
+static void test_encoder_is_unsupported_without_onnx(void) {
+    msclam_encoder *encoder = NULL;
+    msclam_encoder_options options = msclam_encoder_options_default();
+    CHECK(options.struct_size == sizeof options && options.tile_size == 224 && options.batch == 16,
+          "encoder defaults");
+    CHECK_STATUS(msclam_encoder_load("encoder.onnx", NULL, &options, &encoder), MSCLAM_STATUS_UNSUPPORTED);
+    CHECK(encoder == NULL, "no encoder");
+    CHECK(strstr(msclam_last_error_message(), "onnx") != NULL, "message: %s", msclam_last_error_message());
+    CHECK(msclam_encoder_embedding_dim(NULL) == 0, "NULL encoder");
+    msclam_encoder_free(NULL);
 }
 
 static void test_model_loading_and_metadata(const fixture *fx) {
@@ -525,6 +538,7 @@ int main(int argc, char **argv) {
     }
     fixture fx = load_fixture(argv[1]);
     test_version_and_statuses();
+    test_encoder_is_unsupported_without_onnx();
     test_model_loading_and_metadata(&fx);
     msclam_model *model = NULL;
     CHECK_STATUS(msclam_model_load(fx.model_path, &model), MSCLAM_STATUS_OK);
