@@ -12,8 +12,12 @@
         dynamic batch): small_cnn.onnx (64 x 64 tiles, 48-d, BGR input, its own mean/std) and
         resnet_trunc.onnx (a ResNet-50-style stem and bottleneck stages truncated after the
         third, as CLAM's resnet50_trunc, at 224 x 224, 1024-d), <name>.tiles.u8 (interleaved RGB,
-        uint8) and <name>.embeddings.f32 (PyTorch's) for each, and WORK/encoders.json: per encoder its options, the embeddings
-        PyTorch computes for the tiles, and ONNX Runtime's tiles/s on one thread.
+        uint8) and <name>.embeddings.f32 (PyTorch's) for each, and WORK/encoders.json: per
+        encoder its options, the embeddings PyTorch computes for the tiles, and ONNX Runtime's
+        tiles/s on one thread.
+
+    python onnx_reference.py ort-speed WORK NAME TILE_SIZE BATCH SECONDS
+        ONNX Runtime's tiles/s on WORK/NAME.onnx, one thread (scripts/bench-encoder).
 """
 
 import json
@@ -154,7 +158,30 @@ def encoders(work):
     (work / "encoders.json").write_text(json.dumps(out))
 
 
+def ort_speed(work, name, tile_size, batch, seconds):
+    """Prints `onnxruntime <tiles/s>` for WORK/NAME.onnx on one thread (scripts/bench-encoder)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(work / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+    i = np.arange(batch * tile_size * tile_size * 3)
+    rgb = (96 + (i * 7919 % 97) + (i // (tile_size * 3)) % 40).astype(np.uint8)
+    x = (rgb.reshape(batch, tile_size, tile_size, 3).astype(np.float32) / 255.0 - 0.45) / 0.22
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    session.run(None, {"image": x})
+    start, tiles = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"image": x})
+        tiles += batch
+    print(f"onnxruntime {tiles / (time.perf_counter() - start):.2f}")
+
+
 if __name__ == "__main__":
     command, work = sys.argv[1], Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
-    {"heads": heads, "encoders": encoders}[command](work)
+    if command == "ort-speed":
+        ort_speed(work, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+    else:
+        {"heads": heads, "encoders": encoders}[command](work)
