@@ -301,9 +301,12 @@ msclam_encoder_options msclam_encoder_options_default(void);
 // model names another embedder (`embedder.name`) are refused. On success `*out_encoder`
 // receives an encoder to release with msclam_encoder_free().
 //
-// MSCLAM_STATUS_UNSUPPORTED when the library was built without the `onnx` feature;
-// MSCLAM_STATUS_IO_ERROR for a missing file, MSCLAM_STATUS_INVALID_MODEL for a file tract
-// cannot load or prepare. Allocates (tract).
+// MSCLAM_STATUS_UNSUPPORTED, before any other check, when the library was built without
+// the `onnx` feature; MSCLAM_STATUS_IO_ERROR for a file that cannot be read,
+// MSCLAM_STATUS_INVALID_MODEL for a file tract cannot load or prepare,
+// MSCLAM_STATUS_INVALID_ARGUMENT for options out of range (tile_size 1 to 4096, batch 1 to
+// 1024, batch x 3 x tile_size^2 at most 2^28). Allocates (tract). A model whose
+// `embedder.name` is "unknown" (msclam convert's default) is not checked by name.
 //
 // # Safety
 // `path` must be a NUL-terminated string; `name` NULL or NUL-terminated; `options` NULL or
@@ -337,6 +340,9 @@ size_t msclam_encoder_embedding_dim(const msclam_encoder *encoder);
 // MSCLAM_STATUS_DIMENSION_MISMATCH) and, when both are named, the same embedder (else
 // MSCLAM_STATUS_INVALID_ARGUMENT). Errors leave the session as it was. Unlike
 // msclam_session_push(), this allocates (tract, and the encoder's embedding buffer).
+// MSCLAM_STATUS_UNSUPPORTED, before any other check, in a library built without the `onnx`
+// feature. The encoding runs outside the session: a failure inside the encoder leaves the
+// session usable.
 //
 // # Safety
 // Every non-NULL pointer must be valid for the sizes above; `session` and `encoder` live and

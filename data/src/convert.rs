@@ -107,7 +107,7 @@ fn find_state_dict(object: &PyObject) -> std::result::Result<Vec<(String, &Array
         ),
         other => format!(
             "holds {}, not a state_dict (a dict of tensors, or a dict with one under \
-             \"model\" or \"state_dict\")",
+             \"model\", \"state_dict\", \"model_state_dict\" or \"net\")",
             other.describe()
         ),
     })
@@ -306,19 +306,8 @@ pub fn weights_from_checkpoint(
         tile_classifier_weight: tile_w,
         tile_classifier_bias: tile_b,
     };
+    // Shapes again, and every value finite.
     weights.validate().map_err(|e| e.to_string())?;
-    if let Some(i) = [
-        &weights.fc_weight,
-        &weights.attention_a_weight,
-        &weights.attention_b_weight,
-        &weights.classifier_weight,
-        &weights.tile_classifier_weight,
-    ]
-    .iter()
-    .find_map(|w| w.iter().position(|v| !v.is_finite()))
-    {
-        return Err(format!("a non-finite weight (position {i} of a matrix)"));
-    }
     Ok(Converted {
         weights,
         code_base,

@@ -450,7 +450,7 @@ pub fn read_tile_label_file(path: &Path, slide: &str, n: usize) -> Result<Vec<u8
                             a.len()
                         )));
                     }
-                    return Ok(a.bytes().to_vec());
+                    return Ok(a.bytes().iter().map(|&b| u8::from(b != 0)).collect());
                 }
                 PyObject::Array(a) if a.shape.len() <= 1 => a.to_i64().ok_or_else(|| {
                     bad(format!(

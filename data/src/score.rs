@@ -221,8 +221,14 @@ fn score_slide(
     outcome: &mut Outcome,
 ) -> Result<SlideScores> {
     let started = std::time::Instant::now();
-    let file = layout::read_features_file(&input.features, &input.slide_id)?;
+    let mut file = layout::read_features_file(&input.features, &input.slide_id)?;
     if input.features.extension().is_some_and(|e| e == "pt") {
+        // The reading-order grid is laid out with 256-pixel steps: at the tile size asked for.
+        if let Some(size) = options.tile_size.filter(|&t| t != 256) {
+            for c in &mut file.coords {
+                *c = c.map(|v| (v / 256).saturating_mul(size));
+            }
+        }
         log::warn!(
             "{}: a torch.save tensor has no tile coordinates: the tiles are placed in reading \
              order on a square grid, and the GeoJSON and picture show that grid",

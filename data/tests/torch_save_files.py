@@ -98,6 +98,13 @@ torch_case("legacy.pt", {"w": torch.randn(3, 2), "idx": torch.arange(4), "h": to
                          "view": base[1:3]},
            _use_new_zipfile_serialization=False)
 
+# One state_dict referenced twice (memoized before its items are set).
+sd = net.state_dict()
+torch_case("shared_dict.pt", {"best": sd, "state_dict": sd})
+# An expanded tensor (stride 0): more elements than its storage, refused.
+torch.save(torch.zeros(1).expand(1000), OUT / "expanded.pt")
+CASES.append({"file": "expanded.pt", "kind": "torch", "error": "expanded"})
+
 # A whole pickled module, not a state_dict: described by its class.
 torch.save(net, OUT / "module.pt")
 CASES.append({"file": "module.pt", "kind": "torch", "other": "torch.nn.modules.container.Sequential"})
@@ -119,6 +126,10 @@ for protocol in (2, 4, 5):
 pickle_case("labels_tuple.pkl", tuple(int(i) for i in np.where(mask)[0]), 4)
 pickle_case("labels_int32.pkl", np.where(mask)[0].astype(np.int32), 4)
 pickle_case("labels_big_endian.pkl", np.where(mask)[0].astype(">i8"), 4)
+# Two big-endian arrays: the second one's dtype is a memo reference to the first's.
+big = np.arange(3, dtype=">i8")
+pickle_case("big_endian_pair.pkl", [big, big.copy()], 4)
+pickle_case("big_endian_pair_p2.pkl", [big, big.copy()], 2)
 pickle_case("fortran.pkl", np.asfortranarray(rng.standard_normal((3, 4)).astype(np.float32)), 4)
 pickle_case("mixed.pkl", {"a": [np.float32(1.5), np.int16(-2), np.bool_(True)], "b": (None, "s")}, 4)
 

@@ -70,7 +70,7 @@ pub struct Encoder {
     _never: std::convert::Infallible,
 }
 
-#[cfg(not(feature = "onnx"))]
+/// What a library built without the `onnx` feature answers.
 const UNSUPPORTED: FfiError = FfiError::Unsupported(
     "this libmsclam was built without the ONNX tile encoder (cargo feature `onnx`)",
 );
@@ -79,7 +79,6 @@ const UNSUPPORTED: FfiError = FfiError::Unsupported(
 fn onnx_error(e: msclam_onnx::OnnxError) -> FfiError {
     use msclam_onnx::OnnxError as E;
     let status = match &e {
-        E::Load { reason, .. } if reason.contains("No such file") => Status::IoError,
         E::Load { .. } => Status::InvalidModel,
         E::Dimension { .. } => Status::DimensionMismatch,
         E::Mismatch(_) | E::InvalidArgument(_) | E::Run(_) => Status::InvalidArgument,
@@ -97,9 +96,12 @@ fn onnx_error(e: msclam_onnx::OnnxError) -> FfiError {
 /// model names another embedder (`embedder.name`) are refused. On success `*out_encoder`
 /// receives an encoder to release with msclam_encoder_free().
 ///
-/// MSCLAM_STATUS_UNSUPPORTED when the library was built without the `onnx` feature;
-/// MSCLAM_STATUS_IO_ERROR for a missing file, MSCLAM_STATUS_INVALID_MODEL for a file tract
-/// cannot load or prepare. Allocates (tract).
+/// MSCLAM_STATUS_UNSUPPORTED, before any other check, when the library was built without
+/// the `onnx` feature; MSCLAM_STATUS_IO_ERROR for a file that cannot be read,
+/// MSCLAM_STATUS_INVALID_MODEL for a file tract cannot load or prepare,
+/// MSCLAM_STATUS_INVALID_ARGUMENT for options out of range (tile_size 1 to 4096, batch 1 to
+/// 1024, batch x 3 x tile_size^2 at most 2^28). Allocates (tract). A model whose
+/// `embedder.name` is "unknown" (msclam convert's default) is not checked by name.
 ///
 /// # Safety
 /// `path` must be a NUL-terminated string; `name` NULL or NUL-terminated; `options` NULL or
@@ -112,6 +114,9 @@ pub unsafe extern "C" fn msclam_encoder_load(
     out_encoder: *mut *mut Encoder,
 ) -> Status {
     guard("msclam_encoder_load", || {
+        if cfg!(not(feature = "onnx")) {
+            return Err(UNSUPPORTED);
+        }
         if path.is_null() {
             return Err(FfiError::Null("path"));
         }
@@ -176,6 +181,8 @@ fn load(
         path.to_str()
             .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))?,
     );
+    let bytes = std::fs::read(path)
+        .map_err(|e| FfiError::Message(Status::IoError, format!("{}: {e}", path.display())))?;
     let options = msclam_onnx::EncoderOptions {
         tile_size: options.tile_size as usize,
         mean: options.mean,
@@ -188,7 +195,8 @@ fn load(
         batch: options.batch as usize,
         name,
     };
-    let inner = msclam_onnx::TileEncoder::load(path, options).map_err(onnx_error)?;
+    let inner = msclam_onnx::TileEncoder::from_bytes(&bytes, &path.display().to_string(), options)
+        .map_err(onnx_error)?;
     *out = Box::into_raw(Box::new(Encoder {
         inner,
         embeddings: Vec::new(),
@@ -249,6 +257,9 @@ pub unsafe extern "C" fn msclam_encoder_embedding_dim(encoder: *const Encoder) -
 /// MSCLAM_STATUS_DIMENSION_MISMATCH) and, when both are named, the same embedder (else
 /// MSCLAM_STATUS_INVALID_ARGUMENT). Errors leave the session as it was. Unlike
 /// msclam_session_push(), this allocates (tract, and the encoder's embedding buffer).
+/// MSCLAM_STATUS_UNSUPPORTED, before any other check, in a library built without the `onnx`
+/// feature. The encoding runs outside the session: a failure inside the encoder leaves the
+/// session usable.
 ///
 /// # Safety
 /// Every non-NULL pointer must be valid for the sizes above; `session` and `encoder` live and
@@ -264,6 +275,9 @@ pub unsafe extern "C" fn msclam_session_push_rgb(
     out_slide_tumor_probability: *mut f32,
 ) -> Status {
     guard("msclam_session_push_rgb", || {
+        if cfg!(not(feature = "onnx")) {
+            return Err(UNSUPPORTED);
+        }
         // SAFETY: reference_mut refuses a NULL `session`; otherwise the header requires a live
         // session that no other thread uses during the call.
         let session = unsafe { reference_mut(session, "session") }?;
@@ -331,9 +345,12 @@ fn push(
     coords: Option<&[[u32; 2]]>,
 ) -> Result<(usize, Option<f32>), FfiError> {
     let Encoder { inner, embeddings } = encoder;
-    let pushed = session
-        .mutate(|s| inner.push(s, rgb, coords, embeddings))?
+    // Encoded outside the session: tract's run builds its state afresh each time, so a panic
+    // in it leaves neither the encoder nor the session inconsistent.
+    inner
+        .encode_for(session.inner.model(), rgb, coords, embeddings)
         .map_err(onnx_error)?;
+    let pushed = session.mutate(|s| s.push(embeddings, coords))??;
     Ok((pushed.first_tile, pushed.slide_tumor_probability))
 }
 

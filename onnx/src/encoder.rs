@@ -60,6 +60,10 @@ impl Default for EncoderOptions {
     }
 }
 
+/// Largest encoder input of one run, in values (`batch x 3 x size x size`; 1 GiB of f32):
+/// 1,024 tiles of 256 pixels, or 64 tiles of 1,024.
+pub const MAX_INPUT_VALUES: usize = 1 << 28;
+
 /// An ONNX tile encoder loaded and optimised by tract (see the module documentation).
 pub struct TileEncoder {
     plan: Arc<TypedSimplePlan>,
@@ -111,15 +115,11 @@ impl TileEncoder {
     }
 
     fn check_options(options: &EncoderOptions) -> Result<()> {
-        if options.tile_size == 0
-            || options.tile_size > 4096
-            || options.batch == 0
-            || options.batch > 1024
-        {
+        let (s, b) = (options.tile_size, options.batch);
+        if s == 0 || s > 4096 || b == 0 || b > 1024 || b * 3 * s * s > MAX_INPUT_VALUES {
             return Err(OnnxError::InvalidArgument(format!(
-                "tile size {} and batch {}: the tile size must be 1 to 4096 pixels and the batch 1 \
-                 to 1024 tiles",
-                options.tile_size, options.batch
+                "tile size {s} and batch {b}: the tile size must be 1 to 4096 pixels, the batch 1 \
+                 to 1024 tiles, and batch x 3 x size x size at most {MAX_INPUT_VALUES} values"
             )));
         }
         if options.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
@@ -157,9 +157,14 @@ impl TileEncoder {
         }
         let scale = [0, 1, 2].map(|c| 1.0 / (255.0 * options.std[c]));
         let shift = [0, 1, 2].map(|c| -options.mean[c] / options.std[c]);
+        let mut input = Vec::new();
+        input
+            .try_reserve_exact(b * 3 * s * s)
+            .map_err(|_| TractError::msg("no memory for the encoder's input batch"))?;
+        input.resize(b * 3 * s * s, 0.0);
         Ok(TileEncoder {
             plan,
-            input: vec![0.0; b * 3 * s * s],
+            input,
             options,
             dim,
             scale,
@@ -183,7 +188,8 @@ impl TileEncoder {
     }
 
     /// Checks that this encoder produces what `model` was trained on: the same dimension and,
-    /// when both are named, the same embedder.
+    /// when both are named, the same embedder (a model whose `embedder.name` is `unknown`,
+    /// `msclam convert`'s default, is not checked by name).
     pub fn check_model(&self, model: &Model) -> Result<()> {
         let want = model.config().input_dim;
         if self.dim != want {
@@ -265,7 +271,20 @@ impl TileEncoder {
         coordinates: Option<&[[u32; 2]]>,
         embeddings: &mut Vec<f32>,
     ) -> Result<PushSummary> {
-        self.check_model(session.model())?;
+        self.encode_for(session.model(), rgb, coordinates, embeddings)?;
+        Ok(session.push(embeddings, coordinates)?)
+    }
+
+    /// The checks and the encoding of [`TileEncoder::push`], without the push: `embeddings`
+    /// receives what to push into a session of `model`.
+    pub fn encode_for(
+        &mut self,
+        model: &Model,
+        rgb: &[u8],
+        coordinates: Option<&[[u32; 2]]>,
+        embeddings: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.check_model(model)?;
         if let Some(c) = coordinates {
             let n = rgb.len() / self.tile_bytes().max(1);
             if c.len() != n {
@@ -275,7 +294,6 @@ impl TileEncoder {
                 )));
             }
         }
-        self.encode(rgb, embeddings)?;
-        Ok(session.push(embeddings, coordinates)?)
+        self.encode(rgb, embeddings)
     }
 }

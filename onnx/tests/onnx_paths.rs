@@ -246,6 +246,12 @@ fn tile_encoders_give_pytorch_embeddings_and_feed_sessions() {
         // 21 tiles in batches of 8: the last batch is padded.
         encoder.encode(&tiles, &mut embeddings).unwrap();
         let want = floats(&e["embeddings"]);
+        // ONNX Runtime on the exported graph agrees with PyTorch (the export is faithful).
+        let ort_difference = e["ort_largest_difference"].as_f64().unwrap();
+        assert!(
+            ort_difference < 1e-4,
+            "{name}: ONNX Runtime vs PyTorch {ort_difference}"
+        );
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let difference = largest_difference(&embeddings, &want);
         println!(

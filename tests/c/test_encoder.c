@@ -86,6 +86,7 @@ int main(int argc, char **argv) {
                  MSCLAM_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(msclam_last_error_message(), "uni_v1") != NULL, "message names the embedder: %s",
           msclam_last_error_message());
+    CHECK(msclam_session_tile_count(from_embeddings) == 0, "the session is unchanged");
 
     /* Bad arguments. */
     msclam_encoder *none = NULL;

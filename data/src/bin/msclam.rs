@@ -240,6 +240,13 @@ fn main() -> ExitCode {
                         config.tumor_class,
                         c.source_dtype
                     );
+                    if options.embedder_name == "unknown" {
+                        eprintln!(
+                            "note: no --embedder-name given: the model records \"unknown\", and \
+                             encoders and pipelines cannot check that they give the embeddings \
+                             it was trained on"
+                        );
+                    }
                     if !c.ignored_keys.is_empty() {
                         println!(
                             "not part of the network, left out: {}",

@@ -15,6 +15,7 @@
 mod objects;
 pub mod pickle;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -315,7 +316,12 @@ pub fn read_features(path: &Path) -> Result<(Vec<f32>, usize)> {
 struct ZipStorages<'a> {
     archive: zip::ZipArchive<std::io::Cursor<&'a [u8]>>,
     prefix: String,
-    loaded: Vec<(String, Vec<u8>)>,
+    loaded: HashMap<String, Vec<u8>>,
+    /// Bytes of the whole file: no storage of a torch.save archive (stored, not compressed)
+    /// is larger.
+    file_len: usize,
+    /// Bytes of tensors that may still be rebuilt ([`objects::tensor_budget`]).
+    budget: usize,
 }
 
 impl objects::Storages for ZipStorages<'_> {
@@ -325,37 +331,55 @@ impl objects::Storages for ZipStorages<'_> {
         dtype: Dtype,
         numel: usize,
     ) -> std::result::Result<&[u8], String> {
-        if let Some(i) = self.loaded.iter().position(|(k, _)| k == key) {
-            let bytes = &self.loaded[i].1;
-            if bytes.len() != numel.saturating_mul(dtype.size()) {
-                return Err(format!("storage {key} is used with two different sizes"));
-            }
-            return Ok(&self.loaded[i].1);
-        }
-        let name = format!("{}data/{key}", self.prefix);
-        let mut entry = self
-            .archive
-            .by_name(&name)
-            .map_err(|e| format!("storage {name}: {e}"))?;
         let want = numel
             .checked_mul(dtype.size())
-            .ok_or("a storage size that overflows")?;
-        if entry.size() != want as u64 {
-            return Err(format!(
-                "storage {name} holds {} bytes; its tensors say {numel} {} elements ({want} bytes)",
-                entry.size(),
-                dtype.name()
-            ));
+            .filter(|&w| w <= self.file_len)
+            .ok_or_else(|| {
+                format!(
+                    "storage {key}: {numel} {} elements do not fit in the file",
+                    dtype.name()
+                )
+            })?;
+        if !self.loaded.contains_key(key) {
+            let name = format!("{}data/{key}", self.prefix);
+            let entry = self
+                .archive
+                .by_name(&name)
+                .map_err(|e| format!("storage {name}: {e}"))?;
+            if entry.size() != want as u64 {
+                return Err(format!(
+                    "storage {name} holds {} bytes; its tensors say {numel} {} elements ({want} \
+                     bytes)",
+                    entry.size(),
+                    dtype.name()
+                ));
+            }
+            let mut bytes = Vec::with_capacity(want);
+            entry
+                .take(want as u64 + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("storage {name}: {e}"))?;
+            if bytes.len() != want {
+                return Err(format!(
+                    "storage {name} holds {} bytes, not the {want} its entry says",
+                    bytes.len()
+                ));
+            }
+            self.loaded.insert(key.to_owned(), bytes);
         }
-        let mut bytes = Vec::with_capacity(want);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("storage {name}: {e}"))?;
+        let bytes = &self.loaded[key];
         if bytes.len() != want {
-            return Err(format!("storage {name} is shorter than its entry says"));
+            return Err(format!("storage {key} is used with two different sizes"));
         }
-        self.loaded.push((key.to_owned(), bytes));
-        Ok(&self.loaded[self.loaded.len() - 1].1)
+        Ok(bytes)
+    }
+
+    fn charge(&mut self, bytes: usize) -> std::result::Result<(), String> {
+        self.budget = self
+            .budget
+            .checked_sub(bytes)
+            .ok_or("the tensors rebuilt add up to more than the file can hold")?;
+        Ok(())
     }
 }
 
@@ -415,7 +439,9 @@ fn parse_zip(bytes: &[u8]) -> std::result::Result<PyObject, String> {
     let mut storages = ZipStorages {
         archive,
         prefix,
-        loaded: Vec::new(),
+        loaded: HashMap::new(),
+        file_len: bytes.len(),
+        budget: objects::tensor_budget(bytes.len()),
     };
     objects::resolve(value, &mut storages)
 }
@@ -428,8 +454,10 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 /// its element count (u64) and its bytes.
 struct LegacyStorages<'a> {
     rest: &'a [u8],
-    /// Each key with its byte range.
-    ranges: Vec<(String, usize, usize)>,
+    /// Each key's byte range.
+    ranges: HashMap<String, (usize, usize)>,
+    /// Bytes of tensors that may still be rebuilt ([`objects::tensor_budget`]).
+    budget: usize,
 }
 
 impl objects::Storages for LegacyStorages<'_> {
@@ -439,10 +467,9 @@ impl objects::Storages for LegacyStorages<'_> {
         dtype: Dtype,
         numel: usize,
     ) -> std::result::Result<&[u8], String> {
-        let &(_, start, end) = self
+        let &(start, end) = self
             .ranges
-            .iter()
-            .find(|(k, _, _)| k == key)
+            .get(key)
             .ok_or_else(|| format!("storage {key} is not in the file's storage list"))?;
         if end - start != numel.saturating_mul(dtype.size()) {
             return Err(format!(
@@ -452,6 +479,14 @@ impl objects::Storages for LegacyStorages<'_> {
             ));
         }
         Ok(&self.rest[start..end])
+    }
+
+    fn charge(&mut self, bytes: usize) -> std::result::Result<(), String> {
+        self.budget = self
+            .budget
+            .checked_sub(bytes)
+            .ok_or("the tensors rebuilt add up to more than the file can hold")?;
+        Ok(())
     }
 }
 
@@ -472,7 +507,18 @@ fn parse_legacy(bytes: &[u8]) -> std::result::Result<PyObject, String> {
             protocol.kind()
         ));
     }
-    let _sys_info = next("the system information")?;
+    // {'protocol_version': 1001, 'little_endian': True, 'type_sizes': {...}}
+    let sys_info = next("the system information")?;
+    if let pickle::Value::Dict(pairs, _) = &sys_info {
+        let big_endian = pairs
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("little_endian") && *v == pickle::Value::Bool(false));
+        if big_endian {
+            return Err(
+                "a torch.save file written on a big-endian machine is not supported".into(),
+            );
+        }
+    }
     let value = next("the data")?;
     let keys = next("the storage list")?;
     let keys: Vec<String> = keys
@@ -489,13 +535,11 @@ fn parse_legacy(bytes: &[u8]) -> std::result::Result<PyObject, String> {
     // from the tensors that use it.
     let types = objects::storage_types(&value)?;
     let rest = &bytes[at..];
-    let mut ranges = Vec::with_capacity(keys.len());
+    let mut ranges = HashMap::with_capacity(keys.len().min(types.len()));
     let mut cursor = 0usize;
     for key in keys {
-        let dtype = types
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, d)| *d)
+        let dtype = *types
+            .get(&key)
             .ok_or_else(|| format!("storage {key} is listed but no tensor uses it"))?;
         let count = rest
             .get(cursor..cursor + 8)
@@ -508,8 +552,15 @@ fn parse_legacy(bytes: &[u8]) -> std::result::Result<PyObject, String> {
             .and_then(|len| start.checked_add(len))
             .filter(|&e| e <= rest.len())
             .ok_or_else(|| format!("the file ends inside storage {key}"))?;
-        ranges.push((key, start, end));
+        ranges.insert(key, (start, end));
         cursor = end;
     }
-    objects::resolve(value, &mut LegacyStorages { rest, ranges })
+    objects::resolve(
+        value,
+        &mut LegacyStorages {
+            rest,
+            ranges,
+            budget: objects::tensor_budget(bytes.len()),
+        },
+    )
 }

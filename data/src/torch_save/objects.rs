@@ -3,6 +3,8 @@
 //! kept as a description, so that a caller can say what a file holds instead of what it
 //! lacks.
 
+use std::collections::HashMap;
+
 use super::pickle::{Call, Value};
 use super::{Array, Dtype, PyObject};
 
@@ -11,6 +13,16 @@ use super::{Array, Dtype, PyObject};
 pub trait Storages {
     /// The bytes of storage `key`: `numel` elements of `dtype`.
     fn storage(&mut self, key: &str, dtype: Dtype, numel: usize) -> Result<&[u8], String>;
+
+    /// Accounts for `bytes` more bytes of rebuilt tensors; an error once they exceed what the
+    /// file can legitimately hold (each tensor rebuilt from a storage is a copy).
+    fn charge(&mut self, bytes: usize) -> Result<(), String>;
+}
+
+/// What the tensors rebuilt from a file of `file_len` bytes may add up to: every byte of
+/// storage in two tensors (a parameter and a view of it), and some slack.
+pub fn tensor_budget(file_len: usize) -> usize {
+    file_len.saturating_mul(2).saturating_add(1 << 20)
 }
 
 /// A plain pickle refers to no storage.
@@ -21,6 +33,10 @@ impl Storages for NoStorages {
         Err(format!(
             "a tensor storage ({key}) in a plain pickle: is this a torch.save file?"
         ))
+    }
+
+    fn charge(&mut self, _: usize) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -165,8 +181,8 @@ fn shape_of(v: &Value) -> Result<Vec<usize>, String> {
 }
 
 /// The element type of every storage the tensors in `value` use, by key.
-pub fn storage_types(value: &Value) -> Result<Vec<(String, Dtype)>, String> {
-    fn walk(v: &Value, out: &mut Vec<(String, Dtype)>) -> Result<(), String> {
+pub fn storage_types(value: &Value) -> Result<HashMap<String, Dtype>, String> {
+    fn walk(v: &Value, out: &mut HashMap<String, Dtype>) -> Result<(), String> {
         match v {
             Value::PersistentId(id, _) => {
                 if let Some([tag, class, key, ..]) = id.items() {
@@ -179,12 +195,14 @@ pub fn storage_types(value: &Value) -> Result<Vec<(String, Dtype)>, String> {
                             Value::Int(i) => i.to_string(),
                             other => return Err(format!("a storage key that is {}", other.kind())),
                         };
-                        match out.iter().find(|(k, _)| *k == key) {
-                            Some((_, d)) if *d != dtype => {
+                        match out.get(&key) {
+                            Some(d) if *d != dtype => {
                                 return Err(format!("storage {key} used with two element types"))
                             }
                             Some(_) => {}
-                            None => out.push((key, dtype)),
+                            None => {
+                                out.insert(key, dtype);
+                            }
                         }
                     }
                 }
@@ -217,7 +235,7 @@ pub fn storage_types(value: &Value) -> Result<Vec<(String, Dtype)>, String> {
         }
         Ok(())
     }
-    let mut out = Vec::new();
+    let mut out = HashMap::new();
     walk(value, &mut out)?;
     Ok(out)
 }
@@ -282,6 +300,17 @@ fn rebuild_tensor(args: &[Value], storages: &mut dyn Storages) -> Result<Array, 
             shape.len()
         ));
     }
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("a shape {shape:?} with too many elements"))?;
+    if count > numel {
+        return Err(format!(
+            "a tensor of {count} elements over a storage of {numel} (expanded views are not \
+             supported)"
+        ));
+    }
+    storages.charge(count.saturating_mul(dtype.size()))?;
     let bytes = storages.storage(&key, dtype, numel)?;
     gather(bytes, dtype, true, &shape, &strides, offset).map_err(|e| format!("storage {key}: {e}"))
 }
@@ -367,6 +396,14 @@ fn array_from_bytes(
             buf.len()
         ));
     }
+    if count == 0 {
+        return Ok(Array {
+            dtype,
+            shape: shape.to_vec(),
+            data: Vec::new(),
+        });
+    }
+    // Every dimension is at least 1 here, and their product fits: no stride overflows.
     let mut strides = vec![1usize; shape.len()];
     if fortran {
         for i in 1..shape.len() {
@@ -410,15 +447,14 @@ fn numpy_dtype(v: &Value) -> Result<(Dtype, bool), String> {
         "b1" => Dtype::Bool,
         other => return Err(format!("NumPy arrays of dtype `{other}` are not supported")),
     };
-    // The byte order is in the state; a memo copy taken before BUILD has none (native order,
-    // little-endian on every machine that writes these files).
+    // The byte order is the second field of the dtype's state.
     let order = call
         .state
         .as_ref()
         .and_then(Value::items)
         .and_then(|s| s.get(1))
         .and_then(Value::as_str)
-        .unwrap_or("<");
+        .ok_or("a NumPy dtype without its byte order")?;
     Ok((dtype, order != ">"))
 }
 

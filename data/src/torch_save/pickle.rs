@@ -1,5 +1,6 @@
-//! A Python pickle virtual machine (protocols 0 to 5, binary opcodes and the common text
-//! ones) that builds a generic [`Value`] tree and never runs code: a class or function
+//! A Python pickle virtual machine (the binary opcodes of protocols 1 to 5, and protocol 0's
+//! text opcodes for ints, floats, globals, containers and the memo, but not its quoted
+//! strings, `S` and `V`) that builds a generic [`Value`] tree and never runs code: a class or function
 //! named by the pickle (`GLOBAL`) stays a name, and calling it (`REDUCE`, `NEWOBJ`) stays a
 //! record of the call, which [`super::objects`] interprets for the few torch, NumPy and
 //! `collections` names it knows.
@@ -7,9 +8,16 @@
 //! `serde-pickle` does not fit here: it drops the arguments of calls to unknown globals and
 //! refuses persistent ids, and a `torch.save` file is made of both.
 //!
+//! The memo behaves as Python's, which holds references: a value memoized while it is still
+//! being built (a dict before its `SETITEMS`, a NumPy dtype before its `BUILD`) is read back
+//! as it is when read, not as it was when memoized.
+//!
 //! Hostile input: every length is checked against the bytes left, values are nested at most
-//! [`MAX_DEPTH`] deep, and copies made by memo lookups are charged to a budget proportional
-//! to the input, so that a small pickle cannot build an exponentially large tree.
+//! [`MAX_DEPTH`] deep, memo indices are keys (not a vector sized by them), and copies made by
+//! memo lookups are charged to a budget proportional to the input, so that a small pickle
+//! cannot build an exponentially large tree.
+
+use std::collections::HashMap;
 
 /// Deepest nesting of containers accepted (a `state_dict` is about 5 deep).
 pub const MAX_DEPTH: u32 = 100;
@@ -135,6 +143,7 @@ impl Value {
         1 + match self {
             Value::Str(s) => s.len(),
             Value::Bytes(b) | Value::BigInt(b) => b.len(),
+            Value::Global(m, n) => m.len() + n.len(),
             Value::List(v, _) | Value::Tuple(v, _) | Value::Set(v, _) => {
                 v.iter().map(Value::cost).sum()
             }
@@ -172,8 +181,9 @@ pub fn load(data: &[u8]) -> Result<(Value, usize), String> {
         data,
         pos: 0,
         stack: Vec::new(),
+        links: Vec::new(),
         marks: Vec::new(),
-        memo: Vec::new(),
+        memo: HashMap::new(),
         budget: data.len().saturating_mul(8).saturating_add(1 << 20),
     };
     let value = machine.run()?;
@@ -184,13 +194,20 @@ struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
+    /// For each stack entry, the memo index it was memoized under while on the stack.
+    links: Vec<Option<usize>>,
     marks: Vec<usize>,
-    memo: Vec<Option<Value>>,
+    memo: HashMap<usize, Memo>,
     budget: usize,
 }
 
-/// Largest memo index accepted (a memo slot per object of the pickle at most).
-const MAX_MEMO: usize = 1 << 24;
+/// A memo entry.
+enum Memo {
+    /// The value is still on the stack at this position (and may still change there).
+    OnStack(usize),
+    /// The value as it was when it left the stack.
+    Value(Value),
+}
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -253,13 +270,24 @@ impl<'a> Machine<'a> {
 
     fn push(&mut self, v: Value) {
         self.stack.push(v);
+        self.links.push(None);
+    }
+
+    /// A value leaves the stack: a memo entry that points at it keeps a copy of it.
+    fn leave(&mut self, value: &Value, link: Option<usize>) {
+        if let Some(index) = link {
+            self.memo.insert(index, Memo::Value(value.clone()));
+        }
     }
 
     fn pop(&mut self) -> Result<Value, String> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("an opcode takes a value across a MARK".into());
         }
-        self.stack.pop().ok_or_else(|| "the stack is empty".into())
+        let v = self.stack.pop().ok_or("the stack is empty")?;
+        let link = self.links.pop().flatten();
+        self.leave(&v, link);
+        Ok(v)
     }
 
     fn top(&mut self) -> Result<&mut Value, String> {
@@ -274,29 +302,38 @@ impl<'a> Machine<'a> {
     /// The values pushed since the last MARK, which is removed.
     fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
         let mark = self.marks.pop().ok_or("no MARK on the stack")?;
-        Ok(self.stack.split_off(mark))
+        let values = self.stack.split_off(mark);
+        let links = self.links.split_off(mark);
+        for (v, link) in values.iter().zip(links) {
+            self.leave(v, link);
+        }
+        Ok(values)
     }
 
     fn memo_put(&mut self, index: usize) -> Result<(), String> {
-        if index >= MAX_MEMO {
-            return Err(format!("memo index {index} out of range"));
+        self.top()?;
+        let top = self.stack.len() - 1;
+        if let Some(previous) = self.links[top].replace(index) {
+            // The same value memoized twice: the earlier index keeps a copy.
+            let v = self.stack[top].clone();
+            self.charge(&v)?;
+            self.memo.insert(previous, Memo::Value(v));
         }
-        let v = self.top()?.clone();
-        self.charge(&v)?;
-        if self.memo.len() <= index {
-            self.memo.resize(index + 1, None);
+        // An index reused while its earlier value is still on the stack: unlink that one.
+        if let Some(Memo::OnStack(at)) = self.memo.insert(index, Memo::OnStack(top)) {
+            if at != top && self.links.get(at) == Some(&Some(index)) {
+                self.links[at] = None;
+            }
         }
-        self.memo[index] = Some(v);
         Ok(())
     }
 
     fn memo_get(&mut self, index: usize) -> Result<(), String> {
-        let v = self
-            .memo
-            .get(index)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| format!("memo entry {index} is not set"))?
-            .clone();
+        let v = match self.memo.get(&index) {
+            Some(Memo::OnStack(at)) => self.stack[*at].clone(),
+            Some(Memo::Value(v)) => v.clone(),
+            None => return Err(format!("memo entry {index} is not set")),
+        };
         self.charge(&v)?;
         self.push(v);
         Ok(())
@@ -346,7 +383,8 @@ impl<'a> Machine<'a> {
                         self.stack.len()
                     ));
                 }
-                return self.pop();
+                self.links.clear();
+                return self.stack.pop().ok_or_else(|| "the stack is empty".into());
             }
         }
     }
@@ -592,6 +630,9 @@ impl<'a> Machine<'a> {
             b'Q' => {
                 let id = self.pop()?;
                 let d = id.depth() + 1;
+                if d > MAX_DEPTH {
+                    return Err(format!("values nested more than {MAX_DEPTH} deep"));
+                }
                 self.push(Value::PersistentId(Box::new(id), d));
             }
             b'P' => {
@@ -780,6 +821,44 @@ mod tests {
         p.extend(std::iter::repeat_n(b'a', 199));
         p.push(b'.');
         assert!(load(&p).unwrap_err().contains("nested"));
+    }
+
+    #[test]
+    fn persistent_id_chains_are_bounded() {
+        let mut p = b"\x80\x02N".to_vec();
+        p.extend(std::iter::repeat_n(b'Q', 200_000));
+        p.push(b'.');
+        assert!(load(&p).unwrap_err().contains("nested"));
+    }
+
+    #[test]
+    fn long_global_names_are_charged_when_copied() {
+        // A 1 MB global name memoized, then fetched again and again.
+        let mut p = b"\x80\x02c".to_vec();
+        p.extend(std::iter::repeat_n(b'm', 1 << 20));
+        p.extend_from_slice(b"\nx\nq\x00");
+        for _ in 0..1000 {
+            p.extend_from_slice(b"h\x00");
+        }
+        p.push(b'.');
+        assert!(load(&p).unwrap_err().contains("copies more"));
+    }
+
+    #[test]
+    fn a_huge_memo_index_costs_nothing() {
+        let (v, _) = load(b"\x80\x02Nr\xff\xff\xff\xffj\xff\xff\xff\xff0.").unwrap();
+        assert_eq!(v, Value::None);
+    }
+
+    #[test]
+    fn memoized_containers_are_read_back_as_finished() {
+        // pickle.dumps(([1, 2], ...)) where the list is memoized before its APPENDS and then
+        // referenced again: x = [1, 2]; pickle.dumps((x, x), protocol=2)
+        let bytes = b"\x80\x02]q\x00(K\x01K\x02eh\x00\x86q\x01.";
+        let (v, _) = load(bytes).unwrap();
+        let items = v.items().unwrap();
+        assert_eq!(items[0], items[1]);
+        assert_eq!(items[1].items().unwrap().len(), 2);
     }
 
     #[test]
