@@ -63,10 +63,12 @@ done
 
 step "the ONNX tile encoder (libmsclam built with the onnx feature)"
 "$MSCLAM_VENV/bin/python" onnx/tests/onnx_reference.py encoders "$work/encoders" >/dev/null
-cargo build --release --locked --quiet -p msclam-ffi --features onnx
+# The dev profile: tract is already built there for msclam-onnx's tests (a release build of
+# it would add minutes to CI for a correctness test).
+cargo build --locked --quiet -p msclam-ffi --features onnx
 onnx_lib="$work/onnx-lib"
 mkdir -p "$onnx_lib"
-cp "$CARGO_TARGET_DIR/release/libmsclam.so" "$onnx_lib/libmsclam.so.0"
+cp "$CARGO_TARGET_DIR/debug/libmsclam.so" "$onnx_lib/libmsclam.so.0"
 ln -sf libmsclam.so.0 "$onnx_lib/libmsclam.so"
 cc "${cflags[@]}" tests/c/test_encoder.c -o "$bin/test_encoder" -L"$onnx_lib" -lmsclam \
     -Wl,-rpath,"$onnx_lib" -lm
