@@ -196,6 +196,24 @@ pub(crate) unsafe fn slice_out<'a, T>(
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
+/// A C path as a file system path. POSIX paths are bytes: any name that open() takes is
+/// accepted, UTF-8 or not; elsewhere the path must be UTF-8.
+pub(crate) fn c_path(path: &std::ffi::CStr) -> Result<&std::path::Path, FfiError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            path.to_bytes(),
+        )))
+    }
+    #[cfg(not(unix))]
+    {
+        path.to_str()
+            .map(std::path::Path::new)
+            .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))
+    }
+}
+
 /// Writes `value` through an optional output pointer (NULL means "not wanted").
 ///
 /// # Safety

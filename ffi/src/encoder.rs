@@ -171,16 +171,7 @@ fn load(
     options: EncoderOptions,
     out: &mut *mut Encoder,
 ) -> Result<(), FfiError> {
-    #[cfg(unix)]
-    let path = {
-        use std::os::unix::ffi::OsStrExt;
-        std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()))
-    };
-    #[cfg(not(unix))]
-    let path = std::path::Path::new(
-        path.to_str()
-            .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))?,
-    );
+    let path = crate::boundary::c_path(path)?;
     let bytes = std::fs::read(path)
         .map_err(|e| FfiError::Message(Status::IoError, format!("{}: {e}", path.display())))?;
     let options = msclam_onnx::EncoderOptions {

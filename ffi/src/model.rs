@@ -169,18 +169,7 @@ pub unsafe extern "C" fn msclam_model_load(
         // SAFETY: reference_mut refuses a NULL `out_model`; otherwise the header requires it to
         // point to writable storage for one pointer, which nothing else uses during the call.
         let out = unsafe { reference_mut(out_model, "out_model") }?;
-        // POSIX paths are bytes: any name that open() takes loads, UTF-8 or not.
-        #[cfg(unix)]
-        let path = {
-            use std::os::unix::ffi::OsStrExt;
-            std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()))
-        };
-        #[cfg(not(unix))]
-        let path = std::path::Path::new(
-            path.to_str()
-                .map_err(|_| FfiError::Invalid("path is not valid UTF-8"))?,
-        );
-        publish(EngineModel::load(path)?, out);
+        publish(EngineModel::load(crate::boundary::c_path(path)?)?, out);
         Ok(())
     })
 }
