@@ -154,11 +154,24 @@ fn seeds_are_valid_inputs_of_their_readers() {
             .status()
             .unwrap();
         assert!(status.success());
+        // Files the reader refuses by design (TorchScript, expanded views, text) are not seeds.
+        let expected = std::fs::read_to_string(files.join("expected.json")).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
+        let refused: Vec<&str> = expected
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|case| case.get("error").is_some())
+            .filter_map(|case| case.get("file").and_then(|file| file.as_str()))
+            .collect();
         for entry in std::fs::read_dir(&files).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if refused.contains(&name.as_str()) {
+                continue;
+            }
             let bytes = std::fs::read(&path).unwrap();
-            if name.ends_with(".pt") && name != "text.pt" && name != "scripted.pt" {
+            if name.ends_with(".pt") {
                 msclam_data::torch_save::parse_torch_save(&bytes).unwrap();
             } else if name.ends_with(".pkl") {
                 msclam_data::torch_save::parse_pickle(&bytes).unwrap();
