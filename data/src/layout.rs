@@ -20,6 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
+use crate::split::{StratifiedSplit, Validation};
 use crate::synthetic::SyntheticSlide;
 use crate::torch_save::{Dtype, PyObject};
 use crate::{NORMAL, TUMOR};
@@ -600,15 +601,14 @@ pub fn read_split_csv(path: &Path) -> Result<[Vec<String>; 3]> {
 }
 
 /// Writes generated slides in the CLAM layout under `root`, with `folds` split files
-/// (stratified, seeded: test 30 % fixed across folds, the rest 80/20 train/val per fold).
+/// (stratified and seeded by [`StratifiedSplit`]: test 30 % fixed across folds, the rest
+/// 80/20 train/val per fold with up to 5 folds, each class's k-th window validating fold k).
 pub fn write_synthetic(
     root: &Path,
     slides: &[SyntheticSlide],
     folds: usize,
     seed: u64,
 ) -> Result<()> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
     let h5_dir = root.join("h5_files");
     let labels_dir = root.join("tile_labels");
     let splits_dir = root.join("splits");
@@ -662,36 +662,19 @@ pub fn write_synthetic(
         let text = format!("slide_id\n{}\n", incomplete.join("\n"));
         std::fs::write(&p, text).map_err(|e| DataError::io(&p, e))?;
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut test = Vec::new();
-    let mut rest: [Vec<&str>; 2] = Default::default();
-    for class in [NORMAL, TUMOR] {
-        let mut ids: Vec<&str> = slides
-            .iter()
-            .filter(|s| s.label == class)
-            .map(|s| s.id.as_str())
-            .collect();
-        ids.shuffle(&mut rng);
-        let n_test = (ids.len() as f64 * 0.3).round() as usize;
-        test.extend_from_slice(&ids[..n_test]);
-        rest[class] = ids[n_test..].to_vec();
-    }
+    // Test 30 % of each class, fixed across folds; fold k validates on the k-th window of
+    // each class's remaining slides: a fifth (80/20, as in the paper) with up to 5 folds,
+    // 1 / folds with more.
+    let labels: Vec<usize> = slides.iter().map(|s| s.label).collect();
+    let stratified = StratifiedSplit::new(&labels, 0.3, seed);
+    let ids =
+        |part: &[usize]| -> Vec<&str> { part.iter().map(|&i| slides[i].id.as_str()).collect() };
     for fold in 0..folds {
-        let (mut train, mut val) = (Vec::new(), Vec::new());
-        for ids in &rest {
-            // Fold k validates on the k-th window of each class: a fifth (80/20, as in the
-            // paper) with up to 5 folds, 1 / folds with more.
-            let n = ids.len();
-            let parts = folds.max(5);
-            let (a, b) = (fold * n / parts, (fold + 1) * n / parts);
-            for (j, id) in ids.iter().enumerate() {
-                if (a..b).contains(&j) {
-                    val.push(*id)
-                } else {
-                    train.push(*id)
-                }
-            }
-        }
+        let split = stratified.split(Validation::Window {
+            fold,
+            parts: folds.max(5),
+        });
+        let (train, val, test) = (ids(&split.train), ids(&split.val), ids(&split.test));
         let rows = train.len().max(val.len()).max(test.len());
         let mut text = String::from(",train,val,test\n");
         for r in 0..rows {

@@ -3,6 +3,9 @@
 //!
 //! - [`layout`]: the CLAM-layout cohort on disk (dataset CSV, HDF5 features, tile labels in
 //!   every supported form, split and exclusion CSVs), read and written;
+//! - [`cohort`]: a fold of a cohort in host memory (from the CLAM layout or from generated
+//!   slides), which the trainer moves onto its device; [`split`]: the one seeded, stratified
+//!   train / validation / test rule and the choice of annotated slides;
 //! - [`metrics`]: the paper's metrics; [`report`]: an evaluation written out (per-fold
 //!   metrics, per-slide and per-tile CSVs, the paper-shaped table); [`plots`]: ROC and
 //!   training curves; [`history`]: what each training epoch gave;
@@ -16,6 +19,7 @@
 //!
 //! Nothing here links libtorch: `cargo tree -p msclam-data` shows no `tch`.
 
+pub mod cohort;
 pub mod convert;
 pub mod error;
 pub mod history;
@@ -25,6 +29,7 @@ pub mod outputs;
 pub mod plots;
 pub mod report;
 pub mod score;
+pub mod split;
 pub mod synthetic;
 pub mod torch_save;
 

@@ -11,8 +11,9 @@ use crate::outputs::h5::SlideScores;
 use crate::TUMOR;
 
 /// What the reports need to know about an evaluated slide: its id, class, reference tile
-/// labels, tile coordinates and whether its annotation is incomplete. The trainer's slides
-/// implement it (their features live on the training device; the reports never need them).
+/// labels, tile coordinates and whether its annotation is incomplete. The host slides of
+/// [`crate::cohort`] and the trainer's slides implement it (the latter's features live on the
+/// training device; the reports never need them).
 pub trait SlideTruth {
     /// Slide id.
     fn id(&self) -> &str;
@@ -24,6 +25,8 @@ pub trait SlideTruth {
     fn excluded(&self) -> bool;
     /// Tile coordinates (level-0 pixels).
     fn coords(&self) -> &[[u32; 2]];
+    /// Number of tiles.
+    fn num_tiles(&self) -> usize;
 }
 
 /// Per-slide outputs of an evaluation pass (eval mode, no dropout).

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
+use msclam_data::history::EpochRecord;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::training::EpochRecord;
 
 /// A run's complete state.
 #[derive(Debug)]

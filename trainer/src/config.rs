@@ -11,7 +11,8 @@ use crate::model::ModelKind;
 use crate::samplers::SamplerKind;
 
 /// CLAM model size, for configuration files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SizeName {
     /// 1024 / 512 / 256.

@@ -1,10 +1,15 @@
-//! Cohorts in memory: every slide's features loaded once, kept on the training device for the
-//! whole run (f32, or f16 to halve the bytes), tile labels as index tensors.
+//! Cohorts on the training device: the host cohorts of `msclam_data::cohort` (a fold of a
+//! CLAM-layout cohort, or generated slides split in memory) with every slide's features moved
+//! onto the device once, kept there for the whole run (f32, or f16 to halve the bytes), and
+//! the training tile labels as index tensors.
 
+use msclam_data::cohort::{self as host, HostCohort, HostSlide};
+use msclam_data::layout::ClamLayout;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, TrainError};
 
+pub use msclam_data::cohort::{Annotated, SplitSpec};
 pub use msclam_data::{NORMAL, TUMOR};
 
 /// Element type features are kept in.
@@ -84,11 +89,45 @@ impl msclam_data::report::SlideTruth for Slide {
     fn coords(&self) -> &[[u32; 2]] {
         &self.coords
     }
+    fn num_tiles(&self) -> usize {
+        self.num_tiles
+    }
+}
+
+fn index_tensor(indices: &[usize], device: Device) -> Tensor {
+    let indices: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_slice(&indices).to_device(device)
 }
 
 impl Slide {
-    /// Builds a slide from host data: `features` is `N x D` row-major f32. `tumor_tiles` lists
-    /// the tumorous tile indices when the annotation is to be used for training.
+    /// Moves a (checked) host slide onto `device`, its features as `precision`.
+    pub fn on_device(host: HostSlide, precision: FeaturePrecision, device: Device) -> Slide {
+        let num_tiles = host.num_tiles();
+        let features = Tensor::from_slice(&host.features)
+            .reshape([num_tiles as i64, host.dim as i64])
+            .to_kind(precision.kind())
+            .to_device(device);
+        let tile_labels = host.tile_labels.map(|t| TileLabels {
+            num_tumor: t.tumor.len(),
+            num_normal: t.normal.len(),
+            tumor: index_tensor(&t.tumor, device),
+            normal: index_tensor(&t.normal, device),
+        });
+        Slide {
+            id: host.id,
+            label: host.label,
+            features,
+            num_tiles,
+            tile_labels,
+            reference_tiles: host.reference_tiles,
+            coords: host.coords,
+            excluded: host.excluded,
+        }
+    }
+
+    /// Builds a slide from host data (checked as [`HostSlide::new`] checks it): `features` is
+    /// `N x D` row-major f32; with `train_with_tile_labels`, a tumor slide's reference labels
+    /// are used in training.
     #[allow(clippy::too_many_arguments)]
     pub fn from_host(
         id: &str,
@@ -101,71 +140,16 @@ impl Slide {
         precision: FeaturePrecision,
         device: Device,
     ) -> Result<Slide> {
-        let num_tiles = features.len() / dim.max(1);
-        if num_tiles == 0 || features.len() != num_tiles * dim {
-            return Err(TrainError::data(
-                id,
-                format!(
-                    "{} values is not a whole number of {dim}-dim tiles, or empty",
-                    features.len()
-                ),
-            ));
-        }
-        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-            return Err(TrainError::data(
-                id,
-                format!(
-                    "non-finite feature at tile {}, feature {}",
-                    i / dim,
-                    i % dim
-                ),
-            ));
-        }
-        if let Some(r) = &reference_tiles {
-            if r.len() != num_tiles {
-                return Err(TrainError::data(
-                    id,
-                    format!("{} tile labels for {num_tiles} tiles", r.len()),
-                ));
-            }
-        }
-        let tensor = Tensor::from_slice(features)
-            .reshape([num_tiles as i64, dim as i64])
-            .to_kind(precision.kind())
-            .to_device(device);
-        let tile_labels = match (&reference_tiles, train_with_tile_labels && label == TUMOR) {
-            (Some(r), true) => {
-                let tumor: Vec<i64> = (0..num_tiles)
-                    .filter(|&i| r[i] != 0)
-                    .map(|i| i as i64)
-                    .collect();
-                let normal: Vec<i64> = (0..num_tiles)
-                    .filter(|&i| r[i] == 0)
-                    .map(|i| i as i64)
-                    .collect();
-                if tumor.is_empty() {
-                    None // an annotated tumor slide with no tumor tile carries no tile supervision
-                } else {
-                    Some(TileLabels {
-                        num_tumor: tumor.len(),
-                        num_normal: normal.len(),
-                        tumor: Tensor::from_slice(&tumor).to_device(device),
-                        normal: Tensor::from_slice(&normal).to_device(device),
-                    })
-                }
-            }
-            _ => None,
-        };
-        Ok(Slide {
-            id: id.to_owned(),
+        let host = HostSlide::new(
+            id,
             label,
-            features: tensor,
-            num_tiles,
-            tile_labels,
-            reference_tiles,
+            features.to_vec(),
+            dim,
             coords,
-            excluded: false,
-        })
+            reference_tiles,
+            train_with_tile_labels,
+        )?;
+        Ok(Slide::on_device(host, precision, device))
     }
 
     /// Features as f32 for the network (a no-op view when stored as f32).
@@ -178,204 +162,42 @@ impl Slide {
     }
 }
 
-/// Bytes the trainer keeps per tile: features, plus coordinates and labels on the host.
-pub fn bytes_per_tile(dim: usize, precision: FeaturePrecision) -> usize {
-    dim * precision.bytes() + 8 + 1 + 8
+/// A fold's slides on the training device, with their split into training, validation and
+/// test sets.
+pub type Cohort = msclam_data::cohort::Cohort<Slide>;
+
+/// Moves a host cohort onto `device`, one slide at a time (each host slide is freed as soon
+/// as it is on the device).
+pub fn to_device(cohort: HostCohort, precision: FeaturePrecision, device: Device) -> Cohort {
+    cohort.map(|s| Slide::on_device(s, precision, device))
 }
 
-/// Checks, before anything is loaded, that `tiles` tiles of `dim` features fit in the
-/// memory available for them; the error says how much is needed and how to make it fit.
-pub fn check_fits(
-    tiles: usize,
-    dim: usize,
+/// Loads fold `fold` of a cohort in the CLAM layout onto `device` ([`host::load_fold_with`]:
+/// each slide moves onto the device as soon as it is read). Returns the cohort and the ids of
+/// the slides whose tile labels are used in training.
+pub fn load(
+    layout: &ClamLayout,
+    fold: usize,
+    annotated: &Annotated,
     precision: FeaturePrecision,
-    available_bytes: u64,
-    where_: &str,
-) -> Result<()> {
-    let needed = tiles as u64 * bytes_per_tile(dim, precision) as u64;
-    // Leave a quarter for the network, activations and the rest of the process.
-    let usable = available_bytes / 4 * 3;
-    if needed > usable {
-        let hint = if precision == FeaturePrecision::F32 {
-            " (try --feature-precision f16 to halve it)"
-        } else {
-            ""
-        };
-        return Err(TrainError::DoesNotFit {
-            needed_gib: needed as f64 / (1u64 << 30) as f64,
-            usable_gib: usable as f64 / (1u64 << 30) as f64,
-            place: format!("{where_}{hint}"),
-        });
-    }
-    Ok(())
+    device: Device,
+) -> Result<(Cohort, Vec<String>)> {
+    host::load_fold_with(layout, fold, annotated, |s| {
+        Ok::<_, TrainError>(Slide::on_device(s, precision, device))
+    })
 }
 
-/// Free memory of the training device: `MemAvailable` for the CPU, `nvidia-smi`'s free memory
-/// for a CUDA GPU; `None` if it cannot be read.
-pub fn device_available_bytes(device: Device) -> Option<u64> {
-    match device {
-        Device::Cuda(i) => {
-            let out = std::process::Command::new("nvidia-smi")
-                .args([
-                    "--query-gpu=memory.free",
-                    "--format=csv,noheader,nounits",
-                    "-i",
-                    &i.to_string(),
-                ])
-                .output()
-                .ok()?;
-            let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-            Some(mib << 20)
-        }
-        _ => host_available_bytes(),
-    }
-}
-
-/// Memory available to this process on the host (Linux `MemAvailable`), if readable.
-pub fn host_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// A cohort of slides with their split into training, validation and test sets.
-#[derive(Debug)]
-pub struct Cohort {
-    /// Every slide.
-    pub slides: Vec<Slide>,
-    /// Embedding dimension D.
-    pub dim: usize,
-    /// Indices into `slides` of the training set.
-    pub train: Vec<usize>,
-    /// Indices of the validation set.
-    pub val: Vec<usize>,
-    /// Indices of the test set.
-    pub test: Vec<usize>,
-}
-
-impl Cohort {
-    /// Total tiles of the slides at `indices`.
-    pub fn tiles(&self, indices: &[usize]) -> usize {
-        indices.iter().map(|&i| self.slides[i].num_tiles).sum()
-    }
-}
-
-/// How a host-side cohort becomes a training cohort.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SplitSpec {
-    /// Fraction of slides for validation.
-    pub val_fraction: f64,
-    /// Fraction of slides for testing.
-    pub test_fraction: f64,
-    /// Percentage of tumor slides whose tile labels are used in training (the paper's k).
-    pub annotated_percent: f64,
-    /// Seed of the split and of the annotated subset.
-    pub seed: u64,
-}
-
-/// Splits `labels` into train / val / test, stratified by class, seeded.
-pub fn stratified_split(
-    labels: &[usize],
-    spec: &SplitSpec,
-) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
-    for class in [NORMAL, TUMOR] {
-        let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
-        members.shuffle(&mut rng);
-        let n = members.len();
-        let n_test = (n as f64 * spec.test_fraction).round() as usize;
-        let n_val = (n as f64 * spec.val_fraction).round() as usize;
-        test.extend_from_slice(&members[..n_test.min(n)]);
-        val.extend_from_slice(&members[n_test.min(n)..(n_test + n_val).min(n)]);
-        train.extend_from_slice(&members[(n_test + n_val).min(n)..]);
-    }
-    train.sort_unstable();
-    val.sort_unstable();
-    test.sort_unstable();
-    (train, val, test)
-}
-
-/// The training tumor slides whose tile labels are used: `round(k / 100 * tumor slides in
-/// train + val)`, drawn (seeded) among the training tumor slides not excluded; all of them if
-/// fewer are available.
-pub fn choose_annotated(
-    labels: &[usize],
-    excluded: &[bool],
-    train: &[usize],
-    val: &[usize],
-    percent: f64,
-    seed: u64,
-) -> Vec<usize> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let tumor_train_val = train
-        .iter()
-        .chain(val)
-        .filter(|&&i| labels[i] == TUMOR)
-        .count();
-    let n = (percent / 100.0 * tumor_train_val as f64).round() as usize;
-    let mut candidates: Vec<usize> = train
-        .iter()
-        .copied()
-        .filter(|&i| labels[i] == TUMOR && !excluded[i])
-        .collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xa770_7a7e);
-    candidates.shuffle(&mut rng);
-    candidates.truncate(n);
-    candidates.sort_unstable();
-    candidates
-}
-
-/// A cohort from generated slides: split, annotated subset chosen, features on `device`.
+/// A cohort from generated slides ([`host::from_synthetic`]: split, annotated subset chosen),
+/// features on `device`.
 pub fn cohort_from_synthetic(
     slides: Vec<crate::synthetic::SyntheticSlide>,
     split: &SplitSpec,
     precision: FeaturePrecision,
     device: Device,
 ) -> Result<Cohort> {
-    let dim = slides
-        .first()
-        .map_or(0, |s| s.features.len() / s.tile_labels.len().max(1));
-    let labels: Vec<usize> = slides.iter().map(|s| s.label).collect();
-    let excluded: Vec<bool> = slides.iter().map(|s| s.incomplete).collect();
-    let (train, val, test) = stratified_split(&labels, split);
-    let annotated = choose_annotated(
-        &labels,
-        &excluded,
-        &train,
-        &val,
-        split.annotated_percent,
-        split.seed,
-    );
-    let slides = slides
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            // The reference is what an annotator marked, as it would be on real data.
-            let mut slide = Slide::from_host(
-                &s.id,
-                s.label,
-                &s.features,
-                dim,
-                s.coords,
-                Some(s.annotation),
-                annotated.binary_search(&i).is_ok(),
-                precision,
-                device,
-            )?;
-            slide.excluded = s.incomplete;
-            Ok(slide)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Cohort {
-        slides,
-        dim,
-        train,
-        val,
-        test,
-    })
+    Ok(to_device(
+        host::from_synthetic(slides, split)?,
+        precision,
+        device,
+    ))
 }

@@ -69,13 +69,6 @@ impl From<msclam_data::DataError> for TrainError {
 }
 
 impl TrainError {
-    pub(crate) fn data(slide: &str, reason: impl Into<String>) -> Self {
-        TrainError::Data {
-            slide: slide.to_owned(),
-            reason: reason.into(),
-        }
-    }
-
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io {

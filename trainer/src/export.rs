@@ -1,5 +1,6 @@
 //! Export of a trained network to the engine's `.mscl` format, through the engine's writer
-//! (the one implementation of the format), written atomically.
+//! (the one implementation of the format), written atomically; and of a checkpoint
+//! ([`export_checkpoint`]).
 
 use std::path::Path;
 
@@ -63,4 +64,54 @@ pub fn export(net: &Network, path: &Path, meta: &ExportMetadata) -> Result<()> {
     }
     writer.write(path)?;
     Ok(())
+}
+
+/// Exports the network of a checkpoint written by training (`<out>/checkpoints/*.ckpt`) to
+/// `out`, its matrices as `dtype`; the model records the checkpoint's configuration, epoch and
+/// last epoch's record. Returns the checkpoint's epoch.
+pub fn export_checkpoint(
+    checkpoint: &Path,
+    out: &Path,
+    embedder_name: &str,
+    dtype: Dtype,
+) -> Result<usize> {
+    let state = crate::checkpoint::load(checkpoint, tch::Device::Cpu)?;
+    let fc = state
+        .names
+        .iter()
+        .position(|n| n == "fc.weight")
+        .ok_or_else(|| TrainError::Config("checkpoint has no fc.weight".into()))?;
+    let input_dim = state.params[fc].size()[1] as usize;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let arch = crate::model::architecture(
+        state.config.method,
+        state.config.size.into(),
+        input_dim,
+        state.config.gated,
+    );
+    let net = Network::new(&vs.root(), arch, false);
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    if vars.iter().map(|(n, _)| n).ne(state.names.iter()) {
+        return Err(TrainError::Config(
+            "the checkpoint's variables do not match the network".into(),
+        ));
+    }
+    tch::no_grad(|| {
+        for ((_, dst), src) in vars.iter_mut().zip(&state.params) {
+            dst.copy_(src);
+        }
+    });
+    let summary = serde_json::json!({ "config": state.config, "epoch": state.epoch, "last_epoch": state.history.last() });
+    export(
+        &net,
+        out,
+        &ExportMetadata {
+            embedder_name: embedder_name.to_owned(),
+            training_summary: summary.to_string(),
+            dtype: Some(dtype),
+            ..Default::default()
+        },
+    )?;
+    Ok(state.epoch)
 }

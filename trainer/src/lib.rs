@@ -4,27 +4,42 @@
 //! the CLAM-SB baseline with libtorch through `tch`, on a CUDA GPU when present and the CPU
 //! otherwise, evaluates with the paper's metrics and exports `.mscl` models for the engine.
 //!
-//! Modules: [`data`] (cohorts in memory), [`model`] (the network), [`losses`], [`samplers`]
-//! (slides per step, tiles per slide), [`training`] (the loop, Adam, early stopping),
-//! [`checkpoint`], [`metrics`], [`export`], [`synthetic`] (generated cohorts), [`cohort`]
-//! (loading cohorts in the CLAM layout onto the device).
+//! Modules:
+//! - [`data`]: cohorts on the training device (the host cohorts of `msclam_data::cohort`
+//!   with their features moved there); [`memory`]: whether a cohort fits there;
+//! - [`model`] (the network), [`losses`], [`samplers`] (slides per step, tiles per slide),
+//!   [`optimizer`] (Adam), [`training`] (the loop, validation, early stopping, evaluation),
+//!   [`checkpoint`] (a run's state, for exact resumption), [`config`];
+//! - [`export`]: `.mscl` models from a trained network or a checkpoint;
+//! - [`experiment`]: one fold's run (load, train, evaluate, write), and the commands built on
+//!   it: train, the demo, the ablation grid and its summary, merging folds.
+//!
 //! What needs no libtorch (the CLAM-layout readers and writers, `pt_files/` included, the
-//! metrics, the synthetic cohorts) lives in the `msclam-data` crate, shared with the torch-free `msclam` command.
+//! host cohorts and their split, the metrics, the reports, the synthetic cohorts) lives in the
+//! `msclam-data` crate, shared with the torch-free `msclam` command; some of it is re-exported
+//! here. The `cli` feature (on by default) builds the `msclam-train` command and derives the
+//! command-line parsing of the library's enums.
 
 #![deny(missing_docs)]
 
 pub mod checkpoint;
-pub mod cohort;
 pub mod config;
 pub mod data;
 mod error;
+pub mod experiment;
 pub mod export;
 pub mod losses;
+pub mod memory;
 pub mod model;
+pub mod optimizer;
 pub mod samplers;
 pub mod training;
 
 pub use error::{Result, TrainError};
+/// A training run's history (from the torch-free data layer, `msclam-data`).
+pub use msclam_data::history;
+/// The CLAM layout on disk, read and written (from `msclam-data`).
+pub use msclam_data::layout;
 /// The paper's metrics (from the torch-free data layer, `msclam-data`).
 pub use msclam_data::metrics;
 /// ROC and training curves (from `msclam-data`).
@@ -35,7 +50,8 @@ pub use msclam_data::report;
 pub use msclam_data::synthetic;
 
 /// Where to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DeviceChoice {
     /// The first CUDA GPU if one is usable, else the CPU.
     Auto,

@@ -4,9 +4,8 @@
 use tch::{Kind, Reduction, Tensor};
 
 /// Loss on slide (or tile) class logits.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ClassLoss {
     /// Cross-entropy.
@@ -16,9 +15,8 @@ pub enum ClassLoss {
 }
 
 /// Which attention-loss terms are used.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionLossMode {
     /// Normal slides (eq. 2) and annotated tumor slides (eq. 3).

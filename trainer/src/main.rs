@@ -1,21 +1,26 @@
 //! `msclam-train`: trains MS-CLAM or CLAM-SB and exports `.mscl` models.
+//!
+//! The command line only: the argument structures, their conversion into the library's
+//! settings, progress bars, and dispatch to `msclam_trainer::experiment` (and `export`).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use msclam_trainer::config::{SizeName, TrainConfig};
-use msclam_trainer::data::{self, FeaturePrecision, SplitSpec, TUMOR};
-use msclam_trainer::export::{export, training_statistics, ExportMetadata};
+use msclam_trainer::data::{Annotated, Cohort, FeaturePrecision, SplitSpec};
+use msclam_trainer::experiment::ablation::{self, AblationSpec};
+use msclam_trainer::experiment::demo::{self, DemoSpec};
+use msclam_trainer::experiment::train::{self, TrainJob};
+use msclam_trainer::experiment::{summary, Progress, Source};
+use msclam_trainer::export::export_checkpoint;
 use msclam_trainer::losses::AttentionLossMode;
 use msclam_trainer::model::ModelKind;
 use msclam_trainer::samplers::SamplerKind;
 use msclam_trainer::synthetic::{self, Profile, SyntheticSpec};
-use msclam_trainer::training::{checkpoint_dir, Trainer};
-use msclam_trainer::{
-    checkpoint, cohort, plots, report, select_device, DeviceChoice, Result, TrainError,
-};
+use msclam_trainer::training::EpochRecord;
+use msclam_trainer::{layout, select_device, DeviceChoice, Result, TrainError};
 
 #[derive(Parser)]
 #[command(
@@ -305,9 +310,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train(*args),
-        Command::Export(args) => export_checkpoint(args),
+        Command::Export(args) => export_model(args),
         Command::Generate(args) => generate_cohort(args),
-        Command::Merge(args) => merge(args),
+        Command::Merge(args) => summary::merge(&args.runs, &args.out),
         Command::Demo(args) => demo(args),
         Command::Ablation(args) => ablation(args),
     };
@@ -362,162 +367,116 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
     Ok(c)
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| TrainError::Config(e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+/// Where `train`'s slides come from: a CLAM-layout cohort's fold, or a generated cohort
+/// (seeded, like its split and annotated subset, with the configuration's seed).
+fn source_from(args: &TrainArgs, config: &TrainConfig) -> Result<Source> {
+    Ok(match &args.cohort {
+        Some(root) => Source::Layout {
+            root: root.clone(),
+            fold: args.fold,
+            annotated: match &args.annotated_list {
+                Some(list) => Annotated::read_list(list)?,
+                None => Annotated::Percent(args.annotated_percent, config.seed),
+            },
+        },
+        None => Source::Synthetic {
+            spec: SyntheticSpec {
+                slides: args.synthetic_slides,
+                tiles_per_slide: args.synthetic_tiles,
+                dim: args.synthetic_dim,
+                profile: args.synthetic_profile,
+                signal: args.synthetic_signal,
+                seed: config.seed,
+                ..SyntheticSpec::default()
+            },
+            split: SplitSpec {
+                val_fraction: 0.2,
+                test_fraction: 0.2,
+                annotated_percent: args.annotated_percent,
+                seed: config.seed,
+            },
+        },
+    })
 }
 
 fn train(args: TrainArgs) -> Result<()> {
     let config = config_from(&args)?;
     let device = select_device(args.device)?;
-    log::info!(
-        "device {device:?}, method {:?}, {} epochs, sampler {:?}",
-        config.method,
-        config.epochs,
-        config.sampler
-    );
-    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
-
-    let started = Instant::now();
-    let cohort = match &args.cohort {
-        Some(root) => {
-            let annotated = match &args.annotated_list {
-                Some(list) => cohort::Annotated::List(
-                    std::fs::read_to_string(list)
-                        .map_err(|e| TrainError::io(list, e))?
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                ),
-                None => cohort::Annotated::Percent(args.annotated_percent, config.seed),
-            };
-            let layout = cohort::ClamLayout::under(root);
-            let (tiles, dim) = cohort::count_tiles(&layout, args.fold)?;
-            check_memory(tiles, dim, config.feature_precision, device)?;
-            let (cohort, annotated) = cohort::load(
-                &layout,
-                args.fold,
-                &annotated,
-                config.feature_precision,
-                device,
-            )?;
-            let list = args.out.join("annotated_slides.txt");
-            std::fs::write(&list, annotated.join("\n")).map_err(|e| TrainError::io(&list, e))?;
-            cohort
-        }
-        None => synthetic_cohort(&args, &config, device)?,
+    let job = TrainJob {
+        source: source_from(&args, &config)?,
+        config,
+        device,
+        out: args.out,
+        resume: args.resume,
+        fold: args.fold,
+        embedder_name: args.embedder_name,
     };
-    train_on(args, config, device, cohort, started)
+    train::train(&job, &mut TrainBars::default())
 }
 
-/// Refuses, before anything is loaded, a cohort that will not fit on the training device.
-fn check_memory(
-    tiles: usize,
-    dim: usize,
-    precision: FeaturePrecision,
-    device: tch::Device,
-) -> Result<()> {
-    let place = match device {
-        tch::Device::Cuda(i) => format!("GPU {i}"),
-        _ => "this machine's memory".to_owned(),
-    };
-    match data::device_available_bytes(device) {
-        Some(available) => data::check_fits(tiles, dim, precision, available, &place),
-        None => {
-            log::warn!("cannot read the free memory of {place}: not checking that the cohort fits");
-            Ok(())
-        }
-    }
+/// `train`'s progress: a bar of epochs and a bar of the epoch's steps, and a log line per
+/// epoch.
+#[derive(Default)]
+struct TrainBars {
+    bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
 }
 
-fn synthetic_cohort(
-    args: &TrainArgs,
-    config: &TrainConfig,
-    device: tch::Device,
-) -> Result<data::Cohort> {
-    let spec = SyntheticSpec {
-        slides: args.synthetic_slides,
-        tiles_per_slide: args.synthetic_tiles,
-        dim: args.synthetic_dim,
-        profile: args.synthetic_profile,
-        signal: args.synthetic_signal,
-        seed: config.seed,
-        ..SyntheticSpec::default()
-    };
-    let expected_tiles = spec.slides * spec.tiles_per_slide * 3 / 2; // worst case of the +-50 % spread
-    check_memory(expected_tiles, spec.dim, config.feature_precision, device)?;
-    let slides = synthetic::generate(&spec);
-    let split = SplitSpec {
-        val_fraction: 0.2,
-        test_fraction: 0.2,
-        annotated_percent: args.annotated_percent,
-        seed: config.seed,
-    };
-    data::cohort_from_synthetic(slides, &split, config.feature_precision, device)
-}
-
-fn train_on(
-    args: TrainArgs,
-    config: TrainConfig,
-    device: tch::Device,
-    cohort: data::Cohort,
-    started: Instant,
-) -> Result<()> {
-    let annotated = cohort
-        .train
-        .iter()
-        .filter(|&&i| cohort.slides[i].tile_labels.is_some())
-        .count();
-    log::info!(
-        "cohort: {} slides ({} train, {} val, {} test), {} tiles, D = {}, {annotated} training slides with tile labels, made in {:.1} s",
-        cohort.slides.len(),
-        cohort.train.len(),
-        cohort.val.len(),
-        cohort.test.len(),
-        cohort.tiles(&(0..cohort.slides.len()).collect::<Vec<_>>()),
-        cohort.dim,
-        started.elapsed().as_secs_f64()
-    );
-
-    let mut trainer = Trainer::new(config.clone(), &cohort, device)?;
-    let ckpt_dir = checkpoint_dir(&args.out);
-    let last = ckpt_dir.join("last.ckpt");
-    if args.resume && last.exists() {
-        let state = checkpoint::load(&last, device)?;
-        trainer.restore(&state)?;
+impl Progress for TrainBars {
+    fn loaded(&mut self, cohort: &Cohort, elapsed: Duration) {
+        let annotated = cohort
+            .train
+            .iter()
+            .filter(|&&i| cohort.slides[i].tile_labels.is_some())
+            .count();
         log::info!(
-            "resumed from {} after epoch {}",
-            last.display(),
-            trainer.epoch
+            "cohort: {} slides ({} train, {} val, {} test), {} tiles, D = {}, {annotated} training slides with tile labels, made in {:.1} s",
+            cohort.slides.len(),
+            cohort.train.len(),
+            cohort.val.len(),
+            cohort.test.len(),
+            cohort.tiles(&(0..cohort.slides.len()).collect::<Vec<_>>()),
+            cohort.dim,
+            elapsed.as_secs_f64()
         );
     }
 
-    let bars = MultiProgress::new();
-    let epoch_bar = bars.add(ProgressBar::new(config.epochs as u64));
-    epoch_bar.set_style(
-        ProgressStyle::with_template("epochs {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    epoch_bar.set_position(trainer.epoch as u64);
-    let step_bar = bars.add(ProgressBar::new(0));
-    step_bar.set_style(
-        ProgressStyle::with_template("steps  {bar:30} {pos}/{len} {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    while !trainer.finished() {
-        step_bar.set_length(trainer.steps_per_epoch() as u64);
-        step_bar.set_position(0);
-        let record = trainer.train_epoch(Some(&ckpt_dir), |_, _| step_bar.inc(1))?;
-        epoch_bar.inc(1);
-        epoch_bar.set_message(format!(
-            "val loss {:.4} AUC {:.3}",
-            record.val_loss, record.val_auc
-        ));
+    fn start(&mut self, _run: &str, done: usize, epochs: usize) {
+        let bars = MultiProgress::new();
+        let epoch_bar = bars.add(ProgressBar::new(epochs as u64));
+        epoch_bar.set_style(
+            ProgressStyle::with_template("epochs {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        epoch_bar.set_position(done as u64);
+        let step_bar = bars.add(ProgressBar::new(0));
+        step_bar.set_style(
+            ProgressStyle::with_template("steps  {bar:30} {pos}/{len} {per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        self.bars = Some((bars, epoch_bar, step_bar));
+    }
+
+    fn epoch_start(&mut self, steps: usize) {
+        if let Some((_, _, step_bar)) = &self.bars {
+            step_bar.set_length(steps as u64);
+            step_bar.set_position(0);
+        }
+    }
+
+    fn step(&mut self) {
+        if let Some((_, _, step_bar)) = &self.bars {
+            step_bar.inc(1);
+        }
+    }
+
+    fn epoch_end(&mut self, record: &EpochRecord) {
+        if let Some((_, epoch_bar, _)) = &self.bars {
+            epoch_bar.inc(1);
+            epoch_bar.set_message(format!(
+                "val loss {:.4} AUC {:.3}",
+                record.val_loss, record.val_auc
+            ));
+        }
         log::info!(
             "epoch {:>3}: train loss {:.4} ({:.1} s), val loss {:.4}, val AUC {:.3}, val error {:.3}, Latt normal {:.3}, tumor {:.3}",
             record.epoch,
@@ -529,542 +488,76 @@ fn train_on(
             record.val_att_normal,
             record.val_att_tumor
         );
-        write_json(&args.out.join("history.json"), &trainer.history)?;
     }
-    step_bar.finish_and_clear();
-    epoch_bar.finish();
-    trainer.finish(Some(&ckpt_dir))?;
-    plots::write_training_curves_png(
-        &args.out.join("training_curves.png"),
-        &[("", &trainer.history)],
-    )?;
 
-    // Test-set evaluation: the paper's metrics, per-slide and per-tile CSVs, heatmaps.
-    let evals = trainer.evaluate(&cohort.test)?;
-    let fold_metrics = report::fold_metrics(&cohort.slides, &evals);
-    report::write_fold(
-        &args.out.join("test"),
-        &cohort.slides,
-        &evals,
-        &fold_metrics,
-    )?;
-    let mut pictures = 0;
-    for e in evals
-        .iter()
-        .filter(|e| cohort.slides[e.slide].label == TUMOR)
-        .take(4)
-        .chain(
-            evals
-                .iter()
-                .filter(|e| cohort.slides[e.slide].label != TUMOR)
-                .take(2),
-        )
-    {
-        report::write_slide_heatmap(&args.out, &cohort.slides, e)?;
-        pictures += 1;
+    fn finish(&mut self) {
+        if let Some((_, epoch_bar, step_bar)) = self.bars.take() {
+            step_bar.finish_and_clear();
+            epoch_bar.finish();
+        }
     }
-    log::info!(
-        "test ({} slides): {}",
-        evals.len(),
-        serde_json::to_string(&fold_metrics).unwrap_or_default()
-    );
-    log::info!(
-        "wrote {}/test/ (metrics, slides.csv, tiles.csv, roc.png), {}/training_curves.png and {pictures} heatmaps in {}/heatmaps/",
-        args.out.display(),
-        args.out.display(),
-        args.out.display()
-    );
-    let summary =
-        serde_json::json!({ "fold": args.fold, "epochs": trainer.epoch, "test": fold_metrics });
-    write_json(&args.out.join("test_metrics.json"), &summary)?;
-
-    let training_summary = serde_json::json!({
-        "config": config,
-        "fold": args.fold,
-        "last_epoch": trainer.history.last(),
-        "test": summary,
-    });
-    let model_path = args.out.join("model.mscl");
-    export(
-        &trainer.net,
-        &model_path,
-        &ExportMetadata {
-            embedder_name: args.embedder_name.clone(),
-            training_summary: training_summary.to_string(),
-            statistics: Some(training_statistics(&cohort, &cohort.train)?),
-            ..Default::default()
-        },
-    )?;
-    log::info!("exported {}", model_path.display());
-    Ok(())
 }
 
-fn demo(args: DemoArgs) -> Result<()> {
-    let total = Instant::now();
-    let device = select_device(DeviceChoice::Auto)?;
-    println!("msclam demo: {} slides x ~{} tiles x {} features (Camelyon16-like tumor fractions), device {device:?}", args.slides, args.tiles, args.dim);
-    println!("(1 fold and {} epochs per method instead of the paper's 5 folds and 90 epochs, to finish in minutes on a CPU)\n", args.epochs);
+/// The demo's progress: a bar of epochs per method, cleared when it is trained.
+#[derive(Default)]
+struct DemoBar {
+    bar: Option<ProgressBar>,
+}
 
-    // 1. A cohort in the CLAM layout.
-    let root = args.out.join("cohort");
-    let spec = SyntheticSpec {
-        slides: args.slides,
-        tiles_per_slide: args.tiles,
-        dim: args.dim,
-        seed: args.seed,
-        ..SyntheticSpec::default()
-    };
-    cohort::write_synthetic(&root, &synthetic::generate(&spec), 1, args.seed)?;
-    println!(
-        "[1/4] wrote the cohort in the CLAM layout to {}",
-        root.display()
-    );
-
-    // 2. Train both methods on fold 0 and evaluate them on the test split.
-    let layout = cohort::ClamLayout::under(&root);
-    let mut rows = Vec::new();
-    let mut finished = Vec::new();
-    for (name, config, percent) in [
-        (
-            "CLAM-SB (weak supervision)",
-            TrainConfig {
-                epochs: args.epochs,
-                size: SizeName::Small,
-                threads: 0,
-                seed: args.seed,
-                ..TrainConfig::clam_sb()
-            },
-            0.0,
-        ),
-        (
-            "MS-CLAM",
-            TrainConfig {
-                epochs: args.epochs,
-                size: SizeName::Small,
-                b_plus: 256,
-                seed: args.seed,
-                ..TrainConfig::default()
-            },
-            args.annotated_percent,
-        ),
-    ] {
-        let started = Instant::now();
-        let (data, annotated) = cohort::load(
-            &layout,
-            0,
-            &cohort::Annotated::Percent(percent, args.seed),
-            config.feature_precision,
-            device,
-        )?;
-        let mut trainer = Trainer::new(config, &data, device)?;
-        let bar = ProgressBar::new(args.epochs as u64);
+impl Progress for DemoBar {
+    fn start(&mut self, run: &str, _done: usize, epochs: usize) {
+        let bar = ProgressBar::new(epochs as u64);
         bar.set_style(
             ProgressStyle::with_template("      {msg:28} {bar:30} {pos}/{len} epochs")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        bar.set_message(name.to_owned());
-        trainer.train(None, |_| bar.inc(1))?;
-        bar.finish_and_clear();
-        let evals = trainer.evaluate(&data.test)?;
-        let m = report::fold_metrics(&data.slides, &evals);
-        let dir = args
-            .out
-            .join(if percent > 0.0 { "ms-clam" } else { "clam-sb" });
-        report::write_fold(&dir.join("test"), &data.slides, &evals, &m)?;
-        let mut written = Vec::new();
-        for e in evals
-            .iter()
-            .filter(|e| data.slides[e.slide].label == TUMOR)
-            .take(3)
-        {
-            written.push(report::write_slide_heatmap(&dir, &data.slides, e)?);
-        }
-        println!(
-            "[2/4] {name}: trained {} epochs on {} slides ({} with tile labels) in {:.0} s; test slide AUC {:.3}, tile Dice {:.3}",
-            args.epochs,
-            data.train.len(),
-            annotated.len(),
-            started.elapsed().as_secs_f64(),
-            m.slide_auc,
-            m.dice_tumor
-        );
-        for p in &written {
-            println!("      heatmap: {}", p.display());
-        }
-        let tumor_train = data
-            .train
-            .iter()
-            .filter(|&&i| data.slides[i].label == TUMOR)
-            .count();
-        rows.push((
-            format!(
-                "{name}, {} of {tumor_train} training tumor slides annotated",
-                annotated.len()
-            ),
-            vec![m],
-        ));
-        if percent > 0.0 {
-            stream_through_engine(&trainer.net, &data, &evals, &dir, args.strip)?;
-        }
-        let short = name.split(' ').next().unwrap_or(name);
-        finished.push((short, trainer.history.clone(), data, evals));
+        bar.set_message(run.to_owned());
+        self.bar = Some(bar);
     }
-    let roc_path = args.out.join("roc.png");
-    let runs: Vec<(&str, &[data::Slide], &[_])> = finished
-        .iter()
-        .map(|(name, _, data, evals)| (*name, data.slides.as_slice(), evals.as_slice()))
-        .collect();
-    report::write_roc(&roc_path, &runs)?;
-    let curves_path = args.out.join("training_curves.png");
-    let histories: Vec<(&str, &[_])> = finished
-        .iter()
-        .map(|(name, history, _, _)| (*name, history.as_slice()))
-        .collect();
-    plots::write_training_curves_png(&curves_path, &histories)?;
-    println!(
-        "      ROC curves: {}\n      training curves: {}",
-        roc_path.display(),
-        curves_path.display()
-    );
 
-    // 4. The comparison.
-    println!("\n[4/4] test split of fold 0:\n");
-    println!("{}", report::table(&rows));
-    println!(
-        "demo finished in {:.0} s; outputs in {}",
-        total.elapsed().as_secs_f64(),
-        args.out.display()
-    );
-    Ok(())
+    fn epoch_end(&mut self, _record: &EpochRecord) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
-/// Step 3 of the demo: export MS-CLAM and stream the test slides through the engine, strip
-/// by strip, checking the engine against the trainer.
-fn stream_through_engine(
-    net: &msclam_trainer::model::Network,
-    data: &data::Cohort,
-    evals: &[msclam_trainer::training::SlideEval],
-    dir: &Path,
-    strip_tiles: usize,
-) -> Result<()> {
-    use msclam_engine::{Model, SlideSession};
-    let model_path = dir.join("model.mscl");
-    export(
-        net,
-        &model_path,
-        &ExportMetadata {
-            embedder_name: "synthetic".into(),
-            training_summary: "msclam demo".into(),
-            statistics: Some(training_statistics(data, &data.train)?),
-            ..Default::default()
-        },
-    )?;
-    let model = std::sync::Arc::new(Model::load(&model_path)?);
-    let capacity = data
-        .test
-        .iter()
-        .map(|&i| data.slides[i].num_tiles)
-        .max()
-        .unwrap_or(1);
-    let mut session = SlideSession::new(model, capacity)?;
-    let (mut streamed, mut worst) = (0usize, 0.0f64);
-    let mut outside: Vec<f32> = Vec::new();
-    let stream_started = Instant::now();
-    for (k, e) in evals.iter().enumerate() {
-        let s = &data.slides[e.slide];
-        let features =
-            Vec::<f32>::try_from(s.features_f32().to_device(tch::Device::Cpu).view([-1]))?;
-        session.reset();
-        let mut scores = Vec::new();
-        for (strip, coords) in features
-            .chunks(strip_tiles * data.dim)
-            .zip(s.coords.chunks(strip_tiles))
-        {
-            scores.extend(session.push(strip, Some(coords))?.slide_tumor_probability);
-        }
-        let r = session.finalize()?;
-        outside.extend(r.out_of_distribution_fraction);
-        worst = worst.max((r.tumor_probability as f64 - e.probabilities[TUMOR]).abs());
-        for (a, b) in r.tile_probabilities.iter().zip(&e.tile_probabilities) {
-            worst = worst.max((a - b).abs() as f64);
-        }
-        streamed += s.num_tiles;
-        if k == 0 {
-            let shown: Vec<String> = scores.iter().map(|p| format!("{p:.3}")).collect();
-            println!("[3/4] engine, slide {} (label {}), slide P(tumor) after each strip of {strip_tiles}: {}", s.id, s.label, shown.join(" "));
-        }
-    }
-    let secs = stream_started.elapsed().as_secs_f64();
-    println!(
-        "      streamed {} test slides ({streamed} tiles) through {} in {secs:.2} s ({:.0} tiles/s); largest difference from the trainer: {worst:.1e}",
-        evals.len(),
-        model_path.display(),
-        streamed as f64 / secs
-    );
-    if !outside.is_empty() {
-        let mean = outside.iter().sum::<f32>() / outside.len() as f32;
-        let max = outside.iter().copied().fold(0.0f32, f32::max);
-        println!(
-            "      out-of-distribution tiles (embedding statistics of the training slides): mean share {mean:.4}, largest {max:.4} (scores are not to be trusted above {})",
-            msclam_engine::statistics::UNTRUSTED_FRACTION
-        );
-    }
-    compare_half_precision(net, data, evals, dir, &model_path, capacity)
-}
-
-/// The demo's MS-CLAM exported with bf16, f16 and int8 matrices, against the f32 export on
-/// every test slide: largest differences, tiles that change side of the mask threshold,
-/// slides that change class. bf16 with both kernels where the CPU has them (widened; AVX-512
-/// BF16 dot products).
-fn compare_half_precision(
-    net: &msclam_trainer::model::Network,
-    data: &data::Cohort,
-    evals: &[msclam_trainer::training::SlideEval],
-    dir: &Path,
-    f32_path: &Path,
-    capacity: usize,
-) -> Result<()> {
-    use msclam_engine::{format::Dtype, Model, SessionOptions, SlideSession};
-    let f32_model = std::sync::Arc::new(Model::load(f32_path)?);
-    let mut reference = SlideSession::new(f32_model, capacity)?;
-    for (dtype, name, bf16_dot) in [
-        (Dtype::Bf16, "bf16", false),
-        (Dtype::Bf16, "bf16", true),
-        (Dtype::F16, "f16", false),
-        (Dtype::Int8, "int8", false),
-    ] {
-        let path = dir.join(format!("model_{name}.mscl"));
-        export(
-            net,
-            &path,
-            &ExportMetadata {
-                embedder_name: "synthetic".into(),
-                training_summary: format!("msclam demo ({name})"),
-                dtype: Some(dtype),
-                ..Default::default()
-            },
-        )?;
-        let model = std::sync::Arc::new(Model::load(&path)?);
-        let options = SessionOptions {
-            bf16_dot,
-            ..SessionOptions::default()
-        };
-        let mut session = SlideSession::with_options(model, capacity, options)?;
-        if session.uses_bf16_dot() != bf16_dot {
-            continue;
-        }
-        let (mut tile_worst, mut slide_worst, mut flips, mut class_changes, mut tiles) =
-            (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
-        for e in evals {
-            let s = &data.slides[e.slide];
-            let features =
-                Vec::<f32>::try_from(s.features_f32().to_device(tch::Device::Cpu).view([-1]))?;
-            reference.reset();
-            reference.push(&features, None)?;
-            session.reset();
-            session.push(&features, None)?;
-            let (a, b) = (reference.finalize()?, session.finalize()?);
-            slide_worst = slide_worst.max((a.tumor_probability - b.tumor_probability).abs() as f64);
-            class_changes += usize::from(a.predicted_class != b.predicted_class);
-            for ((p, q), (m, n)) in a
-                .tile_probabilities
-                .iter()
-                .zip(b.tile_probabilities)
-                .zip(a.tile_mask.iter().zip(b.tile_mask))
-            {
-                tile_worst = tile_worst.max((p - q).abs() as f64);
-                flips += usize::from(m != n);
-            }
-            tiles += s.num_tiles;
-        }
-        let kernels = match (dtype, bf16_dot) {
-            (Dtype::Int8, _) => "integer kernels, inputs quantized per tile",
-            (_, true) => "AVX-512 BF16 dot products",
-            _ => "widened to f32",
-        };
-        println!(
-            "      {name} weights ({kernels}) against f32 on the {} test slides: largest tile probability difference {tile_worst:.1e}, slide {slide_worst:.1e}; {flips} of {tiles} tiles change side of the mask threshold; {class_changes} slides change class",
-            evals.len()
-        );
-    }
-    Ok(())
-}
-
-/// The runs of an ablation grid: (name, configuration, annotation percentage).
-fn ablation_grid(grid: &str, base: &TrainConfig) -> Result<Vec<(String, TrainConfig, f64)>> {
-    let ms = |sampler: SamplerKind, att: AttentionLossMode| TrainConfig {
-        sampler,
-        attention_loss: att,
-        ..base.clone()
+fn demo(args: DemoArgs) -> Result<()> {
+    let spec = DemoSpec {
+        out: args.out,
+        slides: args.slides,
+        tiles: args.tiles,
+        dim: args.dim,
+        epochs: args.epochs,
+        annotated_percent: args.annotated_percent,
+        strip: args.strip,
+        seed: args.seed,
     };
-    let clam = TrainConfig {
-        epochs: base.epochs,
-        size: base.size,
-        seed: base.seed,
-        ..TrainConfig::clam_sb()
-    };
-    let mut runs = vec![("clam-sb".to_owned(), clam, 0.0)];
-    if grid == "baseline" {
-        // CLAM-SB alone: what the synthetic cohort's difficulty is calibrated on.
-        return Ok(runs);
-    }
-    // The paper labels runs by the share of a fold's training tumor slides that are annotated
-    // (0/6/12/25/62/100 %); the method notes' selection rule takes k % of the tumor slides of
-    // train + val, so those labels are k = 0/5/10/20/50/80 (Camelyon16: 111 tumor slides in
-    // train + val, 89 in a fold's training part).
-    let labelled: &[(u32, f64)] = match grid {
-        "full" => &[
-            (0, 0.0),
-            (6, 5.0),
-            (12, 10.0),
-            (25, 20.0),
-            (62, 50.0),
-            (100, 80.0),
-        ],
-        "small" => &[(0, 0.0), (12, 10.0), (100, 80.0)],
-        other => {
-            return Err(TrainError::Config(format!(
-                "unknown grid `{other}` (full, small or baseline)"
-            )))
-        }
-    };
-    for &(label, k) in labelled {
-        runs.push((
-            format!("ms-clam-{label}pct"),
-            ms(SamplerKind::Ew, AttentionLossMode::Total),
-            k,
-        ));
-    }
-    let no_att: &[(u32, f64)] = if grid == "full" {
-        labelled
-    } else {
-        &[(12, 10.0)]
-    };
-    for &(label, k) in no_att {
-        runs.push((
-            format!("ms-clam-{label}pct-no-att"),
-            ms(SamplerKind::Ew, AttentionLossMode::Off),
-            k,
-        ));
-    }
-    runs.push((
-        "ms-clam-12pct-randsamp".to_owned(),
-        ms(SamplerKind::Rand, AttentionLossMode::Total),
-        10.0,
-    ));
-    runs.push((
-        "ms-clam-12pct-doublesamp".to_owned(),
-        ms(SamplerKind::Double, AttentionLossMode::Total),
-        10.0,
-    ));
-    Ok(runs)
+    demo::demo(
+        &spec,
+        select_device(DeviceChoice::Auto)?,
+        &mut DemoBar::default(),
+    )
 }
 
 fn ablation(args: AblationArgs) -> Result<()> {
-    let device = select_device(DeviceChoice::Auto)?;
-    let base = TrainConfig {
+    let spec = AblationSpec {
+        cohort: args.cohort,
+        out: args.out,
+        folds: args.folds,
         epochs: args.epochs,
-        size: args.size,
+        grid: args.grid,
         b_plus: args.b_plus,
+        size: args.size,
         seed: args.seed,
-        ..TrainConfig::default()
     };
-    let runs = ablation_grid(&args.grid, &base)?;
-    let layout = cohort::ClamLayout::under(&args.cohort);
-    let started = Instant::now();
-    let mut rows = Vec::new();
-    for (name, config, percent) in &runs {
-        let mut folds = Vec::new();
-        for fold in 0..args.folds {
-            let dir = args.out.join(name).join(format!("fold{fold}"));
-            let metrics_path = dir.join("test").join("metrics.json");
-            if let Ok(text) = std::fs::read_to_string(&metrics_path) {
-                if let Ok(m) = serde_json::from_str::<report::FoldMetrics>(&text) {
-                    folds.push(m);
-                    continue;
-                }
-            }
-            let t = Instant::now();
-            let (data, annotated) = cohort::load(
-                &layout,
-                fold,
-                &cohort::Annotated::Percent(*percent, args.seed + fold as u64),
-                config.feature_precision,
-                device,
-            )?;
-            let mut trainer = Trainer::new(config.clone(), &data, device)?;
-            trainer.train(None, |_| {})?;
-            let evals = trainer.evaluate(&data.test)?;
-            let m = report::fold_metrics(&data.slides, &evals);
-            std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-            write_json(&dir.join("history.json"), &trainer.history)?;
-            plots::write_training_curves_png(
-                &dir.join("training_curves.png"),
-                &[("", &trainer.history)],
-            )?;
-            let list = dir.join("annotated_slides.txt");
-            std::fs::write(&list, annotated.join("\n")).map_err(|e| TrainError::io(&list, e))?;
-            report::write_fold(&dir.join("test"), &data.slides, &evals, &m)?;
-            println!(
-                "{name} fold {fold}: slide AUC {:.3}, Dice {:.3}, tile AUC {:.3} ({:.0} s; {:.0} s so far)",
-                m.slide_auc,
-                m.dice_tumor,
-                m.tile_auc,
-                t.elapsed().as_secs_f64(),
-                started.elapsed().as_secs_f64()
-            );
-            folds.push(m);
-        }
-        rows.push((name.clone(), folds));
-    }
-    write_summary(&args.out, &rows)?;
-    println!(
-        "ablation: {} runs x {} folds in {:.0} s",
-        rows.len(),
-        args.folds,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-/// Writes `summary.json` (per-fold metrics, mean, SD, SE) and `summary.md` (the paper-shaped
-/// table) into `out`, and prints the table.
-fn write_summary(out: &Path, rows: &[(String, Vec<report::FoldMetrics>)]) -> Result<()> {
-    let summary: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|(name, folds)| {
-            let stats: std::collections::BTreeMap<_, _> =
-                report::summarize_folds(folds).into_iter().collect();
-            serde_json::json!({ "run": name, "folds": folds, "summary": stats })
-        })
-        .collect();
-    write_json(&out.join("summary.json"), &summary)?;
-    let table = report::table(rows);
-    let md = out.join("summary.md");
-    std::fs::write(&md, &table).map_err(|e| TrainError::io(&md, e))?;
-    println!("{table}");
-    Ok(())
-}
-
-fn merge(args: MergeArgs) -> Result<()> {
-    let mut rows: Vec<(String, Vec<report::FoldMetrics>)> = Vec::new();
-    for run in &args.runs {
-        let path = run.join("test").join("metrics.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-        let m: report::FoldMetrics = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        let name = run.parent().and_then(|p| p.file_name()).map_or_else(
-            || run.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        match rows.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, folds)) => folds.push(m),
-            None => rows.push((name, vec![m])),
-        }
-    }
-    std::fs::create_dir_all(&args.out).map_err(|e| TrainError::io(&args.out, e))?;
-    write_summary(&args.out, &rows)?;
-    Ok(())
+    ablation::ablation(&spec, select_device(DeviceChoice::Auto)?)
 }
 
 fn generate_cohort(args: GenerateArgs) -> Result<()> {
@@ -1085,7 +578,7 @@ fn generate_cohort(args: GenerateArgs) -> Result<()> {
         ..SyntheticSpec::default()
     };
     let slides = synthetic::generate(&spec);
-    cohort::write_synthetic(&args.out, &slides, args.folds, args.seed)?;
+    layout::write_synthetic(&args.out, &slides, args.folds, args.seed)?;
     println!(
         "wrote {} slides in the CLAM layout to {}",
         slides.len(),
@@ -1094,45 +587,13 @@ fn generate_cohort(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn export_checkpoint(args: ExportArgs) -> Result<()> {
-    let state = checkpoint::load(&args.checkpoint, tch::Device::Cpu)?;
-    let fc = state
-        .names
-        .iter()
-        .position(|n| n == "fc.weight")
-        .ok_or_else(|| TrainError::Config("checkpoint has no fc.weight".into()))?;
-    let input_dim = state.params[fc].size()[1] as usize;
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let arch = msclam_trainer::model::architecture(
-        state.config.method,
-        state.config.size.into(),
-        input_dim,
-        state.config.gated,
-    );
-    let net = msclam_trainer::model::Network::new(&vs.root(), arch, false);
-    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    if vars.iter().map(|(n, _)| n).ne(state.names.iter()) {
-        return Err(TrainError::Config(
-            "the checkpoint's variables do not match the network".into(),
-        ));
-    }
-    tch::no_grad(|| {
-        for ((_, dst), src) in vars.iter_mut().zip(&state.params) {
-            dst.copy_(src);
-        }
-    });
-    let summary = serde_json::json!({ "config": state.config, "epoch": state.epoch, "last_epoch": state.history.last() });
-    export(
-        &net,
+fn export_model(args: ExportArgs) -> Result<()> {
+    let epoch = export_checkpoint(
+        &args.checkpoint,
         &args.out,
-        &ExportMetadata {
-            embedder_name: args.embedder_name,
-            training_summary: summary.to_string(),
-            dtype: Some(args.dtype.into()),
-            ..Default::default()
-        },
+        &args.embedder_name,
+        args.dtype.into(),
     )?;
-    println!("exported {} (epoch {})", args.out.display(), state.epoch);
+    println!("exported {} (epoch {epoch})", args.out.display());
     Ok(())
 }

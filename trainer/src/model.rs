@@ -177,9 +177,8 @@ pub fn architecture(
 }
 
 /// Which method is trained.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
     /// MS-CLAM: single tile classifier, mixed supervision, attention loss, paired batches.

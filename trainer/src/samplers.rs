@@ -12,9 +12,8 @@ use crate::data::{Slide, TUMOR};
 use crate::model::ModelKind;
 
 /// Slide sampling strategy.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// One slide per step, every training slide once per epoch, shuffled (original CLAM).

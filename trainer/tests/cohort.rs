@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use msclam_trainer::cohort::{self, Annotated, ClamLayout};
-use msclam_trainer::data::{FeaturePrecision, TUMOR};
+use msclam_trainer::data::{self, Annotated, FeaturePrecision, TUMOR};
+use msclam_trainer::layout::{self, ClamLayout};
 use msclam_trainer::synthetic::{generate, SyntheticSpec};
 use tch::Device;
 
@@ -34,11 +34,8 @@ fn spec() -> SyntheticSpec {
     }
 }
 
-fn load(
-    root: &Path,
-    annotated: Annotated,
-) -> msclam_trainer::Result<(msclam_trainer::data::Cohort, Vec<String>)> {
-    cohort::load(
+fn load(root: &Path, annotated: Annotated) -> msclam_trainer::Result<(data::Cohort, Vec<String>)> {
+    data::load(
         &ClamLayout::under(root),
         0,
         &annotated,
@@ -52,7 +49,7 @@ fn a_generated_cohort_round_trips_through_the_clam_layout() {
     let _serial = serial();
     let root = temp("roundtrip");
     let slides = generate(&spec());
-    cohort::write_synthetic(&root, &slides, 5, 1).unwrap();
+    layout::write_synthetic(&root, &slides, 5, 1).unwrap();
     for fold in 0..5 {
         assert!(root.join(format!("splits/splits_{fold}.csv")).exists());
     }
@@ -122,7 +119,7 @@ fn tile_labels_pickled_by_python_are_read() {
     for protocol in 0..=5 {
         let p = dir.join(format!("p{protocol}.pkl"));
         python_pickle(&p, "[1, 3, 5, 300]", protocol);
-        let labels = cohort::read_tile_label_file(&p, "s", 400).unwrap();
+        let labels = layout::read_tile_label_file(&p, "s", 400).unwrap();
         assert_eq!(
             labels.iter().filter(|l| **l == 1).count(),
             4,
@@ -132,7 +129,7 @@ fn tile_labels_pickled_by_python_are_read() {
     }
     let p = dir.join("bad.pkl");
     python_pickle(&p, "[1, 2, 9]", 4);
-    let err = cohort::read_tile_label_file(&p, "slide_x", 5)
+    let err = layout::read_tile_label_file(&p, "slide_x", 5)
         .unwrap_err()
         .to_string();
     assert!(
@@ -141,14 +138,14 @@ fn tile_labels_pickled_by_python_are_read() {
     );
     let p = dir.join("dict.pkl");
     python_pickle(&p, "{'a': 1}", 4);
-    assert!(cohort::read_tile_label_file(&p, "slide_y", 5)
+    assert!(layout::read_tile_label_file(&p, "slide_y", 5)
         .unwrap_err()
         .to_string()
         .contains("slide_y"));
     let t = dir.join("labels.txt");
     std::fs::write(&t, "0\n2, 4\n").unwrap();
     assert_eq!(
-        cohort::read_tile_label_file(&t, "s", 5).unwrap(),
+        layout::read_tile_label_file(&t, "s", 5).unwrap(),
         vec![1, 0, 1, 0, 1]
     );
 }
@@ -169,7 +166,7 @@ fn half_precision_features_are_read() {
         .write_raw(&values)
         .unwrap();
     drop(file);
-    let s = cohort::read_h5(&path, "s").unwrap();
+    let s = layout::read_h5(&path, "s").unwrap();
     assert_eq!((s.dim, s.features.len()), (4, 12));
     assert_eq!(s.features[5], 2.5);
 }
@@ -177,7 +174,7 @@ fn half_precision_features_are_read() {
 /// Writes a valid cohort, lets `break_it` damage it, and returns the loading error.
 fn error_after(name: &str, break_it: impl FnOnce(&Path)) -> String {
     let root = temp(name);
-    cohort::write_synthetic(&root, &generate(&spec()), 1, 1).unwrap();
+    layout::write_synthetic(&root, &generate(&spec()), 1, 1).unwrap();
     break_it(&root);
     load(&root, Annotated::Percent(0.0, 1))
         .unwrap_err()
@@ -281,7 +278,7 @@ fn pt_files_written_by_torch_save_are_read() {
     let _serial = serial();
     let root = temp("pt");
     let slides = generate(&spec());
-    cohort::write_synthetic(&root, &slides, 1, 1).unwrap();
+    layout::write_synthetic(&root, &slides, 1, 1).unwrap();
     // CLAM's pt_files/ with the same features; the .h5 files go away.
     std::fs::create_dir_all(root.join("pt_files")).unwrap();
     for s in &slides {
@@ -295,7 +292,7 @@ fn pt_files_written_by_torch_save_are_read() {
     }
     let layout = ClamLayout::under(&root);
     for s in &slides[..3] {
-        let read = cohort::read_slide(&layout, &s.id).unwrap();
+        let read = layout::read_slide(&layout, &s.id).unwrap();
         assert_eq!(read.dim, 8);
         assert_eq!(read.features, s.features, "{}", s.id);
         assert_eq!(read.coords.len(), s.tile_labels.len());
@@ -315,7 +312,7 @@ fn pt_files_written_by_torch_save_are_read() {
     for dtype in ["float16", "bfloat16", "float64"] {
         let p = dir.join(format!("{dtype}.pt"));
         torch_save(&p, &values, 4, dtype);
-        let s = cohort::read_pt(&p, "s").unwrap();
+        let s = layout::read_pt(&p, "s").unwrap();
         assert_eq!((s.dim, &s.features), (4, &values), "{dtype}");
     }
 }
@@ -345,7 +342,7 @@ fn bad_pt_files_are_errors_naming_the_slide() {
     for (name, program, expected) in cases {
         let p = dir.join(format!("{name}.pt"));
         python(&format!("import sys, torch\n{program}"), &[&p]);
-        let e = cohort::read_pt(&p, "slide_bad").unwrap_err().to_string();
+        let e = layout::read_pt(&p, "slide_bad").unwrap_err().to_string();
         assert!(
             e.contains("slide_bad") && e.contains(expected),
             "{name}: {e}"
@@ -354,14 +351,14 @@ fn bad_pt_files_are_errors_naming_the_slide() {
     // Not a torch file at all, and a truncated one: errors, not crashes.
     let p = dir.join("garbage.pt");
     std::fs::write(&p, b"definitely not a zip archive").unwrap();
-    let e = cohort::read_pt(&p, "slide_bad").unwrap_err().to_string();
+    let e = layout::read_pt(&p, "slide_bad").unwrap_err().to_string();
     assert!(e.contains("slide_bad"), "{e}");
     let good = dir.join("good.pt");
     torch_save(&good, &[1.0; 64], 8, "float32");
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.join("cut.pt");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let e = cohort::read_pt(&cut, "slide_cut").unwrap_err().to_string();
+    let e = layout::read_pt(&cut, "slide_cut").unwrap_err().to_string();
     assert!(e.contains("slide_cut"), "{e}");
 }
 
@@ -382,16 +379,16 @@ fn npy_tile_labels_written_by_numpy_are_read() {
             &format!("{dtype}.npy"),
             &format!("np.array([1, 3, 5, 90], dtype=np.{dtype})"),
         );
-        let labels = cohort::read_tile_label_file(&p, "s", 100).unwrap();
+        let labels = layout::read_tile_label_file(&p, "s", 100).unwrap();
         let marked: Vec<usize> = (0..100).filter(|&i| labels[i] == 1).collect();
         assert_eq!(marked, vec![1, 3, 5, 90], "{dtype}");
     }
     let mask = write("mask.npy", "np.arange(6) % 3 == 0");
     assert_eq!(
-        cohort::read_tile_label_file(&mask, "s", 6).unwrap(),
+        layout::read_tile_label_file(&mask, "s", 6).unwrap(),
         vec![1, 0, 0, 1, 0, 0]
     );
-    let e = cohort::read_tile_label_file(&mask, "slide_m", 7)
+    let e = layout::read_tile_label_file(&mask, "slide_m", 7)
         .unwrap_err()
         .to_string();
     assert!(
@@ -399,12 +396,12 @@ fn npy_tile_labels_written_by_numpy_are_read() {
         "{e}"
     );
     let out_of_range = write("range.npy", "np.array([2, 10])");
-    let e = cohort::read_tile_label_file(&out_of_range, "slide_r", 10)
+    let e = layout::read_tile_label_file(&out_of_range, "slide_r", 10)
         .unwrap_err()
         .to_string();
     assert!(e.contains("slide_r") && e.contains("out of range"), "{e}");
     let floats = write("floats.npy", "np.array([0.5, 1.0])");
-    let e = cohort::read_tile_label_file(&floats, "slide_f", 10)
+    let e = layout::read_tile_label_file(&floats, "slide_f", 10)
         .unwrap_err()
         .to_string();
     assert!(
@@ -412,7 +409,7 @@ fn npy_tile_labels_written_by_numpy_are_read() {
         "{e}"
     );
     let matrix = write("matrix.npy", "np.zeros((2, 2), dtype=np.int64)");
-    let e = cohort::read_tile_label_file(&matrix, "slide_2d", 10)
+    let e = layout::read_tile_label_file(&matrix, "slide_2d", 10)
         .unwrap_err()
         .to_string();
     assert!(e.contains("slide_2d") && e.contains("one dimension"), "{e}");
@@ -434,7 +431,7 @@ fn incomplete_annotations_go_on_the_exclusion_list_and_are_never_chosen() {
         .map(|s| s.id.as_str())
         .collect();
     assert!(incomplete.len() >= 3, "{incomplete:?}");
-    cohort::write_synthetic(&root, &slides, 1, 1).unwrap();
+    layout::write_synthetic(&root, &slides, 1, 1).unwrap();
     let listed: Vec<String> = std::fs::read_to_string(root.join("exclusions.csv"))
         .unwrap()
         .lines()

@@ -7,9 +7,9 @@ use msclam_engine::{Model, SlideSession};
 use msclam_trainer::config::{SizeName, TrainConfig};
 use msclam_trainer::data::{self, FeaturePrecision, SplitSpec, TUMOR};
 use msclam_trainer::export::{export, ExportMetadata};
-use msclam_trainer::metrics;
 use msclam_trainer::synthetic::{generate, Profile, SyntheticSpec};
 use msclam_trainer::training::Trainer;
+use msclam_trainer::{memory, metrics};
 use tch::{Device, Kind, Tensor};
 
 fn small_cohort(
@@ -226,7 +226,7 @@ fn half_precision_features_change_outputs_by_rounding_only() {
 fn a_cohort_that_does_not_fit_is_refused_before_training() {
     // Camelyon16 at 20x: about 3 million tiles of 1024 features.
     let gib = 1u64 << 30;
-    data::check_fits(
+    memory::check_fits(
         3_000_000,
         1024,
         FeaturePrecision::F16,
@@ -234,7 +234,7 @@ fn a_cohort_that_does_not_fit_is_refused_before_training() {
         "a 24 GB machine",
     )
     .unwrap();
-    data::check_fits(
+    memory::check_fits(
         3_000_000,
         1024,
         FeaturePrecision::F32,
@@ -242,7 +242,7 @@ fn a_cohort_that_does_not_fit_is_refused_before_training() {
         "a 24 GB machine",
     )
     .unwrap();
-    data::check_fits(
+    memory::check_fits(
         3_000_000,
         1024,
         FeaturePrecision::F32,
@@ -250,7 +250,7 @@ fn a_cohort_that_does_not_fit_is_refused_before_training() {
         "an 80 GB GPU",
     )
     .unwrap();
-    let err = data::check_fits(
+    let err = memory::check_fits(
         3_000_000,
         1024,
         FeaturePrecision::F32,
@@ -263,7 +263,10 @@ fn a_cohort_that_does_not_fit_is_refused_before_training() {
         msg.contains("does not fit") && msg.contains("8 GB GPU") && msg.contains("f16"),
         "{msg}"
     );
-    assert_eq!(data::bytes_per_tile(1024, FeaturePrecision::F16), 2048 + 17);
+    assert_eq!(
+        memory::bytes_per_tile(1024, FeaturePrecision::F16),
+        2048 + 17
+    );
 }
 
 #[test]
