@@ -36,4 +36,5 @@ export LIBTORCH="$MSCLAM_VENV/lib/$py_dir/site-packages/torch"
 # threads of one process: CLAM users commonly turn it off.
 export HDF5_USE_FILE_LOCKING="${HDF5_USE_FILE_LOCKING:-FALSE}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it started, so that a log shows where the time went.
+step() { printf '\n==> [%s] %s\n' "$(date +%T)" "$*"; }
