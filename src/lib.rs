@@ -150,3 +150,63 @@ pub fn sample_model_files() -> Vec<Vec<u8>> {
     })
     .collect()
 }
+
+/// A test's folder under the system's temporary directory, `msclam-<kind>-<pid>-<name>`:
+/// emptied when made, removed with everything in it when dropped (so a test, passed or
+/// failed, leaves nothing behind unless the process aborts). Dereferences to its path.
+#[derive(Debug)]
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    /// Makes the folder, empty.
+    pub fn new(kind: &str, name: &str) -> ScratchDir {
+        let dir = ScratchDir::unmade(kind, name);
+        std::fs::create_dir_all(&dir.0).expect("a folder in the temporary directory");
+        dir
+    }
+
+    /// The folder's path with nothing there (for a program that must make it itself);
+    /// whatever is made there is removed when this is dropped.
+    pub fn unmade(kind: &str, name: &str) -> ScratchDir {
+        let path =
+            std::env::temp_dir().join(format!("msclam-{kind}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        ScratchDir(path)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::PathBuf;
+    fn deref(&self) -> &std::path::PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for ScratchDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The project's Python (`$MSCLAM_VENV/bin/python`, with torch, NumPy and onnxruntime), which
+/// tests run to get expected numbers from an independent implementation.
+///
+/// # Panics
+/// If `MSCLAM_VENV` is not set (the tests run through `scripts/test`, which sets it).
+pub fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var_os("MSCLAM_VENV")
+        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
+    std::path::PathBuf::from(venv).join("bin/python")
+}

@@ -3,8 +3,6 @@
 //! back from the CLAM layout is the one written, generated slides split in memory follow the
 //! same rule with a validation fraction, and loading hands slides over one at a time.
 
-use std::path::PathBuf;
-
 use msclam_data::cohort::{self, Annotated, SplitSpec};
 use msclam_data::layout::{self, ClamLayout};
 use msclam_data::split::{StratifiedSplit, Validation};
@@ -18,11 +16,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-host-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::new("host", name)
 }
 
 fn slides(seed: u64) -> Vec<SyntheticSlide> {

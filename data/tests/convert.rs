@@ -8,16 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use msclam::venv_python;
 use msclam_data::convert::{convert_file, CodeBase, ConvertOptions};
 use msclam_engine::format::Dtype;
 use msclam_engine::{Model, SlideSession};
 use serde_json::Value as Json;
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("MSCLAM_VENV")
-        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
-    PathBuf::from(venv).join("bin/python")
-}
 
 /// Runs the script into a folder of the calling test's own.
 fn checkpoints(test: &str) -> (PathBuf, Vec<Json>) {

@@ -1,16 +1,11 @@
 //! ROC and training-curve PNGs: the curves land where their values say, in their colours,
 //! and awkward inputs (one class only, NaN values, a single epoch) still draw.
 
-use std::path::PathBuf;
-
 use msclam_data::history::EpochRecord;
 use msclam_data::plots::{self, RocInput, COLOURS};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-plots-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::new("plots", name)
 }
 
 /// Pixels of exactly `colour` in the column range `x0..x1`, as (x, y) pairs.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use msclam::random_weights;
+use msclam::venv_python;
 use msclam_data::layout;
 use msclam_data::outputs::tables;
 use msclam_data::score::{self, ScoreOptions, Shard};
@@ -14,11 +15,8 @@ use msclam_data::synthetic::{generate, SyntheticSpec};
 use msclam_engine::format::ModelWriter;
 use msclam_engine::{reference, AttentionKind, ModelConfig, TileClassifierKind};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-score-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::new("score", name)
 }
 
 const DIM: usize = 16;
@@ -63,12 +61,6 @@ fn options(model: &Path, input: &Path, out: &Path) -> ScoreOptions {
         tile_size: None,
         pictures: true,
     }
-}
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("MSCLAM_VENV")
-        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
-    PathBuf::from(venv).join("bin/python")
 }
 
 #[test]

@@ -5,15 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use msclam::venv_python;
 use msclam_data::layout::read_tile_label_file;
 use msclam_data::torch_save::{parse_pickle, read_features, read_torch_save, PyObject};
 use serde_json::Value as Json;
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("MSCLAM_VENV")
-        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
-    PathBuf::from(venv).join("bin/python")
-}
 
 /// Runs the script into a folder of the calling test's own.
 fn python_files(test: &str) -> (PathBuf, Vec<Json>) {

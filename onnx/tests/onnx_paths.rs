@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use msclam::venv_python;
 use msclam::{random_weights, synthetic_slide};
 use msclam_engine::format::{keys, Dtype, ModelWriter};
 use msclam_engine::{
@@ -17,12 +18,6 @@ use msclam_engine::{
 use msclam_onnx::{export_heads, ChannelOrder, EncoderOptions, OnnxError, TileEncoder};
 use serde_json::Value as Json;
 use tract_onnx::prelude::*;
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("MSCLAM_VENV")
-        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
-    PathBuf::from(venv).join("bin/python")
-}
 
 fn work(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("msclam-onnx-{}-{test}", std::process::id()));

@@ -1,7 +1,7 @@
 //! The command-line tool end to end: the demo, and generate -> train -> merge as a user runs
 //! folds as separate jobs; bad input gives a clear error and a failing exit code.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn tool() -> Command {
@@ -10,10 +10,8 @@ fn tool() -> Command {
     c
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn temp(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::unmade("cli", name)
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -183,9 +181,11 @@ fn the_ablation_runner_covers_the_grid_and_resumes() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
+    // Held to the end: a folder the tool makes before it fails is removed with them.
+    let (bad, bad2) = (temp("bad"), temp("bad2"));
     let out = tool()
         .args(["train", "--cohort", "/nonexistent/cohort", "--out"])
-        .arg(temp("bad"))
+        .arg(bad.as_os_str())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -196,7 +196,7 @@ fn bad_input_is_a_clear_error() {
     );
     let out = tool()
         .args(["train", "--epochs", "0", "--out"])
-        .arg(temp("bad2"))
+        .arg(bad2.as_os_str())
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("epochs"));

@@ -1,9 +1,10 @@
 //! Reading cohorts in the CLAM layout: a generated cohort round-trips, `.pkl` tile labels
 //! written by real Python pickle are read, and every bad input is an error naming the slide.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use msclam::venv_python;
 use msclam_trainer::data::{self, Annotated, FeaturePrecision, TUMOR};
 use msclam_trainer::layout::{self, ClamLayout};
 use msclam_trainer::synthetic::{generate, SyntheticSpec};
@@ -16,11 +17,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-cohort-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::new("cohort", name)
 }
 
 fn spec() -> SyntheticSpec {
@@ -238,12 +236,6 @@ fn every_bad_input_is_an_error_naming_the_slide() {
 }
 
 /// The project's Python environment (torch and NumPy), which `scripts/setup` installs.
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("MSCLAM_VENV")
-        .expect("MSCLAM_VENV is not set: run the tests through scripts/test");
-    PathBuf::from(venv).join("bin/python")
-}
-
 /// Runs a Python program in the project's environment, with `args` as `sys.argv[1:]`.
 fn python(program: &str, args: &[&Path]) {
     let out = Command::new(venv_python())

@@ -3,7 +3,7 @@
 //! kernels are not bit-reproducible from run to run (1 of 16 uninterrupted 2-thread runs of this
 //! configuration ended a few ulps away from the others), resumed or not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,10 +53,8 @@ fn epochs_done(out: &Path) -> usize {
         .map_or(0, |h| h.len())
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-resume-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn temp_dir(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::unmade("resume", name)
 }
 
 #[test]
