@@ -5,7 +5,7 @@
 //!   embeddings (`onnx_reference.py encoders`), and the embeddings pushed into a session the
 //!   engine's scores for PyTorch's embeddings.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -19,11 +19,8 @@ use msclam_onnx::{export_heads, ChannelOrder, EncoderOptions, OnnxError, TileEnc
 use serde_json::Value as Json;
 use tract_onnx::prelude::*;
 
-fn work(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-onnx-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn work(test: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::new("onnx", test)
 }
 
 fn reference(command: &str, dir: &Path) -> Json {
@@ -204,7 +201,6 @@ fn exported_heads_match_the_engine_in_onnx_runtime_and_tract() {
                 "{name}: {what} vs tract: {against_tract}"
             );
         }
-        std::fs::remove_dir_all(&dir).ok();
     }
 }
 
@@ -323,5 +319,4 @@ fn tile_encoders_give_pytorch_embeddings_and_feed_sessions() {
     std::fs::write(&bad, b"not onnx").unwrap();
     let err = TileEncoder::load(&bad, EncoderOptions::default()).unwrap_err();
     assert!(err.to_string().contains("bad.onnx"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -34,7 +34,7 @@ pub fn dropout(x: &Tensor, on: bool, train: bool) -> Tensor {
     x * mask
 }
 
-/// What a forward pass over one slide (or a pair of slides) gives.
+/// What a forward pass over one slide gives.
 #[derive(Debug)]
 pub struct Forward {
     /// Hidden vectors `h`, `N x H`.

@@ -62,7 +62,6 @@ fn the_demo_runs_end_to_end() {
     }
     assert!(out.join("ms-clam/model.mscl").exists());
     assert!(out.join("cohort/dataset.csv").exists());
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 fn train_fold(cohort: &Path, fold: usize, out: &Path) {
@@ -129,7 +128,6 @@ fn folds_as_separate_jobs_then_merged() {
         .get("training.summary")
         .unwrap()
         .contains("\"fold\":0"));
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -176,7 +174,6 @@ fn the_ablation_runner_covers_the_grid_and_resumes() {
         again.lines().filter(|l| l.starts_with("| ")).count(),
         table.lines().filter(|l| l.starts_with("| ")).count()
     );
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]

@@ -85,10 +85,8 @@ ffc233749b9d5df261882ea06188a59188688fe7d385c374c28f8c87ab4641fa  tile_labels/sl
 90e748276295e38f48fe050400a636b363cbc6a72023099ba156cd01c59ecdd7  tile_labels/slide_0011.pkl
 ";
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("msclam-seed1-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn temp(name: &str) -> msclam::ScratchDir {
+    msclam::ScratchDir::unmade("seed1", name)
 }
 
 /// Every file under `dir`, relative, sorted.
@@ -151,7 +149,6 @@ fn the_seed_1_cohort_is_unchanged() {
     let root = temp("cohort");
     generate(&root, &["--folds", "2"]);
     assert_eq!(sha256sum(&root, h5), expected(COHORT, h5));
-    let _ = std::fs::remove_dir_all(&root);
 
     let root = temp("cohort7");
     generate(
@@ -166,5 +163,4 @@ fn the_seed_1_cohort_is_unchanged() {
         ],
     );
     assert_eq!(sha256sum(&root, false), COHORT_7_FOLDS);
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -112,6 +112,4 @@ fn a_killed_run_resumes_to_the_same_weights() {
             .collect()
     };
     assert_eq!(history(&straight), history(&killed));
-    let _ = std::fs::remove_dir_all(&straight);
-    let _ = std::fs::remove_dir_all(&killed);
 }
