@@ -260,3 +260,79 @@ fn a_fifo_or_a_directory_as_model_path_is_refused_without_blocking() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The forward pass checks the embeddings on the way (no pass of its own without embedding
+/// statistics): a NaN or an infinity is named by tile and feature for every weight dtype,
+/// kernel, thread count and with statistics, also in a later block of the strip, and the
+/// rejected push leaves the session as a session that never saw it.
+#[test]
+fn non_finite_input_is_named_on_every_kernel_dtype_and_thread_count() {
+    use msclam_engine::format::{Dtype, ModelWriter};
+    use msclam_engine::statistics::EmbeddingStatistics;
+    use msclam_engine::{Isa, SessionOptions};
+    use std::sync::Arc;
+
+    let config = ModelConfig::ms_clam(ModelSize::Tiny);
+    let d = config.input_dim;
+    let (emb, _, _) = synthetic_slide(d, 400, 0.2, 5);
+    let statistics =
+        EmbeddingStatistics::fit::<Error>(d, 1, |_| Ok(emb[..100 * d].to_vec())).unwrap();
+    // A NaN whose payload carries into the sign bit when rounded to bf16 naively.
+    let payload_nan = f32::from_bits(0x7FFF_FFFF);
+    for (dtype, bf16_dot, with_statistics) in [
+        (Dtype::F32, false, false),
+        (Dtype::F32, false, true),
+        (Dtype::F16, false, false),
+        (Dtype::Bf16, false, false),
+        (Dtype::Bf16, true, false),
+        (Dtype::Int8, false, false),
+    ] {
+        let weights = msclam::random_weights(config, 3);
+        let mut writer = ModelWriter::new(&weights).matrix_dtype(dtype);
+        if with_statistics {
+            writer = writer.embedding_statistics(statistics.clone());
+        }
+        let model = Arc::new(Model::from_bytes(&writer.to_bytes().unwrap()).unwrap());
+        for isa in Isa::all_supported() {
+            for threads in [1, 2] {
+                let options = SessionOptions {
+                    isa,
+                    threads,
+                    bf16_dot,
+                    ..SessionOptions::default()
+                };
+                let what = format!("{dtype:?} dot {bf16_dot} statistics {with_statistics} {isa:?} threads {threads}");
+                let mut clean = SlideSession::with_options(model.clone(), 400, options).unwrap();
+                clean.push(&emb[..400 * d], None).unwrap();
+                for bad in [f32::NAN, payload_nan, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut s = SlideSession::with_options(model.clone(), 400, options).unwrap();
+                    s.push(&emb[..100 * d], None).unwrap();
+                    let before = snapshot(&s);
+                    // Tile 200 of the strip: its second block of 128 tiles.
+                    let mut strip = emb[100 * d..400 * d].to_vec();
+                    strip[200 * d + 3] = bad;
+                    let err = s.push(&strip, None).unwrap_err();
+                    assert!(
+                        matches!(
+                            err,
+                            Error::NonFiniteInput {
+                                tile: 200,
+                                feature: 3,
+                                ..
+                            }
+                        ),
+                        "{what}, {bad}: {err}"
+                    );
+                    assert_eq!(snapshot(&s), before, "{what}, {bad}");
+                    s.push(&emb[100 * d..400 * d], None).unwrap();
+                    assert_eq!(s.tile_probabilities(), clean.tile_probabilities(), "{what}");
+                    assert_eq!(
+                        s.tumor_probability().unwrap(),
+                        clean.tumor_probability().unwrap(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -81,6 +81,15 @@ macro_rules! dispatch_by_isa {
     };
 }
 
+/// Why a block's pass stopped, with the tile's index in the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockError {
+    /// The tile's embedding holds a NaN or an infinity at `feature`.
+    NonFiniteInput { tile: usize, feature: usize },
+    /// The tile's attention or tile logit is not finite, from finite embeddings.
+    Overflow { tile: usize },
+}
+
 /// The block's input and where its per-tile outputs go.
 pub(crate) struct Block<'a> {
     /// `n` rows of `D` embeddings, `stride` apart.
@@ -98,8 +107,9 @@ dispatch_by_isa! {
     /// probabilities into the block's outputs, and the block's [`Partial`] into `partial`
     /// (`acc` of `H` values; its other fields are set here).
     ///
-    /// Errors with the index (in the block) of the first tile whose attention or tile logit is
-    /// not finite.
+    /// Errors with the first tile (in the block) whose embedding is not finite, else with the
+    /// first whose attention or tile logit is not finite. The embeddings are checked on the
+    /// way (see [`compute_body`]), so a caller needs no pass over them of its own.
     fn compute_block(
         plan: &KernelPlan,
         w: &WeightViews<'_>,
@@ -107,7 +117,7 @@ dispatch_by_isa! {
         block: Block<'_>,
         scratch: &mut BlockScratch<'_>,
         partial: &mut Partial<'_>
-    ) -> Result<(), usize> = compute_body
+    ) -> Result<(), BlockError> = compute_body
 }
 
 /// Adds a block's partial sum (`acc`, relative to `max_logit`, with `weight_sum`) to the
@@ -147,6 +157,13 @@ fn find_non_finite_body(x: &[f32], n: usize, stride: usize, d: usize) -> Option<
 
 /// The pass itself, inlined into each instruction set's wrapper. Its row-wise arithmetic uses
 /// no fused multiply-add, so only the matrix kernels differ between instruction sets.
+///
+/// The embeddings' finiteness check rides on the ReLU: the weights are finite (the reader
+/// checks), so a NaN or an infinity in a tile's embedding makes every one of its hidden
+/// pre-activations NaN or infinite (`inf * w` is infinite or, for `w = 0`, NaN, and sums
+/// keep it). Only a tile flagged there has its embedding scanned, to name the feature; a
+/// flagged tile with a finite embedding has overflowed, which the logit check reports. (int8
+/// rows with such a value get a NaN scale, bf16 pairs keep NaN and infinity: the same holds.)
 #[inline(always)]
 fn compute_body<'a>(
     plan: &KernelPlan,
@@ -155,7 +172,7 @@ fn compute_body<'a>(
     block: Block<'_>,
     scratch: &mut BlockScratch<'_>,
     partial: &mut Partial<'_>,
-) -> Result<(), usize> {
+) -> Result<(), BlockError> {
     let (h16, k16) = (padded_rows(h), padded_rows(k));
     let Block {
         x,
@@ -177,7 +194,15 @@ fn compute_body<'a>(
     };
     let (w1, b1) = (pick(w.fc_weight, w.widened[0]), w.fc_bias);
     dense(plan, x, n, d, stride, w1, h, b1, hidden, h16, pack);
-    rows::relu_in_place(&mut hidden[..n * h16]);
+    let mut flagged = false;
+    for r in 0..n {
+        flagged |= !rows::relu_in_place_finite(&mut hidden[r * h16..r * h16 + h]);
+    }
+    if flagged {
+        if let Some((tile, feature)) = find_non_finite_body(x, n, stride, d) {
+            return Err(BlockError::NonFiniteInput { tile, feature });
+        }
+    }
     let (va, ba) = (pick(w.attention_a_weight, w.widened[1]), w.attention_a_bias);
     dense(plan, hidden, n, h, h16, va, k, ba, scratch.att_a, k16, pack);
     if let Some((ua, bu)) = w.attention_b {
@@ -195,7 +220,7 @@ fn compute_body<'a>(
             - rows::dot_f64(hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
         let s32 = s as f32;
         if !s32.is_finite() || !z.is_finite() {
-            return Err(r);
+            return Err(BlockError::Overflow { tile: r });
         }
         logits[r] = s32;
         probs[r] = rows::sigmoid(z) as f32;

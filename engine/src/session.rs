@@ -15,7 +15,8 @@ use ndarray::ArrayView2;
 use crate::config::MAX_CLASSES;
 use crate::error::{Error, Result};
 use crate::forward::{
-    combine, compute_block, find_non_finite, Aggregate, Block, BlockScratch, Partial, BLOCK_TILES,
+    combine, compute_block, find_non_finite, Aggregate, Block, BlockError, BlockScratch, Partial,
+    BLOCK_TILES,
 };
 use crate::kernels::{Isa, KernelPlan};
 use crate::memory::{split_disjoint, Block64, Plan, Region, BLOCKS_PER_JOB, SESSION_ALIGNMENT};
@@ -518,24 +519,23 @@ impl<'m> SlideSession<'m> {
                 requested: n,
             });
         }
-        // One pass over the embeddings, in cache-sized blocks: the finiteness check, then the
-        // out-of-distribution count while the block is still in cache.
+        // With embedding statistics: one pass over the embeddings, in cache-sized blocks, the
+        // finiteness check, then the out-of-distribution count while the block is still in
+        // cache. Without, the forward pass checks finiteness on the way (`compute_block`).
         let statistics = self
             .model
             .embedding_statistics()
             .filter(|_| self.embedding_check);
         let mut outside = 0;
-        for start in (0..n).step_by(CHECK_BLOCK) {
-            let m = CHECK_BLOCK.min(n - start);
-            let block = &x[start * stride..];
-            if let Some((tile, feature)) = find_non_finite(self.kernels.isa, block, m, stride, d) {
-                return Err(Error::NonFiniteInput {
-                    tile: start + tile,
-                    feature,
-                    value: block[tile * stride + feature],
-                });
-            }
-            if let Some(statistics) = &statistics {
+        if let Some(statistics) = &statistics {
+            for start in (0..n).step_by(CHECK_BLOCK) {
+                let m = CHECK_BLOCK.min(n - start);
+                let block = &x[start * stride..];
+                if let Some((tile, feature)) =
+                    find_non_finite(self.kernels.isa, block, m, stride, d)
+                {
+                    return Err(non_finite_input(x, stride, start + tile, feature));
+                }
                 outside += statistics.count_outside_with(self.kernels.isa, block, m, stride);
             }
         }
@@ -710,8 +710,8 @@ impl<'m> SlideSession<'m> {
                         &mut block_scratch,
                         &mut partial,
                     );
-                    if let Err(r) = done {
-                        result.overflow = Some((b, r));
+                    if let Err(e) = done {
+                        result.failure = Some((b, e));
                         return;
                     }
                     result.scalars[slot] = (partial.max_logit, partial.weight_sum);
@@ -725,10 +725,16 @@ impl<'m> SlideSession<'m> {
                 let mine_end = (mine_first + per).min(blocks);
                 let report = &results[worker];
                 for (slot, b) in (mine_first..mine_end).enumerate() {
-                    if let Some((bad, r)) = report.overflow {
+                    if let Some((bad, e)) = report.failure {
                         if bad == b {
-                            return Err(Error::NumericalOverflow {
-                                tile: b * BLOCK_TILES + r,
+                            let first = b * BLOCK_TILES;
+                            return Err(match e {
+                                BlockError::NonFiniteInput { tile, feature } => {
+                                    non_finite_input(x, stride, first + tile, feature)
+                                }
+                                BlockError::Overflow { tile } => {
+                                    Error::NumericalOverflow { tile: first + tile }
+                                }
                             });
                         }
                     }
@@ -858,8 +864,17 @@ impl<'m> SlideSession<'m> {
 struct WorkerReport {
     /// Each block's largest attention logit and weight sum (its [`Partial`]'s scalars).
     scalars: [(f64, f64); BLOCKS_PER_JOB],
-    /// The first of its blocks (in the slide) whose tile `r` overflowed, as `(block, r)`.
-    overflow: Option<(usize, usize)>,
+    /// The first of its blocks (in the slide) that failed, and why.
+    failure: Option<(usize, BlockError)>,
+}
+
+/// The error for the value at `feature` of tile `tile` (in the push) of `x`.
+fn non_finite_input(x: &[f32], stride: usize, tile: usize, feature: usize) -> Error {
+    Error::NonFiniteInput {
+        tile,
+        feature,
+        value: x[tile * stride + feature],
+    }
 }
 
 /// A raw pointer shared with the worker threads for the duration of one job.

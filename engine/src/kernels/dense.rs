@@ -391,11 +391,18 @@ unsafe fn pack_pairs<const R: usize>(
     }
 }
 
-/// The bf16 nearest to a finite f32 (ties to even), as the low 16 bits.
+/// The bf16 nearest to an f32 (ties to even), as the low 16 bits; infinities stay infinite
+/// and a NaN becomes the quiet NaN (rounding its payload could carry into the sign bit and
+/// give -0: the forward pass relies on NaN reaching the hidden layer).
 #[inline(always)]
 fn bf16_bits(v: f32) -> u32 {
     let bits = v.to_bits();
-    (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1))) >> 16
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1))) >> 16;
+    if v.is_nan() {
+        0x7FC0
+    } else {
+        rounded
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -802,6 +809,31 @@ mod tests {
 
     fn widen(b: u16) -> f32 {
         f32::from_bits((b as u32) << 16)
+    }
+
+    #[test]
+    fn bf16_rounding_keeps_nan_and_infinities() {
+        for bits in [
+            0x7F80_0001u32,
+            0x7FC0_0000,
+            0x7FFF_FFFF,
+            0xFFFF_FFFF,
+            0xFF80_0001,
+        ] {
+            assert!(widen(bf16(f32::from_bits(bits))).is_nan(), "{bits:#x}");
+        }
+        assert_eq!(widen(bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(widen(bf16(f32::NEG_INFINITY)), f32::NEG_INFINITY);
+        // Against the `half` crate's rounding, for finite values.
+        for v in [
+            1.0f32,
+            -2.5e-3,
+            3.0e38,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+        ] {
+            assert_eq!(bf16(v), half::bf16::from_f32(v).to_bits(), "{v}");
+        }
     }
 
     #[test]

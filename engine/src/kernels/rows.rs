@@ -7,15 +7,27 @@
 // Lane loops index several fixed-size arrays by the same lane: ranges are clearer than zips.
 #![allow(clippy::needless_range_loop)]
 
-/// `x = max(x, 0)` for every element; NaN stays NaN (an overflow in the layer before must
-/// reach the session's finiteness check, not become 0).
+/// `x = max(x, 0)` for every element (NaN stays NaN); returns whether every value was finite
+/// before (branch-free over chunks of 16, as [`all_finite`]).
 #[inline(always)]
-pub fn relu_in_place(row: &mut [f32]) {
-    for v in row {
-        if *v < 0.0 {
-            *v = 0.0;
+pub fn relu_in_place_finite(row: &mut [f32]) -> bool {
+    let mut lanes = [0.0f32; LANES];
+    let (chunks, tail) = row.as_chunks_mut::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            lanes[l] += c[l] * 0.0;
+            c[l] = if c[l] < 0.0 { 0.0 } else { c[l] };
         }
     }
+    for (l, v) in tail.iter_mut().enumerate() {
+        lanes[l] += *v * 0.0;
+        *v = if *v < 0.0 { 0.0 } else { *v };
+    }
+    let mut sum = 0.0;
+    for l in 0..LANES {
+        sum += lanes[l];
+    }
+    sum == 0.0
 }
 
 /// Logistic function in f64, stable for any finite input.
@@ -198,11 +210,25 @@ mod tests {
     }
 
     #[test]
-    fn relu_keeps_nan() {
+    fn relu_keeps_nan_and_reports_non_finite_values() {
         let mut v = [-1.0f32, 2.0, f32::NAN, -0.0];
-        relu_in_place(&mut v);
+        assert!(!relu_in_place_finite(&mut v));
         assert_eq!(&v[..2], &[0.0, 2.0]);
         assert!(v[2].is_nan() && v[3] == 0.0);
+        // Every position of a 16-lane chunk and of the tail, and both infinities.
+        for len in [1, 15, 16, 17, 40] {
+            let row: Vec<f32> = (0..len).map(|i| i as f32 - 7.5).collect();
+            let mut clean = row.clone();
+            assert!(relu_in_place_finite(&mut clean));
+            assert!(clean.iter().zip(&row).all(|(c, r)| *c == r.max(0.0)));
+            for at in 0..len {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut dirty = row.clone();
+                    dirty[at] = bad;
+                    assert!(!relu_in_place_finite(&mut dirty), "{bad} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
