@@ -7,7 +7,9 @@
 //! whose rows are first copied input-major into groups of `R` (so that a micro-tile reads one
 //! sequential stream and addresses its rows by constant offsets); groups of `P` panels (the
 //! group's slice of weights for the input block stays in L1 while every row group passes
-//! over it); groups of `R` rows.
+//! over it); groups of `R` rows. The AVX-512 kernel over f32 weights skips the copy for whole
+//! groups of 12 rows and reads them in place, with scaled addressing (only a last, partial
+//! group is packed): the copy was 6 % of a push.
 //!
 //! Determinism: every accumulator receives its fused multiply-adds in input order, starting
 //! from the bias, whatever `R`, `P`, the input blocking or the number of rows in the call; a
@@ -165,14 +167,16 @@ pub fn dense(
         // Two rows: 8 of the 16 SSE registers hold the accumulators, with room for the weights
         // (four rows spill to the stack).
         _ if kind == W_BF16 => unsafe {
-            walk::<2, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<W_BF16>(t))
+            walk::<2, 1, false, 2>(&args, &padded_bias, false, |t| portable_tile::<W_BF16>(t))
         },
         // SAFETY: as above.
         _ if kind == W_F16 => unsafe {
-            walk::<2, 1, false, 2>(&args, &padded_bias, |t| portable_tile::<W_F16>(t))
+            walk::<2, 1, false, 2>(&args, &padded_bias, false, |t| portable_tile::<W_F16>(t))
         },
         // SAFETY: as above.
-        _ => unsafe { walk::<2, 1, false, 4>(&args, &padded_bias, |t| portable_tile::<W_F32>(t)) },
+        _ => unsafe {
+            walk::<2, 1, false, 4>(&args, &padded_bias, false, |t| portable_tile::<W_F32>(t))
+        },
     }
 }
 
@@ -200,8 +204,11 @@ struct Tile {
     panels: usize,
     /// The rows' inputs for this input block, packed input-major: input `i` of row `r` at
     /// `x[i * R + r]` (`R` the kernel's row group, whatever `rows`); for bf16 pairs, pair `q`
-    /// (inputs `2q`, `2q + 1`) of row `r` is the `u32` at `q * R + r`.
+    /// (inputs `2q`, `2q + 1`) of row `r` is the `u32` at `q * R + r`. If `x_stride` is not
+    /// 0, the rows in place instead: input `i` of row `r` at `x[r * x_stride + i]` (f32).
     x: *const u8,
+    /// 0 for packed rows, else the distance between rows in place, in floats.
+    x_stride: usize,
     k: usize,
     /// First panel's weights, at the block's first input (f32, bf16 or bf16 pairs).
     w: *const u8,
@@ -216,11 +223,13 @@ struct Tile {
 }
 
 /// Walks the output in micro-tiles (see the module documentation), packing the input rows,
-/// and calls `tile` for each.
+/// and calls `tile` for each. With `direct` (never for bf16 pairs), whole groups of `R` rows
+/// are not packed: their tiles carry the rows in place (`x_stride != 0`).
 ///
 /// # Safety
 /// `a` must describe buffers of the lengths [`dense`] checks; `tile` must be safe to call with
-/// pointers inside those buffers on this CPU.
+/// pointers inside those buffers on this CPU, and with `direct`, able to read tiles of `R`
+/// rows in place.
 ///
 /// `PAIRS`: the weights are bf16 pairs and the inputs are packed as bf16 pairs; `WB`: bytes
 /// per weight element (4 for f32 and pairs, 2 for bf16).
@@ -228,9 +237,12 @@ struct Tile {
 unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usize>(
     a: &DenseArgs<'_>,
     padded_bias: &[f32; PANEL_WIDTH],
+    direct: bool,
     mut tile: impl FnMut(Tile),
 ) {
     let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
+    // With `direct`, whole groups of R rows are read in place and only the rest is packed.
+    let direct = direct && !PAIRS;
     let stored = |inputs: usize| if PAIRS { inputs.div_ceil(2) } else { inputs };
     let panel_stride = stored(a.in_dim) * PANEL_WIDTH;
     // 16 biases per panel, the last one padded; re-filled per group of panels.
@@ -243,11 +255,12 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
             let k = a.k_block.min(a.in_dim - k0);
             // SAFETY: rows r0..r0 + chunk and inputs k0..k0 + k are inside `x`; the packed
             // groups take chunk.div_ceil(R) * R * k <= PACK_FLOATS floats of `pack`.
+            let in_place = if direct { chunk / R * R } else { 0 };
             unsafe {
                 if PAIRS {
                     pack_pairs::<R>(a, r0, chunk, k0, k)
-                } else {
-                    pack_rows::<R>(a, r0, chunk, k0, k)
+                } else if in_place < chunk {
+                    pack_rows::<R>(a, r0 + in_place, chunk - in_place, k0, k)
                 }
             };
             let mut p = 0;
@@ -269,10 +282,16 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
                     // k0 < in_dim, p < panels and (p + group) * 16 <= out_stride, so the other
                     // offsets are inside the buffers whose lengths `dense` checked.
                     unsafe {
+                        let (x, x_stride) = if r < in_place {
+                            (a.x.add((r0 + r) * a.x_stride + k0), a.x_stride)
+                        } else {
+                            (a.pack.add((r - in_place) * stored(k)).cast_const(), 0)
+                        };
                         tile(Tile {
                             rows,
                             panels: group,
-                            x: a.pack.add(r * stored(k)).cast_const().cast::<u8>(),
+                            x: x.cast::<u8>(),
+                            x_stride,
                             k,
                             w: a.packed
                                 .add((p * panel_stride + stored(k0) * PANEL_WIDTH) * WB),
@@ -493,8 +512,14 @@ unsafe fn walk_avx512<const W: u8, const WB: usize>(
     // SAFETY: the tiles `walk` produces lie inside the checked buffers; the caller runs on a
     // CPU with AVX-512F.
     unsafe {
-        walk::<12, 2, false, WB>(a, padded_bias, |t| {
-            if t.panels == 2 {
+        // f32 weights and whole pairs of panels: groups of 12 rows read in place (no packing).
+        let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
+        let direct = W == W_F32 && panels.is_multiple_of(2);
+        walk::<12, 2, false, WB>(a, padded_bias, direct, |t| {
+            if t.x_stride != 0 {
+                debug_assert!(t.rows == 12 && t.panels == 2);
+                micro_avx512_in_place(t)
+            } else if t.panels == 2 {
                 dispatch_rows!(
                     micro_avx512,
                     t,
@@ -527,7 +552,7 @@ unsafe fn dense_avx512_bf16_pairs(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_W
     // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
     // checked buffers, and AVX-512F and BF16 are available (this function's contract).
     unsafe {
-        walk::<12, 2, true, 4>(a, padded_bias, |t| {
+        walk::<12, 2, true, 4>(a, padded_bias, false, |t| {
             if t.panels == 2 {
                 dispatch_pair_rows!(t, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
             } else {
@@ -548,13 +573,13 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], kind: 
     // which is all the micro-kernels need.
     unsafe {
         match kind {
-            W_BF16 => walk::<6, 1, false, 2>(a, padded_bias, |t| {
+            W_BF16 => walk::<6, 1, false, 2>(a, padded_bias, false, |t| {
                 dispatch_rows!(micro_avx2, t, 6, 1, W_BF16, [1, 2, 3, 4, 5, 6])
             }),
-            W_F16 => walk::<6, 1, false, 2>(a, padded_bias, |t| {
+            W_F16 => walk::<6, 1, false, 2>(a, padded_bias, false, |t| {
                 dispatch_rows!(micro_avx2, t, 6, 1, W_F16, [1, 2, 3, 4, 5, 6])
             }),
-            _ => walk::<6, 1, false, 4>(a, padded_bias, |t| {
+            _ => walk::<6, 1, false, 4>(a, padded_bias, false, |t| {
                 dispatch_rows!(micro_avx2, t, 6, 1, W_F32, [1, 2, 3, 4, 5, 6])
             }),
         }
@@ -693,6 +718,134 @@ unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const W: 
         for r in 0..R {
             for p in 0..P {
                 _mm512_storeu_ps(t.out.add(r * t.out_stride + p * 16), acc[r][p]);
+            }
+        }
+    }
+}
+
+/// 12 rows in place (`t.x_stride` floats apart) x 2 panels: the same operations, in the same
+/// order, as [`micro_avx512`] with `R = 12, P = 2` over packed rows, so the results are
+/// bit-identical; the rows are read where they are instead of being copied first. The loop is
+/// written in assembly because the compiler re-derived each row's address from the stride in
+/// every iteration: here rows `3b + j` (`b < 4`, `j < 3`) are read at `base_b + j * stride`,
+/// through x86 scaled addressing, so a step is 2 weight loads, 12 broadcasts, 24 FMAs and 5
+/// pointer increments.
+///
+/// # Safety
+/// AVX-512F must be available; `t.x` must point at 12 rows of `t.k` readable floats,
+/// `t.x_stride` floats apart; weights, biases and outputs as for [`micro_avx512`] with 2 panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn micro_avx512_in_place(t: Tile) {
+    // SAFETY: the caller guarantees every range read or written below; the assembly reads
+    // inputs 0..k of the 12 rows and 16 weights of each panel per input, and writes only the
+    // named registers.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = if t.accumulate {
+                    _mm512_loadu_ps(t.out.add(r * t.out_stride + p * 16))
+                } else {
+                    _mm512_loadu_ps(t.bias.add(p * 16))
+                };
+            }
+        }
+        if t.k > 0 {
+            let x = t.x.cast::<f32>();
+            let stride = t.x_stride * 4;
+            let [[a0, a1], [a2, a3], [a4, a5], [a6, a7], [a8, a9], [a10, a11], [a12, a13], [a14, a15], [a16, a17], [a18, a19], [a20, a21], [a22, a23]] =
+                &mut acc;
+            std::arch::asm!(
+                "2:",
+                "vmovups {w0}, [{w}]",
+                "vmovups {w1}, [{w} + {ws}]",
+                "vbroadcastss {v}, dword ptr [{b0}]",
+                "vfmadd231ps {a0}, {w0}, {v}",
+                "vfmadd231ps {a1}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b0} + {s}]",
+                "vfmadd231ps {a2}, {w0}, {u}",
+                "vfmadd231ps {a3}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b0} + {s}*2]",
+                "vfmadd231ps {a4}, {w0}, {v}",
+                "vfmadd231ps {a5}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b1}]",
+                "vfmadd231ps {a6}, {w0}, {u}",
+                "vfmadd231ps {a7}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b1} + {s}]",
+                "vfmadd231ps {a8}, {w0}, {v}",
+                "vfmadd231ps {a9}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b1} + {s}*2]",
+                "vfmadd231ps {a10}, {w0}, {u}",
+                "vfmadd231ps {a11}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b2}]",
+                "vfmadd231ps {a12}, {w0}, {v}",
+                "vfmadd231ps {a13}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b2} + {s}]",
+                "vfmadd231ps {a14}, {w0}, {u}",
+                "vfmadd231ps {a15}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b2} + {s}*2]",
+                "vfmadd231ps {a16}, {w0}, {v}",
+                "vfmadd231ps {a17}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b3}]",
+                "vfmadd231ps {a18}, {w0}, {u}",
+                "vfmadd231ps {a19}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b3} + {s}]",
+                "vfmadd231ps {a20}, {w0}, {v}",
+                "vfmadd231ps {a21}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b3} + {s}*2]",
+                "vfmadd231ps {a22}, {w0}, {u}",
+                "vfmadd231ps {a23}, {w1}, {u}",
+                "add {b0}, 4",
+                "add {b1}, 4",
+                "add {b2}, 4",
+                "add {b3}, 4",
+                "add {w}, 64",
+                "dec {k}",
+                "jnz 2b",
+                b0 = inout(reg) x => _,
+                b1 = inout(reg) x.add(3 * t.x_stride) => _,
+                b2 = inout(reg) x.add(6 * t.x_stride) => _,
+                b3 = inout(reg) x.add(9 * t.x_stride) => _,
+                s = in(reg) stride,
+                w = inout(reg) t.w.cast::<f32>() => _,
+                ws = in(reg) t.panel_stride * 4,
+                k = inout(reg) t.k => _,
+                w0 = out(zmm_reg) _,
+                w1 = out(zmm_reg) _,
+                v = out(zmm_reg) _,
+                u = out(zmm_reg) _,
+                a0 = inout(zmm_reg) *a0,
+                a1 = inout(zmm_reg) *a1,
+                a2 = inout(zmm_reg) *a2,
+                a3 = inout(zmm_reg) *a3,
+                a4 = inout(zmm_reg) *a4,
+                a5 = inout(zmm_reg) *a5,
+                a6 = inout(zmm_reg) *a6,
+                a7 = inout(zmm_reg) *a7,
+                a8 = inout(zmm_reg) *a8,
+                a9 = inout(zmm_reg) *a9,
+                a10 = inout(zmm_reg) *a10,
+                a11 = inout(zmm_reg) *a11,
+                a12 = inout(zmm_reg) *a12,
+                a13 = inout(zmm_reg) *a13,
+                a14 = inout(zmm_reg) *a14,
+                a15 = inout(zmm_reg) *a15,
+                a16 = inout(zmm_reg) *a16,
+                a17 = inout(zmm_reg) *a17,
+                a18 = inout(zmm_reg) *a18,
+                a19 = inout(zmm_reg) *a19,
+                a20 = inout(zmm_reg) *a20,
+                a21 = inout(zmm_reg) *a21,
+                a22 = inout(zmm_reg) *a22,
+                a23 = inout(zmm_reg) *a23,
+                options(nostack, readonly),
+            );
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (p, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(t.out.add(r * t.out_stride + p * 16), *v);
             }
         }
     }
@@ -945,6 +1098,71 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn rows_read_in_place_match_packed_rows_bit_for_bit() {
+        // An even number of panels (so the AVX-512 kernels read whole groups of 12 rows in
+        // place), rows further apart than their length, row counts with and without a
+        // partial group, input blocks that do and do not divide the input dimension. Each
+        // row computed alone (a single row is always packed) must give the same bits, and
+        // the product must match a naive one.
+        let (d, o, x_stride) = (45, 64, 61);
+        let mut seed = 4242u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for n in [12usize, 24, 29, 140] {
+            let x: Vec<f32> = (0..n * x_stride).map(|_| next()).collect();
+            let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
+            let b: Vec<f32> = (0..o).map(|_| next()).collect();
+            let packed = pack_panels(&w, o, d);
+            let f32w = MatrixWeights::F32(&packed);
+            let stride = padded_rows(o);
+            let mut pack = vec![f32::NAN; PACK_FLOATS];
+            for isa in Isa::all_supported() {
+                for k_block in [7, 16, 45, 64] {
+                    let plan = KernelPlan { isa, k_block };
+                    let mut out = vec![f32::NAN; n * stride];
+                    dense(
+                        &plan, &x, n, d, x_stride, f32w, o, &b, &mut out, stride, &mut pack,
+                    );
+                    for r in 0..n {
+                        let mut single = vec![f32::NAN; stride];
+                        let row = &x[r * x_stride..r * x_stride + d];
+                        dense(
+                            &plan,
+                            row,
+                            1,
+                            d,
+                            d,
+                            f32w,
+                            o,
+                            &b,
+                            &mut single,
+                            stride,
+                            &mut pack,
+                        );
+                        assert_eq!(
+                            &out[r * stride..(r + 1) * stride],
+                            &single[..],
+                            "{isa:?} k_block {k_block} n {n} row {r}"
+                        );
+                        for j in 0..o {
+                            let want: f64 = b[j] as f64
+                                + (0..d)
+                                    .map(|i| row[i] as f64 * w[j * d + i] as f64)
+                                    .sum::<f64>();
+                            let got = out[r * stride + j] as f64;
+                            assert!((got - want).abs() < 1e-5, "{isa:?} n={n} r={r} j={j}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
