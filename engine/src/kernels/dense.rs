@@ -7,9 +7,9 @@
 //! whose rows are first copied input-major into groups of `R` (so that a micro-tile reads one
 //! sequential stream and addresses its rows by constant offsets); groups of `P` panels (the
 //! group's slice of weights for the input block stays in L1 while every row group passes
-//! over it); groups of `R` rows. The AVX-512 kernel over f32 weights skips the copy for whole
-//! groups of 12 rows and reads them in place, with scaled addressing (only a last, partial
-//! group is packed): the copy was 6 % of a push.
+//! over it); groups of `R` rows. The AVX-512 and AVX2 kernels over f32 weights skip the copy
+//! for whole groups of rows (12 and 6) and read them in place, with scaled addressing (only a
+//! last, partial group is packed): the copy was 6 % of a push.
 //!
 //! Determinism: every accumulator receives its fused multiply-adds in input order, starting
 //! from the bias, whatever `R`, `P`, the input blocking or the number of rows in the call; a
@@ -579,8 +579,14 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], kind: 
             W_F16 => walk::<6, 1, false, 2>(a, padded_bias, false, |t| {
                 dispatch_rows!(micro_avx2, t, 6, 1, W_F16, [1, 2, 3, 4, 5, 6])
             }),
-            _ => walk::<6, 1, false, 4>(a, padded_bias, false, |t| {
-                dispatch_rows!(micro_avx2, t, 6, 1, W_F32, [1, 2, 3, 4, 5, 6])
+            // f32 weights: groups of 6 rows read in place (no packing).
+            _ => walk::<6, 1, false, 4>(a, padded_bias, true, |t| {
+                if t.x_stride != 0 {
+                    debug_assert!(t.rows == 6);
+                    micro_avx2_in_place(t)
+                } else {
+                    dispatch_rows!(micro_avx2, t, 6, 1, W_F32, [1, 2, 3, 4, 5, 6])
+                }
             }),
         }
     }
@@ -901,6 +907,95 @@ unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const W: u8
         for r in 0..R {
             _mm256_storeu_ps(t.out.add(r * t.out_stride), lo[r]);
             _mm256_storeu_ps(t.out.add(r * t.out_stride + 8), hi[r]);
+        }
+    }
+}
+
+/// 6 rows in place (`t.x_stride` floats apart) x 1 panel: [`micro_avx2`] with `R = 6` and f32
+/// weights, reading the rows where they are (rows `3b + j` at `base_b + j * stride`), with
+/// the same operations in the same order, so bit-identical; assembly for the reason given at
+/// [`micro_avx512_in_place`]. All 16 ymm registers are used: 12 accumulators, 2 weights, 2
+/// broadcasts.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `t.x` must point at 6 rows of `t.k` readable floats,
+/// `t.x_stride` floats apart; weights, biases and outputs as for [`micro_avx2`] with f32
+/// weights.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn micro_avx2_in_place(t: Tile) {
+    // SAFETY: the caller guarantees every range read or written below; the assembly reads
+    // inputs 0..k of the 6 rows and 16 weights per input, and writes only the named
+    // registers.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        for (r, row) in acc.iter_mut().enumerate() {
+            let init = if t.accumulate {
+                t.out.add(r * t.out_stride).cast_const()
+            } else {
+                t.bias
+            };
+            row[0] = _mm256_loadu_ps(init);
+            row[1] = _mm256_loadu_ps(init.add(8));
+        }
+        if t.k > 0 {
+            let x = t.x.cast::<f32>();
+            let [[a0, a1], [a2, a3], [a4, a5], [a6, a7], [a8, a9], [a10, a11]] = &mut acc;
+            std::arch::asm!(
+                "2:",
+                "vmovups {w0}, [{w}]",
+                "vmovups {w1}, [{w} + 32]",
+                "vbroadcastss {v}, dword ptr [{b0}]",
+                "vfmadd231ps {a0}, {w0}, {v}",
+                "vfmadd231ps {a1}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b0} + {s}]",
+                "vfmadd231ps {a2}, {w0}, {u}",
+                "vfmadd231ps {a3}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b0} + {s}*2]",
+                "vfmadd231ps {a4}, {w0}, {v}",
+                "vfmadd231ps {a5}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b1}]",
+                "vfmadd231ps {a6}, {w0}, {u}",
+                "vfmadd231ps {a7}, {w1}, {u}",
+                "vbroadcastss {v}, dword ptr [{b1} + {s}]",
+                "vfmadd231ps {a8}, {w0}, {v}",
+                "vfmadd231ps {a9}, {w1}, {v}",
+                "vbroadcastss {u}, dword ptr [{b1} + {s}*2]",
+                "vfmadd231ps {a10}, {w0}, {u}",
+                "vfmadd231ps {a11}, {w1}, {u}",
+                "add {b0}, 4",
+                "add {b1}, 4",
+                "add {w}, 64",
+                "dec {k}",
+                "jnz 2b",
+                b0 = inout(reg) x => _,
+                b1 = inout(reg) x.add(3 * t.x_stride) => _,
+                s = in(reg) t.x_stride * 4,
+                w = inout(reg) t.w.cast::<f32>() => _,
+                k = inout(reg) t.k => _,
+                w0 = out(ymm_reg) _,
+                w1 = out(ymm_reg) _,
+                v = out(ymm_reg) _,
+                u = out(ymm_reg) _,
+                a0 = inout(ymm_reg) *a0,
+                a1 = inout(ymm_reg) *a1,
+                a2 = inout(ymm_reg) *a2,
+                a3 = inout(ymm_reg) *a3,
+                a4 = inout(ymm_reg) *a4,
+                a5 = inout(ymm_reg) *a5,
+                a6 = inout(ymm_reg) *a6,
+                a7 = inout(ymm_reg) *a7,
+                a8 = inout(ymm_reg) *a8,
+                a9 = inout(ymm_reg) *a9,
+                a10 = inout(ymm_reg) *a10,
+                a11 = inout(ymm_reg) *a11,
+                options(nostack, readonly),
+            );
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(t.out.add(r * t.out_stride), row[0]);
+            _mm256_storeu_ps(t.out.add(r * t.out_stride + 8), row[1]);
         }
     }
 }
