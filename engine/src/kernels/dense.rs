@@ -212,6 +212,9 @@ struct Tile {
     k: usize,
     /// First panel's weights, at the block's first input (f32, bf16 or bf16 pairs).
     w: *const u8,
+    /// Weights that later tiles need: kernels that prefetch bring `k` lines from here into L1
+    /// (a hint only: it may reach past the weights' end, and is never dereferenced).
+    prefetch: *const u8,
     /// Distance between consecutive panels' weights, in weight elements.
     panel_stride: usize,
     /// 16 biases per panel, consecutive; used when `accumulate` is false.
@@ -287,14 +290,33 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
                         } else {
                             (a.pack.add((r - in_place) * stored(k)).cast_const(), 0)
                         };
+                        let w = a
+                            .packed
+                            .add((p * panel_stride + stored(k0) * PANEL_WIDTH) * WB);
+                        // The first two row groups bring the next two panels' weights (the
+                        // next group of panels, else the next input block's first) into L1,
+                        // a line per input, so that the next group does not start by waiting
+                        // on L3; the others name their own weights (harmless).
+                        let ahead = r / R;
+                        let (next_p, next_k0) = if p + group < panels {
+                            (p + group + ahead, k0)
+                        } else {
+                            (ahead, k0 + k)
+                        };
+                        let prefetch = if ahead < 2 && next_p < panels && next_k0 < a.in_dim {
+                            a.packed
+                                .add((next_p * panel_stride + stored(next_k0) * PANEL_WIDTH) * WB)
+                        } else {
+                            w
+                        };
                         tile(Tile {
                             rows,
                             panels: group,
                             x: x.cast::<u8>(),
                             x_stride,
                             k,
-                            w: a.packed
-                                .add((p * panel_stride + stored(k0) * PANEL_WIDTH) * WB),
+                            w,
+                            prefetch,
                             panel_stride,
                             bias: bias.as_ptr(),
                             accumulate: k0 > 0,
@@ -734,8 +756,8 @@ unsafe fn micro_avx512<const G: usize, const R: usize, const P: usize, const W: 
 /// bit-identical; the rows are read where they are instead of being copied first. The loop is
 /// written in assembly because the compiler re-derived each row's address from the stride in
 /// every iteration: here rows `3b + j` (`b < 4`, `j < 3`) are read at `base_b + j * stride`,
-/// through x86 scaled addressing, so a step is 2 weight loads, 12 broadcasts, 24 FMAs and 5
-/// pointer increments.
+/// through x86 scaled addressing, so a step is 2 weight loads, 12 broadcasts, 24 FMAs, one
+/// prefetch of a line of `t.prefetch` and 6 pointer increments.
 ///
 /// # Safety
 /// AVX-512F must be available; `t.x` must point at 12 rows of `t.k` readable floats,
@@ -765,6 +787,7 @@ unsafe fn micro_avx512_in_place(t: Tile) {
                 &mut acc;
             std::arch::asm!(
                 "2:",
+                "prefetcht0 [{pf}]",
                 "vmovups {w0}, [{w}]",
                 "vmovups {w1}, [{w} + {ws}]",
                 "vbroadcastss {v}, dword ptr [{b0}]",
@@ -807,6 +830,7 @@ unsafe fn micro_avx512_in_place(t: Tile) {
                 "add {b1}, 4",
                 "add {b2}, 4",
                 "add {b3}, 4",
+                "add {pf}, 64",
                 "add {w}, 64",
                 "dec {k}",
                 "jnz 2b",
@@ -816,6 +840,7 @@ unsafe fn micro_avx512_in_place(t: Tile) {
                 b3 = inout(reg) x.add(9 * t.x_stride) => _,
                 s = in(reg) stride,
                 w = inout(reg) t.w.cast::<f32>() => _,
+                pf = inout(reg) t.prefetch => _,
                 ws = in(reg) t.panel_stride * 4,
                 k = inout(reg) t.k => _,
                 w0 = out(zmm_reg) _,
