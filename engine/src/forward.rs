@@ -173,7 +173,7 @@ fn compute_body<'a>(
     scratch: &mut BlockScratch<'_>,
     partial: &mut Partial<'_>,
 ) -> Result<(), BlockError> {
-    let (h16, k16) = (padded_rows(h), padded_rows(k));
+    let (h16, k16, isa) = (padded_rows(h), padded_rows(k), plan.isa);
     let Block {
         x,
         n,
@@ -215,9 +215,9 @@ fn compute_body<'a>(
         let terms = &mut scratch.att_a[r * k16..r * k16 + k];
         let gate = w.attention_b.map(|_| &scratch.att_b[r * k16..r * k16 + k]);
         rows::attention_terms(terms, gate);
-        let s = rows::dot_f64(terms, w.attention_c_weight, w.attention_c_bias as f64);
-        let z = rows::dot_f64(hr, w.tile_tumor.0, w.tile_tumor.1 as f64)
-            - rows::dot_f64(hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
+        let s = rows::dot_f64(isa, terms, w.attention_c_weight, w.attention_c_bias as f64);
+        let z = rows::dot_f64(isa, hr, w.tile_tumor.0, w.tile_tumor.1 as f64)
+            - rows::dot_f64(isa, hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
         let s32 = s as f32;
         if !s32.is_finite() || !z.is_finite() {
             return Err(BlockError::Overflow { tile: r });
