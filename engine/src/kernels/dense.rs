@@ -293,17 +293,17 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
                         let w = a
                             .packed
                             .add((p * panel_stride + stored(k0) * PANEL_WIDTH) * WB);
-                        // The first two row groups bring the next two panels' weights (the
-                        // next group of panels, else the next input block's first) into L1,
-                        // a line per input, so that the next group does not start by waiting
-                        // on L3; the others name their own weights (harmless).
+                        // The first P row groups bring the next P panels' weights (the next
+                        // group of panels, else the next input block's first) into L1, a line
+                        // per input, so that the next group does not start by waiting on L3;
+                        // the others name their own weights (harmless).
                         let ahead = r / R;
                         let (next_p, next_k0) = if p + group < panels {
                             (p + group + ahead, k0)
                         } else {
                             (ahead, k0 + k)
                         };
-                        let prefetch = if ahead < 2 && next_p < panels && next_k0 < a.in_dim {
+                        let prefetch = if ahead < P && next_p < panels && next_k0 < a.in_dim {
                             a.packed
                                 .add((next_p * panel_stride + stored(next_k0) * PANEL_WIDTH) * WB)
                         } else {
@@ -1027,8 +1027,8 @@ unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const W: u8
 /// 6 rows in place (`t.x_stride` floats apart) x 1 panel: [`micro_avx2`] with `R = 6` and f32
 /// weights, reading the rows where they are (rows `3b + j` at `base_b + j * stride`), with
 /// the same operations in the same order, so bit-identical; assembly for the reason given at
-/// [`micro_avx512_in_place`]. All 16 ymm registers are used: 12 accumulators, 2 weights, 2
-/// broadcasts.
+/// [`micro_avx512_in_place`], with the same prefetch of a line of `t.prefetch` per input. All
+/// 16 ymm registers are used: 12 accumulators, 2 weights, 2 broadcasts.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `t.x` must point at 6 rows of `t.k` readable floats,
@@ -1057,6 +1057,7 @@ unsafe fn micro_avx2_in_place(t: Tile) {
             let [[a0, a1], [a2, a3], [a4, a5], [a6, a7], [a8, a9], [a10, a11]] = &mut acc;
             std::arch::asm!(
                 "2:",
+                "prefetcht0 [{pf}]",
                 "vmovups {w0}, [{w}]",
                 "vmovups {w1}, [{w} + 32]",
                 "vbroadcastss {v}, dword ptr [{b0}]",
@@ -1079,6 +1080,7 @@ unsafe fn micro_avx2_in_place(t: Tile) {
                 "vfmadd231ps {a11}, {w1}, {u}",
                 "add {b0}, 4",
                 "add {b1}, 4",
+                "add {pf}, 64",
                 "add {w}, 64",
                 "dec {k}",
                 "jnz 2b",
@@ -1086,6 +1088,7 @@ unsafe fn micro_avx2_in_place(t: Tile) {
                 b1 = inout(reg) x.add(3 * t.x_stride) => _,
                 s = in(reg) t.x_stride * 4,
                 w = inout(reg) t.w.cast::<f32>() => _,
+                pf = inout(reg) t.prefetch => _,
                 k = inout(reg) t.k => _,
                 w0 = out(ymm_reg) _,
                 w1 = out(ymm_reg) _,
