@@ -267,7 +267,7 @@ fn a_fifo_or_a_directory_as_model_path_is_refused_without_blocking() {
 /// rejected push leaves the session as a session that never saw it.
 #[test]
 fn non_finite_input_is_named_on_every_kernel_dtype_and_thread_count() {
-    use msclam_engine::format::{Dtype, ModelWriter};
+    use msclam_engine::format::ModelWriter;
     use msclam_engine::statistics::EmbeddingStatistics;
     use msclam_engine::{Isa, SessionOptions};
     use std::sync::Arc;
@@ -279,14 +279,7 @@ fn non_finite_input_is_named_on_every_kernel_dtype_and_thread_count() {
         EmbeddingStatistics::fit::<Error>(d, 1, |_| Ok(emb[..100 * d].to_vec())).unwrap();
     // A NaN whose payload carries into the sign bit when rounded to bf16 naively.
     let payload_nan = f32::from_bits(0x7FFF_FFFF);
-    for (dtype, bf16_dot, with_statistics) in [
-        (Dtype::F32, false, false),
-        (Dtype::F32, false, true),
-        (Dtype::F16, false, false),
-        (Dtype::Bf16, false, false),
-        (Dtype::Bf16, true, false),
-        (Dtype::Int8, false, false),
-    ] {
+    for (dtype, bf16_dot, with_statistics) in common::WEIGHT_VARIANTS {
         let weights = msclam::random_weights(config, 3);
         let mut writer = ModelWriter::new(&weights).matrix_dtype(dtype);
         if with_statistics {

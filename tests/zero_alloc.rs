@@ -1,11 +1,13 @@
 //! After a session is created, push, reads, finalize and reset allocate nothing: checked with
 //! a global allocator that counts every allocation made on this test's thread.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use msclam::{random_weights, synthetic_slide};
-use msclam_engine::format::{Dtype, ModelWriter};
+use msclam_engine::format::ModelWriter;
 use msclam_engine::statistics::EmbeddingStatistics;
 use msclam_engine::{Isa, Model, ModelConfig, ModelSize, SessionOptions, SlideSession};
 
@@ -80,16 +82,7 @@ fn streaming_thousands_of_tiles_allocates_nothing() {
         let (emb, coords, _) = synthetic_slide(d, total, 0.1, 2);
         let statistics =
             EmbeddingStatistics::fit::<msclam_engine::Error>(d, 1, |_| Ok(emb.clone())).unwrap();
-        // Every weight dtype; bf16 also through its dot-product kernels where the CPU has them;
-        // f32 also with embedding statistics (the out-of-distribution count).
-        for (dtype, bf16_dot, with_statistics) in [
-            (Dtype::F32, false, false),
-            (Dtype::F32, false, true),
-            (Dtype::F16, false, false),
-            (Dtype::Bf16, false, false),
-            (Dtype::Bf16, true, false),
-            (Dtype::Int8, false, false),
-        ] {
+        for (dtype, bf16_dot, with_statistics) in common::WEIGHT_VARIANTS {
             let weights = random_weights(config, 1);
             let mut writer = ModelWriter::new(&weights).matrix_dtype(dtype);
             if with_statistics {

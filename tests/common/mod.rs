@@ -4,7 +4,20 @@
 use std::sync::Arc;
 
 use msclam::random_weights;
-use msclam_engine::{format::ModelWriter, Model, ModelConfig, ModelWeights};
+use msclam_engine::format::{Dtype, ModelWriter};
+use msclam_engine::{Model, ModelConfig, ModelWeights};
+
+/// The weight variants a session runs, as `(dtype, bf16 dot products, embedding statistics)`:
+/// every weight dtype; bf16 also through its dot-product kernels where the CPU has them; f32
+/// also with embedding statistics (the out-of-distribution count).
+pub const WEIGHT_VARIANTS: [(Dtype, bool, bool); 6] = [
+    (Dtype::F32, false, false),
+    (Dtype::F32, false, true),
+    (Dtype::F16, false, false),
+    (Dtype::Bf16, false, false),
+    (Dtype::Bf16, true, false),
+    (Dtype::Int8, false, false),
+];
 
 /// Writes `weights` with the engine's writer and loads the bytes back.
 pub fn model_of(weights: &ModelWeights) -> Arc<Model> {
