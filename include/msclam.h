@@ -111,6 +111,11 @@
 // `msclam_session_options.isa`: AVX-512 kernels (error if the CPU lacks them).
 #define MSCLAM_ISA_AVX512 3
 
+// `msclam_session_options.isa`: the AVX-512 kernels, with bf16 dot products on the AMX tile
+// unit (Intel Xeon from Sapphire Rapids on; error if the CPU or the OS lacks it). The
+// default where available. (Added in 0.1.1.)
+#define MSCLAM_ISA_AMX 4
+
 // Alignment, in bytes, that msclam_session_create_in_arena() requires of its arena.
 #define MSCLAM_ARENA_ALIGNMENT 64
 
@@ -236,7 +241,7 @@ typedef struct {
 typedef struct {
   // sizeof(msclam_session_options), set by msclam_session_options_default().
   uint32_t struct_size;
-  // Kernels to use: MSCLAM_ISA_AUTO (default), _PORTABLE, _AVX2 or _AVX512.
+  // Kernels to use: MSCLAM_ISA_AUTO (default), _PORTABLE, _AVX2, _AVX512 or _AMX.
   uint32_t isa;
   // Maximum number of tiles per slide, 1 to 2^32 (default 100000; else
   // MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.

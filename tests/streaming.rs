@@ -460,7 +460,9 @@ fn a_bf16_model_matches_the_reference_over_its_rounded_weights() {
             let dot = s.uses_bf16_dot();
             assert_eq!(
                 dot,
-                bf16_dot && isa == Isa::Avx512 && is_x86_feature_detected!("avx512bf16")
+                bf16_dot
+                    && matches!(isa, Isa::Avx512 | Isa::Amx)
+                    && is_x86_feature_detected!("avx512bf16")
             );
             let r = s.finalize().unwrap();
             // Widened bf16 weights are exact: the f32 tolerance. The dot products also round

@@ -67,7 +67,7 @@ macro_rules! dispatch_by_isa {
             fn avx2($($arg: $ty),*) -> $ret {
                 $body($($arg),*)
             }
-            match isa {
+            match isa.vector() {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: a session only runs an instruction set this CPU supports (checked
                 // when it is created); the body needs nothing else.

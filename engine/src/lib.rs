@@ -32,6 +32,7 @@
 
 #![deny(missing_docs)]
 
+mod aligned;
 mod config;
 mod error;
 pub mod format;

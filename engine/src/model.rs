@@ -3,17 +3,15 @@
 use std::ops::Range;
 use std::path::Path;
 
+use crate::aligned::{pad_to_line, Aligned, Block64};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::{self, Dtype, Layout, ParsedFile, TensorEntry, TensorId};
-use crate::kernels::{pack_panels, quad_panels, quad_weight_sums, Int8Weights, Isa, PANEL_WIDTH};
+use crate::kernels::{
+    pack_panels, pair_panels, quad_panels, quad_weight_sums, Int8Weights, Isa, PANEL_WIDTH,
+};
 use crate::statistics::StatisticsView;
 use crate::weights::ModelWeights;
-
-/// 64 bytes with 64-byte alignment: the unit of owned model storage.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Block64([u8; 64]);
 
 /// Refuses a path that is not a regular file (after symbolic links): opening a FIFO for
 /// reading would block until a writer appears, and a device or a directory is never a model.
@@ -91,7 +89,7 @@ pub struct ModelMemory {
 /// session per thread.
 pub struct Model {
     storage: Storage,
-    arena: Vec<f32>,
+    arena: Aligned<f32>,
     tensors: [Option<TensorLoc>; TensorId::ALL.len()],
     /// The large matrices in bf16 or f16 for the 16-bit kernels, when the file stores them so.
     bf16: Option<Bf16Matrices>,
@@ -106,18 +104,18 @@ struct Bf16Matrices {
     /// bf16 or f16.
     dtype: Dtype,
     /// Panel layout, bf16 bits: per matrix a range of `plain`.
-    plain: Vec<u16>,
+    plain: Aligned<u16>,
     plain_ranges: [Range<usize>; 3],
     /// Pair-interleaved panels for the AVX-512 BF16 dot products (built only on CPUs that have
     /// them): per panel and pair of inputs `(2q, 2q + 1)`, 16 `u32`s holding both inputs'
     /// weights of one output.
-    pairs: Vec<u32>,
+    pairs: Aligned<u32>,
     pair_ranges: Option<[Range<usize>; 3]>,
 }
 
 /// One int8 matrix as the int8 kernels read it ([`Int8Weights`]).
 struct Int8Matrix {
-    quads: Vec<i8>,
+    quads: Aligned<i8>,
     weight_sums: Vec<i32>,
     /// Per output, padded to whole panels with zeros.
     scales: Vec<f32>,
@@ -136,7 +134,7 @@ impl Int8Matrix {
         let mut scales = read_scales(entry, bytes);
         scales.resize(crate::kernels::padded_rows(entry.rows), 0.0);
         Int8Matrix {
-            quads,
+            quads: Aligned::copy_of(&quads),
             weight_sums,
             scales,
         }
@@ -311,12 +309,13 @@ impl Model {
                 } else {
                     values
                 };
+                pad_to_line(&mut arena);
                 let start = arena.len();
                 arena.extend_from_slice(&values);
                 TensorLoc::Arena(start..arena.len())
             });
         }
-        arena.shrink_to_fit();
+        let arena = Aligned::copy_of(&arena);
         let bf16 = Bf16Matrices::build(&parsed, bytes);
         let int8 = [
             TensorId::FcWeight,
@@ -584,10 +583,12 @@ impl Bf16Matrices {
                 Layout::Panel16 => raw,
                 Layout::RowMajor => pack_panels_of(&raw, entry.rows, entry.cols),
             };
+            pad_to_line(&mut plain);
             let start = plain.len();
             plain.extend_from_slice(&panels);
             plain_ranges[i] = start..plain.len();
             if with_pairs {
+                pad_to_line(&mut pairs);
                 let start = pairs.len();
                 pairs.extend(pair_panels(&panels, entry.rows, entry.cols));
                 pair_ranges[i] = start..pairs.len();
@@ -595,9 +596,9 @@ impl Bf16Matrices {
         }
         Some(Bf16Matrices {
             dtype,
-            plain,
+            plain: Aligned::copy_of(&plain),
             plain_ranges,
-            pairs,
+            pairs: Aligned::copy_of(&pairs),
             pair_ranges: with_pairs.then_some(pair_ranges),
         })
     }
@@ -637,38 +638,6 @@ fn pack_panels_of<T: Copy + Default>(row_major: &[T], rows: usize, cols: usize) 
         }
     }
     packed
-}
-
-/// Test access to the pair layout.
-#[cfg(test)]
-pub(crate) mod tests_support {
-    /// See [`super::pair_panels`].
-    pub fn pair_panels(panels: &[u16], rows: usize, cols: usize) -> Vec<u32> {
-        super::pair_panels(panels, rows, cols)
-    }
-}
-
-/// bf16 panels (`cols` inputs each) to pair-interleaved panels: per panel and input pair `q`,
-/// 16 `u32`s `w[2q] | w[2q + 1] << 16` (zero past the last input).
-fn pair_panels(panels: &[u16], rows: usize, cols: usize) -> Vec<u32> {
-    let pairs = cols.div_ceil(2);
-    let count = crate::kernels::panel_count(rows);
-    let mut out = vec![0u32; count * pairs * PANEL_WIDTH];
-    for p in 0..count {
-        for q in 0..pairs {
-            for j in 0..PANEL_WIDTH {
-                let at = |i: usize| {
-                    if i < cols {
-                        panels[(p * cols + i) * PANEL_WIDTH + j] as u32
-                    } else {
-                        0
-                    }
-                };
-                out[(p * pairs + q) * PANEL_WIDTH + j] = at(2 * q) | (at(2 * q + 1) << 16);
-            }
-        }
-    }
-    out
 }
 
 fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {

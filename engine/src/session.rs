@@ -309,7 +309,8 @@ impl<'m> SlideSession<'m> {
                 isa.name()
             )));
         }
-        let bf16_pairs = options.bf16_dot && isa == Isa::Avx512 && model.has_bf16_pairs();
+        let bf16_pairs =
+            options.bf16_dot && matches!(isa, Isa::Avx512 | Isa::Amx) && model.has_bf16_pairs();
         let embedding_check = options.embedding_check && model.embedding_statistics().is_some();
         let mut session = SlideSession {
             model,

@@ -408,7 +408,7 @@ impl StatisticsView<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             let fma = is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2");
-            if isa == Isa::Avx512 && fma && is_x86_feature_detected!("avx512f") {
+            if isa.vector() == Isa::Avx512 && fma && is_x86_feature_detected!("avx512f") {
                 // SAFETY: AVX-512F, AVX2 and FMA were detected on this CPU just above.
                 return unsafe { count_avx512(self, x, n, stride) };
             }

@@ -63,6 +63,10 @@ pub const MSCLAM_ISA_PORTABLE: u32 = 1;
 pub const MSCLAM_ISA_AVX2: u32 = 2;
 /// `msclam_session_options.isa`: AVX-512 kernels (error if the CPU lacks them).
 pub const MSCLAM_ISA_AVX512: u32 = 3;
+/// `msclam_session_options.isa`: the AVX-512 kernels, with bf16 dot products on the AMX tile
+/// unit (Intel Xeon from Sapphire Rapids on; error if the CPU or the OS lacks it). The
+/// default where available. (Added in 0.1.1.)
+pub const MSCLAM_ISA_AMX: u32 = 4;
 /// Alignment, in bytes, that msclam_session_create_in_arena() requires of its arena.
 pub const MSCLAM_ARENA_ALIGNMENT: usize = 64;
 
@@ -76,7 +80,7 @@ pub const MSCLAM_ARENA_ALIGNMENT: usize = 64;
 pub struct SessionOptions {
     /// sizeof(msclam_session_options), set by msclam_session_options_default().
     pub struct_size: u32,
-    /// Kernels to use: MSCLAM_ISA_AUTO (default), _PORTABLE, _AVX2 or _AVX512.
+    /// Kernels to use: MSCLAM_ISA_AUTO (default), _PORTABLE, _AVX2, _AVX512 or _AMX.
     pub isa: u32,
     /// Maximum number of tiles per slide, 1 to 2^32 (default 100000; else
     /// MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
@@ -192,6 +196,7 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<ReadOptions, Ff
         MSCLAM_ISA_PORTABLE => Isa::Portable,
         MSCLAM_ISA_AVX2 => Isa::Avx2Fma,
         MSCLAM_ISA_AVX512 => Isa::Avx512,
+        MSCLAM_ISA_AMX => Isa::Amx,
         _ => {
             return Err(FfiError::Invalid(
                 "options->isa is not one of the MSCLAM_ISA_* values",

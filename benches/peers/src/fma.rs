@@ -1,5 +1,6 @@
 //! The core's measured fused multiply-add peak, one microbenchmark per vector width, and the
-//! peak of the AVX-512 VNNI int8 dot products (`vnni512`, 2 operations per multiply-add).
+//! peaks of the AVX-512 VNNI int8 dot products (`vnni512`) and of the AMX bf16 tiles (`amx`),
+//! 2 operations per multiply-add.
 //!
 //! Each loop keeps more independent accumulator chains in registers than the FMA latency on
 //! every port needs (2 ports x 4-cycle latency needs 8; 10 ymm, 16 zmm), with no loads, so the
@@ -43,6 +44,11 @@ pub fn fma_peaks_with(iters: usize) -> Vec<(&'static str, f64)> {
             // SAFETY: AVX-512F and VNNI are available (checked just above).
             let rate = best_rate(3, || unsafe { x86::vnni512(iters) });
             peaks.push(("vnni512", rate / 1e9));
+        }
+        if msclam_engine::kernels::amx_bf16_usable() {
+            // SAFETY: this process may use the AMX bf16 tiles (checked just above).
+            let rate = best_rate(3, || unsafe { x86::amx_bf16(iters / 16) });
+            peaks.push(("amx", rate / 1e9));
         }
     }
     peaks
@@ -106,5 +112,45 @@ mod x86 {
         }
         black_box(acc);
         (iters * 16 * 16 * 4 * 2) as f64
+    }
+
+    /// `iters` rounds of 4 independent `tdpbf16ps` (16 x 16 outputs x 32 bf16 products each)
+    /// on tiles loaded once; returns the operations done (2 per multiply-add).
+    ///
+    /// # Safety
+    /// The AMX bf16 tiles must be usable by this process.
+    pub unsafe fn amx_bf16(iters: usize) -> f64 {
+        #[repr(C, align(64))]
+        struct Aligned<const N: usize>([u8; N]);
+        let mut config = Aligned([0u8; 64]);
+        config.0[0] = 1;
+        for tile in 0..8 {
+            config.0[16 + 2 * tile] = 64;
+            config.0[48 + tile] = 16;
+        }
+        // bf16 1/64 everywhere: the sums stay finite.
+        let ones = Aligned([0x3c_u8; 1024]);
+        // SAFETY: a valid palette-1 configuration; every tile load reads the 1 KiB `ones`
+        // (16 rows of 64 bytes); the caller guarantees the tile unit.
+        unsafe {
+            std::arch::asm!(
+                "ldtilecfg [{c}]",
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                "tileloadd tmm4, [{o} + {s}*1]", "tileloadd tmm5, [{o} + {s}*1]",
+                "tileloadd tmm6, [{o} + {s}*1]", "tileloadd tmm7, [{o} + {s}*1]",
+                "2:",
+                "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7",
+                "dec {n}",
+                "jnz 2b",
+                "tilerelease",
+                c = in(reg) config.0.as_ptr(),
+                o = in(reg) ones.0.as_ptr(),
+                s = in(reg) 64usize,
+                n = inout(reg) iters.max(1) => _,
+                options(nostack),
+            );
+        }
+        (iters.max(1) * 4 * 16 * 16 * 32 * 2) as f64
     }
 }

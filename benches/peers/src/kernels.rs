@@ -1,9 +1,12 @@
 //! `--kernels`: the matrix kernels alone, in GFLOP/s against the FMA peak, for the head's two
-//! products (64 x 1024 -> 512 and 64 x 512 -> 256) and several input blocks.
+//! products (64 x 1024 -> 512 and 64 x 512 -> 256) and several input blocks: f32 weights on
+//! the vector instruction sets, bf16 pairs on the AMX tiles (against the tiles' peak).
 
 use std::time::Instant;
 
-use msclam_engine::kernels::{dense, pack_panels, padded_rows, KernelPlan, PACK_FLOATS};
+use msclam_engine::kernels::{
+    dense, pack_panels, padded_rows, pair_panels, KernelPlan, PACK_FLOATS,
+};
 use msclam_engine::{Isa, MatrixWeights};
 
 use crate::fma::fma_peaks_with;
@@ -12,7 +15,11 @@ use crate::fma::fma_peaks_with;
 pub fn report(rounds: usize) {
     let detected = KernelPlan::detect();
     println!("detected plan: {detected:?}");
-    for (n, d, o) in [(64usize, 1024usize, 512usize), (64, 512, 256)] {
+    for (n, d, o) in [
+        (64usize, 1024usize, 512usize),
+        (64, 512, 256),
+        (128, 1024, 512),
+    ] {
         let x: Vec<f32> = (0..n * d)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
             .collect();
@@ -21,12 +28,27 @@ pub fn report(rounds: usize) {
             .collect();
         let b = vec![0.1f32; o];
         let packed = pack_panels(&w, o, d);
+        // The same weights rounded to bf16 (the top halves), in pairs for the AMX tiles.
+        let halves: Vec<u16> = packed.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        let pairs_vec = pair_panels(&halves, o, d);
+        // On a cache line, as a model keeps them.
+        let mut pairs_store = vec![0u32; pairs_vec.len() + 16];
+        let at = pairs_store.as_ptr().align_offset(64);
+        pairs_store[at..at + pairs_vec.len()].copy_from_slice(&pairs_vec);
+        let pairs = &pairs_store[at..at + pairs_vec.len()];
         let stride = padded_rows(o);
         let mut out = vec![0.0f32; n * stride];
         let mut pack = vec![0.0f32; PACK_FLOATS];
         for isa in Isa::all_supported() {
-            for k_block in [64, 128, 256, d] {
-                let plan = KernelPlan { isa, k_block };
+            for (k_block, tile_k_block) in [(64, 128), (128, 256), (256, 512), (d, 1024)] {
+                let plan = KernelPlan {
+                    tile_k_block,
+                    ..KernelPlan::for_isa(isa).with_k_block(k_block)
+                };
+                let weights = match isa {
+                    Isa::Amx => MatrixWeights::Bf16Pairs(pairs),
+                    _ => MatrixWeights::F32(&packed),
+                };
                 // Each round times the kernel between two short peak measurements, so a
                 // change of clock or a noisy neighbour moves both sides of the ratio.
                 let reps = 20;
@@ -37,17 +59,7 @@ pub fn report(rounds: usize) {
                     let start = Instant::now();
                     for _ in 0..reps {
                         dense(
-                            &plan,
-                            &x,
-                            n,
-                            d,
-                            d,
-                            MatrixWeights::F32(&packed),
-                            o,
-                            &b,
-                            &mut out,
-                            stride,
-                            &mut pack,
+                            &plan, &x, n, d, d, weights, o, &b, &mut out, stride, &mut pack,
                         );
                     }
                     let secs = start.elapsed().as_secs_f64() / reps as f64;
@@ -68,8 +80,13 @@ pub fn report(rounds: usize) {
                     format!("{:.0} %", median(&mut shares))
                 };
                 println!(
-                    "{n}x{d}->{o} {:8} k_block {k_block:5}: {gflops:6.1} GFLOP/s, {share} of peak",
-                    isa.name()
+                    "{n}x{d}->{o} {:8} k_block {k_block:5}{}: {gflops:6.1} GFLOP/s, {share} of peak",
+                    isa.name(),
+                    if isa == Isa::Amx {
+                        format!(" (tile block {})", plan.tile_k_block)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }

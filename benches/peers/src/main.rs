@@ -149,10 +149,13 @@ fn run(args: &Args) -> Result<(), String> {
         .into_iter()
         .filter(|i| args.isa.is_empty() || args.isa.iter().any(|n| n == i.name()))
         .collect();
+    // `amx` runs the AVX-512 kernels except for bf16 dot products: only those are measured
+    // with it (the rest would repeat the avx512 rows).
+    let vector_isas: Vec<Isa> = isas.iter().copied().filter(|i| *i != Isa::Amx).collect();
     // f32 sessions first (the agreement check uses the first), then the same weights stored
-    // as bf16: widened to f32 in the kernels, and with the AVX-512 BF16 dot products.
+    // as bf16: widened to f32 in the kernels, and with bf16 dot products (AVX-512 BF16, AMX).
     let mut sessions: Vec<(String, SlideSession<'static>)> = Vec::new();
-    for isa in &isas {
+    for isa in &vector_isas {
         let s = SlideSession::with_isa(model.clone(), most, *isa).map_err(|e| e.to_string())?;
         sessions.push((format!("msclam {} f32", isa.name()), s));
     }
@@ -163,6 +166,9 @@ fn run(args: &Args) -> Result<(), String> {
     let bf16_model = Arc::new(Model::from_bytes(&bf16_bytes).map_err(|e| e.to_string())?);
     for isa in &isas {
         for bf16_dot in [false, true] {
+            if *isa == Isa::Amx && !bf16_dot {
+                continue;
+            }
             let options = SessionOptions {
                 isa: *isa,
                 threads: 1,
@@ -182,7 +188,7 @@ fn run(args: &Args) -> Result<(), String> {
         .to_bytes()
         .map_err(|e| e.to_string())?;
     let f16_model = Arc::new(Model::from_bytes(&f16_bytes).map_err(|e| e.to_string())?);
-    for isa in &isas {
+    for isa in &vector_isas {
         let s = SlideSession::with_isa(f16_model.clone(), most, *isa).map_err(|e| e.to_string())?;
         sessions.push((format!("msclam {} f16 widened", isa.name()), s));
     }
@@ -194,10 +200,10 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let int8_model = Arc::new(Model::from_bytes(&int8_bytes).map_err(|e| e.to_string())?);
     let vnni = msclam_engine::kernels::vnni_supported();
-    for isa in &isas {
+    for isa in &vector_isas {
         let s =
             SlideSession::with_isa(int8_model.clone(), most, *isa).map_err(|e| e.to_string())?;
-        let kind = if *isa == Isa::Avx512 && vnni {
+        let kind = if isa.vector() == Isa::Avx512 && vnni {
             "int8 vnni"
         } else {
             "int8 madd16"
@@ -214,6 +220,12 @@ fn run(args: &Args) -> Result<(), String> {
         if !isa.is_supported() {
             report.skip(&format!("engine {}", isa.name()), "this CPU lacks it");
         }
+    }
+    if !Isa::Amx.is_supported() {
+        report.skip(
+            "engine amx bf16 dot",
+            "this CPU lacks AMX bf16 tiles, or the OS does not grant them",
+        );
     }
 
     // Same weights, same answers: compare the tile probabilities of the first 64 tiles.

@@ -137,10 +137,10 @@ impl Report {
         );
         let _ = writeln!(s, "- CPU: {}; flags: {}", cpu_model(), cpu_flags());
         for (width, gflops) in &self.fma_peaks {
-            let what = if *width == "vnni512" {
-                "int8 dot-product (VNNI) peak"
-            } else {
-                "FMA peak"
+            let what = match *width {
+                "vnni512" => "int8 dot-product (VNNI) peak",
+                "amx" => "bf16 tile (AMX) peak",
+                _ => "FMA peak",
             };
             let _ = writeln!(
                 s,

@@ -1,4 +1,5 @@
-//! What the kernels need to know about the CPU beyond its instruction sets: cache sizes.
+//! What the kernels need to know about the CPU beyond what `is_x86_feature_detected!` tells:
+//! cache sizes, and whether the AMX tile unit is usable by this process.
 
 /// Data cache sizes of one core, read from CPUID where the CPU reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +34,67 @@ impl CpuCaches {
     }
 }
 
+/// Whether this process can run AMX bf16 tile instructions: the CPU has AMX-TILE and AMX-BF16
+/// (Intel Xeon from Sapphire Rapids on), the operating system saves the tile state (XCR0 bits
+/// 17 and 18) and, on Linux, granted this process the tile data (`arch_prctl`
+/// `ARCH_REQ_XCOMP_PERM`, asked once, for the whole process). Other systems: false.
+pub fn amx_bf16_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            x86::amx_bf16_in_cpu_and_os() && x86::request_tile_data()
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
+
+    /// CPUID says AMX-TILE and AMX-BF16, and XCR0 says the OS manages both tile components.
+    #[cfg(target_os = "linux")]
+    pub(super) fn amx_bf16_in_cpu_and_os() -> bool {
+        const OSXSAVE: u32 = 1 << 27; // leaf 1, ECX
+        const AMX_BF16: u32 = 1 << 22; // leaf 7, EDX
+        const AMX_TILE: u32 = 1 << 24; // leaf 7, EDX
+        const XTILE_CFG_AND_DATA: u64 = (1 << 17) | (1 << 18); // XCR0
+        if __cpuid(0).eax < 7 || __cpuid(1).ecx & OSXSAVE == 0 {
+            return false;
+        }
+        let edx = __cpuid_count(7, 0).edx;
+        if edx & AMX_TILE == 0 || edx & AMX_BF16 == 0 {
+            return false;
+        }
+        let (lo, hi): (u32, u32);
+        // SAFETY: XGETBV with ECX = 0 reads XCR0; it exists wherever CPUID reports OSXSAVE
+        // (checked above) and only writes EAX and EDX.
+        unsafe {
+            std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+                options(nomem, nostack, preserves_flags));
+        }
+        let xcr0 = (u64::from(hi) << 32) | u64::from(lo);
+        xcr0 & XTILE_CFG_AND_DATA == XTILE_CFG_AND_DATA
+    }
+
+    /// Asks Linux (5.16 and later) to let this process use the AMX tile data; false if refused.
+    #[cfg(target_os = "linux")]
+    pub(super) fn request_tile_data() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) takes two integers, touches no memory of
+        // ours, and only enlarges the state the kernel saves for this process.
+        let status = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        status == 0
+    }
 
     /// L1 data and L2 sizes in bytes from the deterministic cache parameters leaf.
     pub(super) fn cache_sizes() -> (Option<usize>, Option<usize>) {

@@ -36,6 +36,11 @@ pub const MAX_K_BLOCK: usize = 256;
 /// Floats of the packing buffer [`dense`] needs: [`PACK_ROWS`] rounded up to whole row groups
 /// of every kernel, times [`MAX_K_BLOCK`].
 pub const PACK_FLOATS: usize = PACK_ROWS.div_ceil(24) * 24 * MAX_K_BLOCK;
+/// Largest input block of the AMX kernels.
+pub const MAX_TILE_K_BLOCK: usize = 1024;
+// The AMX kernels' rows (32 x 1024 bf16, from the first cache line boundary) and weight tail
+// (2 KiB) fit too.
+const _: () = assert!(PACK_FLOATS * 4 >= 32 * MAX_TILE_K_BLOCK * 2 + 2048 + 64);
 
 /// Computes `out[r][o] = bias[o] + sum_i x[r][i] * W[o][i]` for `n` rows, with the kernels and
 /// blocking of `plan`.
@@ -143,6 +148,17 @@ pub fn dense(
     };
     match (plan.isa, weights) {
         #[cfg(target_arch = "x86_64")]
+        (Isa::Amx, MatrixWeights::Bf16Pairs(_)) => {
+            assert!(plan.isa.is_supported(), "AMX bf16 tiles in this process");
+            // SAFETY: the CPU has AVX-512F and BF16 and this process may use the AMX tiles
+            // (`Isa::Amx` is supported, asserted above); `args` describes buffers whose
+            // lengths were checked above, with bf16-pair weights; the packing buffer's
+            // PACK_FLOATS floats hold 32 rows of up to MAX_TILE_K_BLOCK bf16 inputs (64 KiB)
+            // and the 2 KiB tail (asserted at compile time).
+            let tile_k_block = plan.tile_k_block.clamp(32, MAX_TILE_K_BLOCK) / 32 * 32;
+            unsafe { super::amx::dense_amx_bf16(&args, &padded_bias, tile_k_block) }
+        }
+        #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, MatrixWeights::Bf16Pairs(_)) => {
             assert!(
                 crate::model::bf16_dot_supported(),
@@ -153,12 +169,12 @@ pub fn dense(
             unsafe { dense_avx512_bf16_pairs(&args, &padded_bias) }
         }
         (_, MatrixWeights::Bf16Pairs(_)) => {
-            panic!("bf16 pairs need the AVX-512 kernels")
+            panic!("bf16 pairs need the AVX-512 or AMX kernels")
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (asserted above); `args` describes
         // buffers whose lengths were checked above.
-        (Isa::Avx512, _) => unsafe { dense_avx512(&args, &padded_bias, kind) },
+        (Isa::Avx512 | Isa::Amx, _) => unsafe { dense_avx512(&args, &padded_bias, kind) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX2, FMA and F16C (asserted above); buffers as above.
         (Isa::Avx2Fma, _) => unsafe { dense_avx2(&args, &padded_bias, kind) },
@@ -181,20 +197,20 @@ pub fn dense(
 }
 
 /// The checked arguments of [`dense`], as raw pointers for the micro-kernels.
-struct DenseArgs<'a> {
-    x: *const f32,
-    n: usize,
-    in_dim: usize,
-    x_stride: usize,
+pub(super) struct DenseArgs<'a> {
+    pub(super) x: *const f32,
+    pub(super) n: usize,
+    pub(super) in_dim: usize,
+    pub(super) x_stride: usize,
     /// The weights' first byte (f32, bf16 or bf16 pairs: the kernel knows which).
-    packed: *const u8,
-    out_dim: usize,
-    bias: &'a [f32],
-    out: *mut f32,
-    out_stride: usize,
-    k_block: usize,
+    pub(super) packed: *const u8,
+    pub(super) out_dim: usize,
+    pub(super) bias: &'a [f32],
+    pub(super) out: *mut f32,
+    pub(super) out_stride: usize,
+    pub(super) k_block: usize,
     /// [`PACK_FLOATS`] writable floats.
-    pack: *mut f32,
+    pub(super) pack: *mut f32,
 }
 
 /// One micro-tile call: `rows` rows (`<= R`) by `panels` panels (`<= P`) over `k` inputs.
@@ -1233,7 +1249,7 @@ mod tests {
             let mut pack = vec![f32::NAN; PACK_FLOATS];
             for isa in Isa::all_supported() {
                 for k_block in [8, 36, 64] {
-                    let plan = KernelPlan { isa, k_block };
+                    let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
                     let mut want = vec![f32::NAN; n * stride];
                     let mut got = vec![f32::NAN; n * stride];
                     let weights = MatrixWeights::F32(&panels_h32);
@@ -1247,7 +1263,7 @@ mod tests {
                     assert_eq!(got, want, "{isa:?}: f16 weights widened differ from f32");
                 }
                 for k_block in [8, 36, 64] {
-                    let plan = KernelPlan { isa, k_block };
+                    let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
                     let mut want = vec![f32::NAN; n * stride];
                     let mut got = vec![f32::NAN; n * stride];
                     let weights = MatrixWeights::F32(&panels32);
@@ -1265,11 +1281,14 @@ mod tests {
                 continue;
             }
             // Pairs: inputs and weights rounded to bf16, products summed in f32.
-            let pairs = crate::model::tests_support::pair_panels(&panels16, o, d);
-            for k_block in [2, 8, 36, 64] {
+            let pairs = super::super::pair_panels(&panels16, o, d);
+            let pair_isas = [Isa::Avx512, Isa::Amx]
+                .into_iter()
+                .filter(|i| i.is_supported());
+            for (isa, k_block) in pair_isas.flat_map(|i| [2, 8, 36, 64].map(|k| (i, k))) {
                 let plan = KernelPlan {
-                    isa: Isa::Avx512,
-                    k_block,
+                    tile_k_block: 16 * k_block,
+                    ..KernelPlan::for_isa(isa).with_k_block(k_block)
                 };
                 let mut got = vec![f32::NAN; n * stride];
                 let weights = MatrixWeights::Bf16Pairs(&pairs);
@@ -1287,12 +1306,99 @@ mod tests {
                         let g = got[r * stride + j] as f64;
                         assert!(
                             (g - want).abs() < 1e-5,
-                            "pairs n={n} r={r} j={j}: {g} vs {want}"
+                            "{isa:?} pairs n={n} r={r} j={j}: {g} vs {want}"
                         );
                     }
                     assert!(got[r * stride + o..(r + 1) * stride]
                         .iter()
                         .all(|v| *v == 0.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn amx_tiles_match_bf16_products_for_ragged_shapes_strides_and_any_chunking() {
+        if !Isa::Amx.is_supported() {
+            eprintln!("skipped: no AMX bf16 tiles in this process");
+            return;
+        }
+        let mut seed = 4242u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let mut pack = vec![f32::NAN; PACK_FLOATS];
+        // Inputs: one step, ragged pairs (d odd, pairs % 16 != 0), several input blocks.
+        // Outputs: one panel, an odd number of panels, a ragged last panel.
+        for (d, o) in [(32, 16), (37, 41), (1024, 48), (601, 80)] {
+            let (x_stride, out_stride) = (d + 3, padded_rows(o) + 16);
+            let n_max = 70;
+            let x: Vec<f32> = (0..n_max * x_stride).map(|_| next()).collect();
+            let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
+            let b: Vec<f32> = (0..o).map(|_| next()).collect();
+            let w16: Vec<u16> = w.iter().map(|v| bf16(*v)).collect();
+            let panels16 =
+                super::super::pack_panels(&w16.iter().map(|v| widen(*v)).collect::<Vec<_>>(), o, d)
+                    .iter()
+                    .map(|v| (v.to_bits() >> 16) as u16)
+                    .collect::<Vec<u16>>();
+            let pairs = super::super::pair_panels(&panels16, o, d);
+            let weights = MatrixWeights::Bf16Pairs(&pairs);
+            for k_block in [32, 64, 192, 1024] {
+                let plan = KernelPlan {
+                    tile_k_block: k_block,
+                    ..KernelPlan::for_isa(Isa::Amx)
+                };
+                let mut all = vec![f32::NAN; n_max * out_stride];
+                dense(
+                    &plan, &x, n_max, d, x_stride, weights, o, &b, &mut all, out_stride, &mut pack,
+                );
+                for r in 0..n_max {
+                    for j in 0..o {
+                        let terms = (0..d).map(|i| {
+                            widen(bf16(x[r * x_stride + i])) as f64 * widen(w16[j * d + i]) as f64
+                        });
+                        let size: f64 = terms.clone().map(f64::abs).sum::<f64>() + 1.0;
+                        let want = b[j] as f64 + terms.sum::<f64>();
+                        let g = all[r * out_stride + j] as f64;
+                        assert!(
+                            (g - want).abs() < 1e-6 * size,
+                            "d={d} o={o} k_block={k_block} r={r} j={j}: {g} vs {want}"
+                        );
+                    }
+                    let row = &all[r * out_stride..(r + 1) * out_stride];
+                    assert!(row[o..padded_rows(o)].iter().all(|v| *v == 0.0));
+                    assert!(
+                        row[padded_rows(o)..].iter().all(|v| v.is_nan()),
+                        "wrote past"
+                    );
+                }
+                // The same rows cut into other chunks: the same bits.
+                for n in [1, 15, 16, 17, 31, 33] {
+                    let mut part = vec![f32::NAN; n_max * out_stride];
+                    let mut r0 = 0;
+                    while r0 < n_max {
+                        let rows = n.min(n_max - r0);
+                        dense(
+                            &plan,
+                            &x[r0 * x_stride..],
+                            rows,
+                            d,
+                            x_stride,
+                            weights,
+                            o,
+                            &b,
+                            &mut part[r0 * out_stride..],
+                            out_stride,
+                            &mut pack,
+                        );
+                        r0 += rows;
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&part), bits(&all), "d={d} o={o} chunks of {n}");
                 }
             }
         }
@@ -1336,7 +1442,7 @@ mod tests {
             let mut pack = vec![f32::NAN; PACK_FLOATS];
             for isa in Isa::all_supported() {
                 for k_block in [7, 16, 45, 64] {
-                    let plan = KernelPlan { isa, k_block };
+                    let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
                     let mut out = vec![f32::NAN; n * stride];
                     dense(
                         &plan, &x, n, d, x_stride, f32w, o, &b, &mut out, stride, &mut pack,
@@ -1400,12 +1506,12 @@ mod tests {
             let mut pack = vec![f32::NAN; PACK_FLOATS];
             let pk = &mut pack;
             for isa in Isa::all_supported() {
-                let unblocked = KernelPlan { isa, k_block: d };
+                let unblocked = KernelPlan::for_isa(isa).with_k_block(d);
                 let mut reference = vec![f32::NAN; n * stride];
                 let refs = &mut reference;
                 dense(&unblocked, &x, n, d, d, f32w, o, &b, refs, stride, pk);
                 for k_block in [1, 8, 16, 36, 64] {
-                    let plan = KernelPlan { isa, k_block };
+                    let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
                     let mut out = vec![f32::NAN; n * stride];
                     dense(&plan, &x, n, d, d, f32w, o, &b, &mut out, stride, pk);
                     assert_eq!(out, reference, "{isa:?}: blocking changed the results");

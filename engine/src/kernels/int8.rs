@@ -146,7 +146,7 @@ pub(crate) fn dense_int8(
     let width = padded_rows(out_dim);
     let panels = width / PANEL_WIDTH;
     let groups = in_dim.div_ceil(QUAD);
-    let vnni = plan.isa == Isa::Avx512 && vnni_supported();
+    let vnni = plan.isa.vector() == Isa::Avx512 && vnni_supported();
     // VNNI reads u8 inputs; the 16-bit kernels u16.
     let value_bytes = if vnni { 1 } else { 2 };
     let row_bytes = groups * QUAD * value_bytes;
@@ -240,7 +240,9 @@ fn run_tile(isa: Isa, vnni: bool, t: Tile, rows: usize, panels: usize) {
         match (vnni, panels, isa) {
             (true, 2, _) => by_rows!(micro_vnni, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
             (true, _, _) => by_rows!(micro_vnni, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
-            (false, _, Isa::Avx512 | Isa::Avx2Fma) => by_rows!(micro_madd_avx2, 1, [1, 2]),
+            (false, _, Isa::Avx512 | Isa::Amx | Isa::Avx2Fma) => {
+                by_rows!(micro_madd_avx2, 1, [1, 2])
+            }
             (false, _, Isa::Portable) => by_rows!(micro_madd_sse2, 1, [1, 2]),
         }
     }
@@ -314,7 +316,7 @@ fn min_max_simd(isa: Isa, src: &[f32]) -> (usize, Option<(f32, f32, bool)>) {
             )
         }
         let (s, n) = (src.as_ptr(), src.len());
-        match isa {
+        match isa.vector() {
             Isa::Avx512 => {
                 #[target_feature(enable = "avx512f")]
                 /// # Safety
@@ -390,7 +392,7 @@ fn min_max_simd(isa: Isa, src: &[f32]) -> (usize, Option<(f32, f32, bool)>) {
                 // SAFETY: as above.
                 unsafe { run(s, n) }
             }
-            Isa::Portable => {
+            Isa::Portable | Isa::Amx => {
                 #[target_feature(enable = "sse2")]
                 /// # Safety
                 /// `s` has `n` values (SSE2 is part of x86-64).
@@ -438,7 +440,7 @@ fn quantize_simd(isa: Isa, src: &[f32], inv: f32, zero: i32, bytes: bool, dst: &
         let n = src.len();
         assert!(dst.len() >= if bytes { n } else { 2 * n });
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-        match isa {
+        match isa.vector() {
             Isa::Avx512 => {
                 #[target_feature(enable = "avx512f")]
                 /// # Safety
@@ -506,7 +508,7 @@ fn quantize_simd(isa: Isa, src: &[f32], inv: f32, zero: i32, bytes: bool, dst: &
                 // SAFETY: as above.
                 unsafe { run(s, d, n, inv, zero) }
             }
-            Isa::Portable => {
+            Isa::Portable | Isa::Amx => {
                 #[target_feature(enable = "sse2")]
                 /// # Safety
                 /// `s` has `n` values and `d` room for `2 n` bytes (SSE2 is part of x86-64).

@@ -8,13 +8,15 @@
 //! floating-point operations whatever the number of rows in the call, so a tile's results do
 //! not depend on how the slide was cut into strips.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod cpu;
 mod dense;
 mod int8;
 pub mod rows;
 
-pub use cpu::CpuCaches;
-pub use dense::{dense, MAX_K_BLOCK, PACK_FLOATS, PACK_ROWS};
+pub use cpu::{amx_bf16_usable, CpuCaches};
+pub use dense::{dense, MAX_K_BLOCK, MAX_TILE_K_BLOCK, PACK_FLOATS, PACK_ROWS};
 pub use int8::{quad_panels, quad_weight_sums, vnni_supported, Int8Weights};
 
 /// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.
@@ -30,6 +32,11 @@ pub enum Isa {
     Avx2Fma,
     /// x86-64 AVX-512F (with AVX2 and FMA).
     Avx512,
+    /// [`Isa::Avx512`] plus the AMX tile unit (Intel Xeon from Sapphire Rapids on): the same
+    /// kernels and results, except that bf16 dot products
+    /// ([`crate::SessionOptions::bf16_dot`]) run on the tile unit, whose sums round
+    /// differently from AVX-512 BF16's (pin [`Isa::Avx512`] for those results).
+    Amx,
 }
 
 impl Isa {
@@ -37,6 +44,9 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
+            if Isa::Amx.is_supported() {
+                return Isa::Amx;
+            }
             if Isa::Avx512.is_supported() {
                 return Isa::Avx512;
             }
@@ -63,25 +73,41 @@ impl Isa {
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => {
+                Isa::Avx512.is_supported()
+                    && is_x86_feature_detected!("avx512bf16")
+                    && cpu::amx_bf16_usable()
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
     }
 
+    /// The vector instruction set of `self`'s kernels: [`Isa::Avx512`] for [`Isa::Amx`]
+    /// (everything but the bf16 dot products), else `self`.
+    pub fn vector(self) -> Isa {
+        match self {
+            Isa::Amx => Isa::Avx512,
+            other => other,
+        }
+    }
+
     /// Every instruction set this CPU supports, portable first.
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
+        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Amx]
             .into_iter()
             .filter(|isa| isa.is_supported())
             .collect()
     }
 
-    /// Short lower-case name (`portable`, `avx2`, `avx512`).
+    /// Short lower-case name (`portable`, `avx2`, `avx512`, `amx`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 }
@@ -99,6 +125,11 @@ pub struct KernelPlan {
     /// block, with its rows, is sized to three quarters of the L1 data cache, where it stays
     /// while every row passes over it.
     pub k_block: usize,
+    /// Inputs per block of the AMX kernels ([`Isa::Amx`]): 32 rows as bf16 (64 bytes per
+    /// input) stay in L1 while every pair of panels passes over them; two thirds of L1 (512
+    /// inputs, 32 KiB, for a 48 KiB L1) ran faster than a half or a sixth on an Intel Xeon
+    /// (docs/PERFORMANCE.md). Rounded down to whole steps of 32 inputs.
+    pub tile_k_block: usize,
 }
 
 impl KernelPlan {
@@ -113,11 +144,17 @@ impl KernelPlan {
         KernelPlan::for_caches(isa, CpuCaches::detect())
     }
 
+    /// This plan with another input block for the vector kernels (for tests and
+    /// measurements: results are the same for any block).
+    pub fn with_k_block(self, k_block: usize) -> KernelPlan {
+        KernelPlan { k_block, ..self }
+    }
+
     /// The plan for `isa` with the given cache sizes.
     pub fn for_caches(isa: Isa, caches: CpuCaches) -> KernelPlan {
         // Floats per input held in L1 by one micro-tile: its panels' weights and its rows.
         let (panels, rows) = match isa {
-            Isa::Avx512 => (2, 12),
+            Isa::Avx512 | Isa::Amx => (2, 12),
             Isa::Avx2Fma => (1, 6),
             Isa::Portable => (1, 2),
         };
@@ -126,9 +163,11 @@ impl KernelPlan {
         // 3-6 % faster than half of it (128), interleaved in one run (docs/PERFORMANCE.md);
         // the rest of L1 holds the partial sums and the stack.
         let k_block = (caches.l1d_bytes * 3 / 4 / per_input) / 32 * 32;
+        let tile_k_block = (caches.l1d_bytes * 2 / 3 / 64) / 32 * 32;
         KernelPlan {
             isa,
             k_block: k_block.clamp(64, MAX_K_BLOCK),
+            tile_k_block: tile_k_block.clamp(32, MAX_TILE_K_BLOCK),
         }
     }
 }
@@ -162,6 +201,30 @@ pub fn pack_panels(row_major: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     packed
+}
+
+/// bf16 panels ([`pack_panels`]'s layout, `cols` inputs each) to the pair layout of the bf16
+/// dot-product kernels: per panel and input pair `q`, 16 `u32`s `w[2q] | w[2q + 1] << 16`
+/// (zero past the last input). 16 consecutive pairs of a panel are one AMX weight tile.
+pub fn pair_panels(panels: &[u16], rows: usize, cols: usize) -> Vec<u32> {
+    let pairs = cols.div_ceil(2);
+    let count = panel_count(rows);
+    let mut out = vec![0u32; count * pairs * PANEL_WIDTH];
+    for p in 0..count {
+        for q in 0..pairs {
+            for j in 0..PANEL_WIDTH {
+                let at = |i: usize| {
+                    if i < cols {
+                        panels[(p * cols + i) * PANEL_WIDTH + j] as u32
+                    } else {
+                        0
+                    }
+                };
+                out[(p * pairs + q) * PANEL_WIDTH + j] = at(2 * q) | (at(2 * q + 1) << 16);
+            }
+        }
+    }
+    out
 }
 
 /// Inverse of [`pack_panels`]: back to row-major `rows x cols`.
@@ -207,6 +270,15 @@ mod tests {
         );
         // A tiny L1 still gets the smallest block.
         assert_eq!(KernelPlan::for_caches(Isa::Avx512, caches(8)).k_block, 64);
+        // AMX: 32 rows of bf16, 64 bytes per input, in two thirds of L1: 32 KiB / 64 = 512.
+        assert_eq!(
+            KernelPlan::for_caches(Isa::Amx, caches(48)).tile_k_block,
+            512
+        );
+        assert_eq!(
+            KernelPlan::for_caches(Isa::Amx, caches(32)).tile_k_block,
+            320
+        );
     }
 
     #[test]

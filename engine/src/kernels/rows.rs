@@ -163,7 +163,7 @@ pub fn dot_f64(isa: Isa, x: &[f32], w: &[f32], bias: f64) -> f64 {
     let (x, w) = (&x[..n], &w[..n]);
     let whole = n / LANES * LANES;
     let mut lanes = [0.0f64; LANES];
-    match isa {
+    match isa.vector() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a session only runs an instruction set this CPU supports; both slices hold
         // `whole` values.
