@@ -11,7 +11,7 @@
 //! compiled once per instruction set, so the row-wise activations vectorise as widely as the
 //! matrix kernels.
 
-use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan};
+use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan, PanelOrder};
 use crate::model::{MatrixWeights, WeightViews};
 
 /// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
@@ -100,6 +100,9 @@ pub(crate) struct Block<'a> {
     pub logits: &'a mut [f32],
     /// Tumor probability of each tile (`n` values).
     pub probs: &'a mut [f32],
+    /// The order of the weights' panels for a block of a few tiles: alternated between
+    /// consecutive blocks (speed only; see [`dense`]).
+    pub order: PanelOrder,
 }
 
 dispatch_by_isa! {
@@ -180,6 +183,7 @@ fn compute_body<'a>(
         stride,
         logits,
         probs,
+        order,
     } = block;
     let (hidden, pack) = (&mut *scratch.hidden, &mut *scratch.pack);
     // 16-bit weights halve the bytes read per block, which is what limits blocks of a few
@@ -193,7 +197,7 @@ fn compute_body<'a>(
         }
     };
     let (w1, b1) = (pick(w.fc_weight, w.widened[0]), w.fc_bias);
-    dense(plan, x, n, d, stride, w1, h, b1, hidden, h16, pack);
+    dense(plan, x, n, d, stride, w1, h, b1, hidden, h16, pack, order);
     let mut flagged = false;
     for r in 0..n {
         flagged |= !rows::relu_in_place_finite(&mut hidden[r * h16..r * h16 + h]);
@@ -204,10 +208,36 @@ fn compute_body<'a>(
         }
     }
     let (va, ba) = (pick(w.attention_a_weight, w.widened[1]), w.attention_a_bias);
-    dense(plan, hidden, n, h, h16, va, k, ba, scratch.att_a, k16, pack);
+    dense(
+        plan,
+        hidden,
+        n,
+        h,
+        h16,
+        va,
+        k,
+        ba,
+        scratch.att_a,
+        k16,
+        pack,
+        order,
+    );
     if let Some((ua, bu)) = w.attention_b {
         let ua = pick(ua, w.widened[2]);
-        dense(plan, hidden, n, h, h16, ua, k, bu, scratch.att_b, k16, pack);
+        dense(
+            plan,
+            hidden,
+            n,
+            h,
+            h16,
+            ua,
+            k,
+            bu,
+            scratch.att_b,
+            k16,
+            pack,
+            order,
+        );
     }
     let mut block_max = f64::NEG_INFINITY;
     for r in 0..n {

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use msclam_engine::kernels::{
-    dense, pack_panels, padded_rows, pair_panels, KernelPlan, PACK_FLOATS,
+    dense, pack_panels, padded_rows, pair_panels, KernelPlan, PanelOrder, PACK_FLOATS,
 };
 use msclam_engine::{Isa, MatrixWeights};
 
@@ -59,7 +59,18 @@ pub fn report(rounds: usize) {
                     let start = Instant::now();
                     for _ in 0..reps {
                         dense(
-                            &plan, &x, n, d, d, weights, o, &b, &mut out, stride, &mut pack,
+                            &plan,
+                            &x,
+                            n,
+                            d,
+                            d,
+                            weights,
+                            o,
+                            &b,
+                            &mut out,
+                            stride,
+                            &mut pack,
+                            PanelOrder::Forward,
                         );
                     }
                     let secs = start.elapsed().as_secs_f64() / reps as f64;

@@ -29,6 +29,19 @@ const W_BF16: u8 = 1;
 /// IEEE binary16, widened by F16C / AVX-512F conversions.
 const W_F16: u8 = 2;
 
+/// Calls of at most this many rows walk their weights once, in the caller's [`PanelOrder`].
+const SMALL_ROWS: usize = 12;
+
+/// The order in which a call of a few rows walks the output panels (results are the same):
+/// callers alternate it between calls that read the same weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelOrder {
+    /// First panel to last.
+    Forward,
+    /// Last panel to first.
+    Backward,
+}
+
 /// Rows packed at once: a session's block of tiles.
 pub const PACK_ROWS: usize = 128;
 /// Largest input block a plan uses.
@@ -53,7 +66,8 @@ const _: () = assert!(PACK_FLOATS * 4 >= 32 * MAX_TILE_K_BLOCK * 2 + 2048 + 64);
 ///   quantized per row: see the `int8` module);
 /// - `out`: `n` rows starting at `r * out_stride`, `out_stride >= padded_rows(out_dim)`; the
 ///   padding columns receive zeros;
-/// - `pack`: scratch of at least [`PACK_FLOATS`] floats for the packed input rows.
+/// - `pack`: scratch of at least [`PACK_FLOATS`] floats for the packed input rows;
+/// - `order`: for calls of a few rows, the order of the output panels (speed only).
 ///
 /// # Panics
 /// If a buffer is shorter than the dimensions say (a bug in the caller, never an input
@@ -72,6 +86,7 @@ pub fn dense(
     out: &mut [f32],
     out_stride: usize,
     pack: &mut [f32],
+    order: PanelOrder,
 ) {
     if n == 0 {
         return;
@@ -118,7 +133,7 @@ pub fn dense(
         "the packing buffer needs PACK_FLOATS floats"
     );
     let mut padded_bias = [0.0f32; PANEL_WIDTH];
-    let args = DenseArgs {
+    let mut args = DenseArgs {
         x: x.as_ptr(),
         n,
         in_dim,
@@ -135,7 +150,18 @@ pub fn dense(
             _ => plan.k_block.clamp(1, MAX_K_BLOCK),
         },
         pack: pack.as_mut_ptr(),
+        reverse: false,
     };
+    // A call of at most SMALL_ROWS rows reads each weight once or twice: no input blocking
+    // (there is little to reuse from L1), and the panels in `order`. Alternating the order
+    // between calls starts each call on the weights the previous one read last, which are
+    // still in L2 (strips of 1 tile: 3 MiB of f32 weights through a 2 MiB L2).
+    if n <= SMALL_ROWS {
+        args.reverse = order == PanelOrder::Backward;
+        if !matches!(weights, MatrixWeights::Bf16Pairs(_)) {
+            args.k_block = in_dim.min(PACK_FLOATS / SMALL_ROWS);
+        }
+    }
     // The bias of a last, partial panel, padded with zeros.
     let tail = out_dim % PANEL_WIDTH;
     if tail != 0 {
@@ -211,6 +237,8 @@ pub(super) struct DenseArgs<'a> {
     pub(super) k_block: usize,
     /// [`PACK_FLOATS`] writable floats.
     pub(super) pack: *mut f32,
+    /// Walk the groups of panels last to first.
+    pub(super) reverse: bool,
 }
 
 /// One micro-tile call: `rows` rows (`<= R`) by `panels` panels (`<= P`) over `k` inputs.
@@ -282,8 +310,17 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
                     pack_rows::<R>(a, r0 + in_place, chunk - in_place, k0, k)
                 }
             };
-            let mut p = 0;
-            while p < panels {
+            let groups = panels.div_ceil(P);
+            // Panel group `q` of the walk: in reverse order when `a.reverse`.
+            let group_start = |q: usize| {
+                if a.reverse {
+                    (groups - 1 - q) * P
+                } else {
+                    q * P
+                }
+            };
+            for q in 0..groups {
+                let p = group_start(q);
                 let group = P.min(panels - p);
                 for g in 0..group {
                     let start = (p + g) * PANEL_WIDTH;
@@ -314,10 +351,10 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
                         // per input, so that the next group does not start by waiting on L3;
                         // the others name their own weights (harmless).
                         let ahead = r / R;
-                        let (next_p, next_k0) = if p + group < panels {
-                            (p + group + ahead, k0)
+                        let (next_p, next_k0) = if q + 1 < groups {
+                            (group_start(q + 1) + ahead, k0)
                         } else {
-                            (ahead, k0 + k)
+                            (group_start(0) + ahead, k0 + k)
                         };
                         let prefetch = if ahead < P && next_p < panels && next_k0 < a.in_dim {
                             a.packed
@@ -342,7 +379,6 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
                     }
                     r += rows;
                 }
-                p += group;
             }
             k0 += k;
         }
@@ -1254,11 +1290,33 @@ mod tests {
                     let mut got = vec![f32::NAN; n * stride];
                     let weights = MatrixWeights::F32(&panels_h32);
                     dense(
-                        &plan, &x, n, d, d, weights, o, &b, &mut want, stride, &mut pack,
+                        &plan,
+                        &x,
+                        n,
+                        d,
+                        d,
+                        weights,
+                        o,
+                        &b,
+                        &mut want,
+                        stride,
+                        &mut pack,
+                        PanelOrder::Forward,
                     );
                     let weights = MatrixWeights::F16(&panels_h16);
                     dense(
-                        &plan, &x, n, d, d, weights, o, &b, &mut got, stride, &mut pack,
+                        &plan,
+                        &x,
+                        n,
+                        d,
+                        d,
+                        weights,
+                        o,
+                        &b,
+                        &mut got,
+                        stride,
+                        &mut pack,
+                        PanelOrder::Forward,
                     );
                     assert_eq!(got, want, "{isa:?}: f16 weights widened differ from f32");
                 }
@@ -1268,11 +1326,33 @@ mod tests {
                     let mut got = vec![f32::NAN; n * stride];
                     let weights = MatrixWeights::F32(&panels32);
                     dense(
-                        &plan, &x, n, d, d, weights, o, &b, &mut want, stride, &mut pack,
+                        &plan,
+                        &x,
+                        n,
+                        d,
+                        d,
+                        weights,
+                        o,
+                        &b,
+                        &mut want,
+                        stride,
+                        &mut pack,
+                        PanelOrder::Forward,
                     );
                     let weights = MatrixWeights::Bf16(&panels16);
                     dense(
-                        &plan, &x, n, d, d, weights, o, &b, &mut got, stride, &mut pack,
+                        &plan,
+                        &x,
+                        n,
+                        d,
+                        d,
+                        weights,
+                        o,
+                        &b,
+                        &mut got,
+                        stride,
+                        &mut pack,
+                        PanelOrder::Forward,
                     );
                     assert_eq!(got, want, "{isa:?}: bf16 weights widened differ from f32");
                 }
@@ -1293,7 +1373,18 @@ mod tests {
                 let mut got = vec![f32::NAN; n * stride];
                 let weights = MatrixWeights::Bf16Pairs(&pairs);
                 dense(
-                    &plan, &x, n, d, d, weights, o, &b, &mut got, stride, &mut pack,
+                    &plan,
+                    &x,
+                    n,
+                    d,
+                    d,
+                    weights,
+                    o,
+                    &b,
+                    &mut got,
+                    stride,
+                    &mut pack,
+                    PanelOrder::Forward,
                 );
                 for r in 0..n {
                     for j in 0..o {
@@ -1354,7 +1445,18 @@ mod tests {
                 };
                 let mut all = vec![f32::NAN; n_max * out_stride];
                 dense(
-                    &plan, &x, n_max, d, x_stride, weights, o, &b, &mut all, out_stride, &mut pack,
+                    &plan,
+                    &x,
+                    n_max,
+                    d,
+                    x_stride,
+                    weights,
+                    o,
+                    &b,
+                    &mut all,
+                    out_stride,
+                    &mut pack,
+                    PanelOrder::Forward,
                 );
                 for r in 0..n_max {
                     for j in 0..o {
@@ -1394,6 +1496,7 @@ mod tests {
                             &mut part[r0 * out_stride..],
                             out_stride,
                             &mut pack,
+                            PanelOrder::Forward,
                         );
                         r0 += rows;
                     }
@@ -1445,7 +1548,18 @@ mod tests {
                     let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
                     let mut out = vec![f32::NAN; n * stride];
                     dense(
-                        &plan, &x, n, d, x_stride, f32w, o, &b, &mut out, stride, &mut pack,
+                        &plan,
+                        &x,
+                        n,
+                        d,
+                        x_stride,
+                        f32w,
+                        o,
+                        &b,
+                        &mut out,
+                        stride,
+                        &mut pack,
+                        PanelOrder::Forward,
                     );
                     for r in 0..n {
                         let mut single = vec![f32::NAN; stride];
@@ -1462,6 +1576,7 @@ mod tests {
                             &mut single,
                             stride,
                             &mut pack,
+                            PanelOrder::Forward,
                         );
                         assert_eq!(
                             &out[r * stride..(r + 1) * stride],
@@ -1509,12 +1624,19 @@ mod tests {
                 let unblocked = KernelPlan::for_isa(isa).with_k_block(d);
                 let mut reference = vec![f32::NAN; n * stride];
                 let refs = &mut reference;
-                dense(&unblocked, &x, n, d, d, f32w, o, &b, refs, stride, pk);
+                let forward = PanelOrder::Forward;
+                dense(
+                    &unblocked, &x, n, d, d, f32w, o, &b, refs, stride, pk, forward,
+                );
+                // Input blocks and panel order (which a call of a few rows follows) change
+                // nothing.
                 for k_block in [1, 8, 16, 36, 64] {
-                    let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
-                    let mut out = vec![f32::NAN; n * stride];
-                    dense(&plan, &x, n, d, d, f32w, o, &b, &mut out, stride, pk);
-                    assert_eq!(out, reference, "{isa:?}: blocking changed the results");
+                    for order in [PanelOrder::Forward, PanelOrder::Backward] {
+                        let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
+                        let mut out = vec![f32::NAN; n * stride];
+                        dense(&plan, &x, n, d, d, f32w, o, &b, &mut out, stride, pk, order);
+                        assert_eq!(out, reference, "{isa:?}: {k_block} {order:?} changed it");
+                    }
                 }
                 for r in 0..n {
                     for j in 0..o {
@@ -1542,6 +1664,7 @@ mod tests {
                         &mut single,
                         stride,
                         pk,
+                        PanelOrder::Backward,
                     );
                     assert_eq!(&single[..], &reference[r * stride..(r + 1) * stride]);
                 }

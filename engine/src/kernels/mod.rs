@@ -16,7 +16,7 @@ mod int8;
 pub mod rows;
 
 pub use cpu::{amx_bf16_usable, CpuCaches};
-pub use dense::{dense, MAX_K_BLOCK, MAX_TILE_K_BLOCK, PACK_FLOATS, PACK_ROWS};
+pub use dense::{dense, PanelOrder, MAX_K_BLOCK, MAX_TILE_K_BLOCK, PACK_FLOATS, PACK_ROWS};
 pub use int8::{quad_panels, quad_weight_sums, vnni_supported, Int8Weights};
 
 /// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.

@@ -87,8 +87,8 @@ pub fn stream_through_engine(
 
 /// The demo's MS-CLAM exported with bf16, f16 and int8 matrices, against the f32 export on
 /// every test slide: largest differences, tiles that change side of the mask threshold,
-/// slides that change class. bf16 with both kernels where the CPU has them (widened; AVX-512
-/// BF16 dot products).
+/// slides that change class. bf16 with every kernel the CPU has: widened to f32, and dot
+/// products on AVX-512 BF16 and on the AMX tiles.
 pub fn compare_half_precision(
     net: &Network,
     data: &Cohort,
@@ -97,15 +97,20 @@ pub fn compare_half_precision(
     f32_path: &Path,
     capacity: usize,
 ) -> Result<()> {
-    use msclam_engine::{format::Dtype, Model, SessionOptions, SlideSession};
+    use msclam_engine::{format::Dtype, Isa, Model, SessionOptions, SlideSession};
     let f32_model = std::sync::Arc::new(Model::load(f32_path)?);
     let mut reference = SlideSession::new(f32_model, capacity)?;
-    for (dtype, name, bf16_dot) in [
-        (Dtype::Bf16, "bf16", false),
-        (Dtype::Bf16, "bf16", true),
-        (Dtype::F16, "f16", false),
-        (Dtype::Int8, "int8", false),
+    let best = Isa::detect();
+    for (dtype, name, bf16_dot, isa) in [
+        (Dtype::Bf16, "bf16", false, best),
+        (Dtype::Bf16, "bf16", true, Isa::Avx512),
+        (Dtype::Bf16, "bf16", true, Isa::Amx),
+        (Dtype::F16, "f16", false, best),
+        (Dtype::Int8, "int8", false, best),
     ] {
+        if !isa.is_supported() {
+            continue;
+        }
         let path = dir.join(format!("model_{name}.mscl"));
         export(
             net,
@@ -120,6 +125,7 @@ pub fn compare_half_precision(
         let model = std::sync::Arc::new(Model::load(&path)?);
         let options = SessionOptions {
             bf16_dot,
+            isa,
             ..SessionOptions::default()
         };
         let mut session = SlideSession::with_options(model, capacity, options)?;
@@ -150,9 +156,10 @@ pub fn compare_half_precision(
             }
             tiles += s.num_tiles;
         }
-        let kernels = match (dtype, bf16_dot) {
-            (Dtype::Int8, _) => "integer kernels, inputs quantized per tile",
-            (_, true) => "AVX-512 BF16 dot products",
+        let kernels = match (dtype, bf16_dot, isa) {
+            (Dtype::Int8, _, _) => "integer kernels, inputs quantized per tile",
+            (_, true, Isa::Amx) => "AMX tile dot products",
+            (_, true, _) => "AVX-512 BF16 dot products",
             _ => "widened to f32",
         };
         println!(
