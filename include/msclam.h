@@ -251,9 +251,10 @@ typedef struct {
   // thread use them all. Results are bit-identical for any count. Sessions created in an
   // arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
   uint32_t threads;
-  // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use the
-  // AVX-512 BF16 dot products where the CPU has them with the AVX-512 kernels, which also
-  // round inputs to bf16 (faster at strips of a few tiles, slower at large strips); 0
+  // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
+  // dot products, which also round inputs to bf16: on the AMX tiles with MSCLAM_ISA_AMX
+  // (3-5x faster than f32 at strips of 16 tiles and more), on AVX-512 BF16 with
+  // MSCLAM_ISA_AVX512 (faster at strips of a few tiles, slower at large strips); 0
   // (default) to widen the weights to f32 in the kernels, exactly. (Added in 0.1.1.)
   uint32_t bf16_dot;
   // For a model with embedding statistics (msclam_model_info.has_embedding_statistics):
