@@ -200,10 +200,14 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let int8_model = Arc::new(Model::from_bytes(&int8_bytes).map_err(|e| e.to_string())?);
     let vnni = msclam_engine::kernels::vnni_supported();
-    for isa in &vector_isas {
+    for isa in &isas {
         let s =
             SlideSession::with_isa(int8_model.clone(), most, *isa).map_err(|e| e.to_string())?;
-        let kind = if isa.vector() == Isa::Avx512 && vnni {
+        let kind = if *isa == Isa::Amx && msclam_engine::kernels::amx_int8_usable() {
+            "int8 tiles"
+        } else if *isa == Isa::Amx {
+            continue;
+        } else if isa.vector() == Isa::Avx512 && vnni {
             "int8 vnni"
         } else {
             "int8 madd16"

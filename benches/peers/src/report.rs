@@ -201,6 +201,8 @@ impl Report {
             }
             let width = if engine.ends_with("int8 vnni") {
                 "vnni512"
+            } else if engine.ends_with("int8 tiles") {
+                "amx-int8"
             } else {
                 engine.split_whitespace().nth(1).unwrap_or("")
             };

@@ -1,4 +1,4 @@
-//! bf16 dot products on the AMX tile unit ([`super::Isa::Amx`]).
+//! bf16 dot products and exact int8 sums on the AMX tile unit ([`super::Isa::Amx`]).
 //!
 //! Eight tile registers of up to 16 rows x 64 bytes: `tmm0`-`tmm3` accumulate `C[i][j]` (row
 //! tile `i`, panel `j`: 16 rows x 16 f32 outputs), `tmm4`-`tmm5` hold `A[i]` (16 rows x 32 bf16
@@ -83,6 +83,16 @@ macro_rules! tile_dot {
     ($c:literal, $a:literal, $b:literal) => {
         asm!(
             concat!("tdpbf16ps ", $c, ", ", $a, ", ", $b),
+            options(nostack, nomem, preserves_flags)
+        )
+    };
+}
+
+/// `tdpbusd $c, $a, $b`: `C += A B` over groups of four u8 (A) x s8 (B), exact in i32.
+macro_rules! tile_dot_int8 {
+    ($c:literal, $a:literal, $b:literal) => {
+        asm!(
+            concat!("tdpbusd ", $c, ", ", $a, ", ", $b),
             options(nostack, nomem, preserves_flags)
         )
     };
@@ -362,4 +372,135 @@ unsafe fn round_rows_to_bf16(
             }
         }
     }
+}
+
+/// Exact int8 sums on the tile unit for [`super::int8`]: for rows `0..rows` of quantized inputs
+/// (`u8`, row `r` at `q + r * row_bytes`, `groups` groups of 4 inputs) and every pair of quad
+/// panels, `acc[r][j] = sum_i q[r][i] * w[16p + j][i]` (`tdpbusd`: u8 x s8 into i32), handed to
+/// `emit(first_row, rows, first_panel, panels, acc)` with `acc` row `r` at `r * 32` (32 outputs:
+/// the two panels side by side). The sums are exact, so they equal the VNNI kernel's.
+///
+/// # Safety
+/// The AMX tiles must be usable by this process ([`super::amx_bf16_usable`], which also
+/// checks AMX-INT8 where it is used); `rows * row_bytes + 64` bytes readable at `q` (the last
+/// step's 64-byte tile rows may reach past a row, into bytes whose products meet zero
+/// weights); `panels * groups * 64` bytes of quad panels at `quads`.
+pub(super) unsafe fn int8_sums(
+    q: *const u8,
+    rows: usize,
+    row_bytes: usize,
+    quads: *const i8,
+    groups: usize,
+    panels: usize,
+    mut emit: impl FnMut(usize, usize, usize, usize, &[i32; 32 * 32]),
+) {
+    #[repr(C, align(64))]
+    struct Scratch<T, const N: usize>([T; N]);
+    let steps = groups.div_ceil(TILE_ROWS);
+    let tail_rows = groups % TILE_ROWS;
+    let panel_bytes = groups * ROW_BYTES;
+    let mut tail = Scratch([0u8; 2 * TILE_ROWS * ROW_BYTES]);
+    let mut acc = Scratch([0i32; 32 * 32]);
+    const ACC_STRIDE: usize = 32 * 4;
+    let mut configured = None;
+    let mut r0 = 0;
+    while r0 < rows {
+        let rows0 = TILE_ROWS.min(rows - r0);
+        let rows1 = TILE_ROWS.min(rows - r0 - rows0);
+        if configured != Some((rows0, rows1)) {
+            let config = TileConfig::new(rows0, rows1);
+            // SAFETY: a valid palette-1 configuration; the tile unit is usable.
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly))
+            };
+            configured = Some((rows0, rows1));
+        }
+        let a0 = q.wrapping_add(r0 * row_bytes);
+        let a1 = a0.wrapping_add(TILE_ROWS * row_bytes);
+        let mut p = 0;
+        while p < panels {
+            let two = p + 1 < panels;
+            let b = quads.cast::<u8>().wrapping_add(p * panel_bytes);
+            if tail_rows != 0 {
+                // SAFETY: the last `tail_rows` groups of panel p (and p + 1) are inside the
+                // quad panels; the copies fit the 2 KiB scratch, whose other rows stay zero.
+                unsafe {
+                    let from = b.add((groups - tail_rows) * ROW_BYTES);
+                    from.copy_to_nonoverlapping(tail.0.as_mut_ptr(), tail_rows * ROW_BYTES);
+                    if two {
+                        from.add(panel_bytes).copy_to_nonoverlapping(
+                            tail.0.as_mut_ptr().add(TILE_ROWS * ROW_BYTES),
+                            tail_rows * ROW_BYTES,
+                        );
+                    }
+                }
+            }
+            // SAFETY: the configuration matches `rows1`; every tile reads inside the rows
+            // (with the caller's 64 bytes of slack), the panels or the tail scratch, and the
+            // accumulators go to `acc` (32 rows of 128 bytes).
+            unsafe {
+                macro_rules! pass {
+                    ($r2:expr, $p2:expr) => {{
+                        asm!("tilezero tmm0", options(nostack, nomem));
+                        if $p2 {
+                            asm!("tilezero tmm1", options(nostack, nomem));
+                        }
+                        if $r2 {
+                            asm!("tilezero tmm2", options(nostack, nomem));
+                            if $p2 {
+                                asm!("tilezero tmm3", options(nostack, nomem));
+                            }
+                        }
+                        for s in 0..steps {
+                            let (b0, b1) = if tail_rows != 0 && s + 1 == steps {
+                                let t = tail.0.as_ptr();
+                                (t, t.wrapping_add(TILE_ROWS * ROW_BYTES))
+                            } else {
+                                let b0 = b.wrapping_add(s * TILE_ROWS * ROW_BYTES);
+                                (b0, b0.wrapping_add(panel_bytes))
+                            };
+                            let off = s * ROW_BYTES;
+                            tile_load!("tmm4", a0.wrapping_add(off), row_bytes);
+                            tile_load!("tmm6", b0, ROW_BYTES);
+                            tile_dot_int8!("tmm0", "tmm4", "tmm6");
+                            if $p2 {
+                                tile_load!("tmm7", b1, ROW_BYTES);
+                                tile_dot_int8!("tmm1", "tmm4", "tmm7");
+                            }
+                            if $r2 {
+                                tile_load!("tmm5", a1.wrapping_add(off), row_bytes);
+                                tile_dot_int8!("tmm2", "tmm5", "tmm6");
+                                if $p2 {
+                                    tile_dot_int8!("tmm3", "tmm5", "tmm7");
+                                }
+                            }
+                        }
+                        let c = acc.0.as_mut_ptr().cast::<u8>();
+                        tile_store!("tmm0", c, ACC_STRIDE);
+                        if $p2 {
+                            tile_store!("tmm1", c.wrapping_add(ROW_BYTES), ACC_STRIDE);
+                        }
+                        if $r2 {
+                            let c1 = c.wrapping_add(TILE_ROWS * ACC_STRIDE);
+                            tile_store!("tmm2", c1, ACC_STRIDE);
+                            if $p2 {
+                                tile_store!("tmm3", c1.wrapping_add(ROW_BYTES), ACC_STRIDE);
+                            }
+                        }
+                    }};
+                }
+                match (rows1 > 0, two) {
+                    (true, true) => pass!(true, true),
+                    (true, false) => pass!(true, false),
+                    (false, true) => pass!(false, true),
+                    (false, false) => pass!(false, false),
+                }
+            }
+            emit(r0, rows0 + rows1, p, if two { 2 } else { 1 }, &acc.0);
+            p += 2;
+        }
+        r0 += rows0 + rows1;
+    }
+    // SAFETY: back to the initial tile state; the tile unit is usable.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }

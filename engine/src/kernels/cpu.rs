@@ -50,6 +50,18 @@ pub fn amx_bf16_usable() -> bool {
     })
 }
 
+/// Whether this process can also run the AMX int8 tile instructions: [`amx_bf16_usable`] and
+/// CPUID's AMX-INT8.
+pub fn amx_int8_usable() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const AMX_INT8: u32 = 1 << 25; // leaf 7, EDX
+        amx_bf16_usable() && std::arch::x86_64::__cpuid_count(7, 0).edx & AMX_INT8 != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};

@@ -15,7 +15,7 @@ mod dense;
 mod int8;
 pub mod rows;
 
-pub use cpu::{amx_bf16_usable, CpuCaches};
+pub use cpu::{amx_bf16_usable, amx_int8_usable, CpuCaches};
 pub use dense::{dense, PanelOrder, MAX_K_BLOCK, MAX_TILE_K_BLOCK, PACK_FLOATS, PACK_ROWS};
 pub use int8::{quad_panels, quad_weight_sums, vnni_supported, Int8Weights};
 
@@ -35,7 +35,8 @@ pub enum Isa {
     /// [`Isa::Avx512`] plus the AMX tile unit (Intel Xeon from Sapphire Rapids on): the same
     /// kernels and results, except that bf16 dot products
     /// ([`crate::SessionOptions::bf16_dot`]) run on the tile unit, whose sums round
-    /// differently from AVX-512 BF16's (pin [`Isa::Avx512`] for those results).
+    /// differently from AVX-512 BF16's (pin [`Isa::Avx512`] for those results), and int8
+    /// models' integer sums, which are exact, so int8 results stay identical.
     Amx,
 }
 
