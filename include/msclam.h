@@ -111,9 +111,9 @@
 // `msclam_session_options.isa`: AVX-512 kernels (error if the CPU lacks them).
 #define MSCLAM_ISA_AVX512 3
 
-// `msclam_session_options.isa`: the AVX-512 kernels, with bf16 dot products on the AMX tile
-// unit (Intel Xeon from Sapphire Rapids on; error if the CPU or the OS lacks it). The
-// default where available. (Added in 0.1.1.)
+// `msclam_session_options.isa`: the AVX-512 kernels, with bf16 dot products and int8 sums on
+// the AMX tile unit (Intel Xeon from Sapphire Rapids on; error if the CPU or the OS lacks it).
+// The default where available. (Added in 0.1.1.)
 #define MSCLAM_ISA_AMX 4
 
 // Alignment, in bytes, that msclam_session_create_in_arena() requires of its arena.
