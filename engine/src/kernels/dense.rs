@@ -1252,6 +1252,38 @@ mod tests {
         }
     }
 
+    /// `dense` over `n` rows of `d` inputs (stride `d`) into a fresh NaN-filled output of
+    /// `padded_rows(o)` per row, panels forward.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        plan: &KernelPlan,
+        x: &[f32],
+        n: usize,
+        d: usize,
+        weights: MatrixWeights<'_>,
+        o: usize,
+        b: &[f32],
+        pack: &mut [f32],
+    ) -> Vec<f32> {
+        let stride = padded_rows(o);
+        let mut out = vec![f32::NAN; n * stride];
+        dense(
+            plan,
+            x,
+            n,
+            d,
+            d,
+            weights,
+            o,
+            b,
+            &mut out,
+            stride,
+            pack,
+            PanelOrder::Forward,
+        );
+        out
+    }
+
     #[test]
     fn half_weights_widened_equal_f32_kernels_and_bf16_pairs_match_bf16_products() {
         let (d, o) = (37, 41);
@@ -1286,74 +1318,16 @@ mod tests {
             for isa in Isa::all_supported() {
                 for k_block in [8, 36, 64] {
                     let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
-                    let mut want = vec![f32::NAN; n * stride];
-                    let mut got = vec![f32::NAN; n * stride];
-                    let weights = MatrixWeights::F32(&panels_h32);
-                    dense(
-                        &plan,
-                        &x,
-                        n,
-                        d,
-                        d,
-                        weights,
-                        o,
-                        &b,
-                        &mut want,
-                        stride,
-                        &mut pack,
-                        PanelOrder::Forward,
-                    );
-                    let weights = MatrixWeights::F16(&panels_h16);
-                    dense(
-                        &plan,
-                        &x,
-                        n,
-                        d,
-                        d,
-                        weights,
-                        o,
-                        &b,
-                        &mut got,
-                        stride,
-                        &mut pack,
-                        PanelOrder::Forward,
-                    );
+                    let run = |w, pack: &mut Vec<f32>| product(&plan, &x, n, d, w, o, &b, pack);
+                    let want = run(MatrixWeights::F32(&panels_h32), &mut pack);
+                    let got = run(MatrixWeights::F16(&panels_h16), &mut pack);
                     assert_eq!(got, want, "{isa:?}: f16 weights widened differ from f32");
                 }
                 for k_block in [8, 36, 64] {
                     let plan = KernelPlan::for_isa(isa).with_k_block(k_block);
-                    let mut want = vec![f32::NAN; n * stride];
-                    let mut got = vec![f32::NAN; n * stride];
-                    let weights = MatrixWeights::F32(&panels32);
-                    dense(
-                        &plan,
-                        &x,
-                        n,
-                        d,
-                        d,
-                        weights,
-                        o,
-                        &b,
-                        &mut want,
-                        stride,
-                        &mut pack,
-                        PanelOrder::Forward,
-                    );
-                    let weights = MatrixWeights::Bf16(&panels16);
-                    dense(
-                        &plan,
-                        &x,
-                        n,
-                        d,
-                        d,
-                        weights,
-                        o,
-                        &b,
-                        &mut got,
-                        stride,
-                        &mut pack,
-                        PanelOrder::Forward,
-                    );
+                    let run = |w, pack: &mut Vec<f32>| product(&plan, &x, n, d, w, o, &b, pack);
+                    let want = run(MatrixWeights::F32(&panels32), &mut pack);
+                    let got = run(MatrixWeights::Bf16(&panels16), &mut pack);
                     assert_eq!(got, want, "{isa:?}: bf16 weights widened differ from f32");
                 }
             }
