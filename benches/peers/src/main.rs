@@ -396,10 +396,11 @@ fn slide_outputs(
     Ok((s.tile_probabilities().to_vec(), slide))
 }
 
-/// Tiles per measurement: a whole number of strips, enough to time reliably.
+/// Tiles per measurement: a whole number of strips (at least one), enough to time reliably,
+/// and never more than the synthetic slide holds (`tiles`, or one strip if that is larger).
 fn tiles_for(strip: usize, tiles: usize) -> usize {
     let want = if strip < 64 { 1024.min(tiles) } else { tiles };
-    want.div_ceil(strip) * strip
+    (want / strip).max(1) * strip
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
