@@ -63,12 +63,25 @@ done
 
 step "the ONNX tile encoder (libmsclam built with the onnx feature)"
 "$MSCLAM_VENV/bin/python" onnx/tests/onnx_reference.py encoders "$work/encoders" >/dev/null
-# The dev profile: tract is already built there for msclam-onnx's tests (a release build of
-# it would add minutes to CI for a correctness test).
-cargo build --locked --quiet -p msclam-ffi --features onnx
+# The dev profile and the whole workspace's targets, as scripts/test builds them: tract is
+# already built there for msclam-onnx's tests, so only libmsclam is rebuilt (a release build of
+# tract, or a build of this package alone, which resolves tract's dependencies with other
+# features, would add minutes to CI for a correctness test). The libraries are built as the
+# tests' dependencies, not selected (see scripts/test); cargo's JSON messages name the shared
+# library.
+onnx_so="$(cargo build --locked --workspace --bins --tests --benches --examples \
+    --features msclam-ffi/onnx --message-format=json-render-diagnostics |
+    "$MSCLAM_VENV/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and "cdylib" in m["target"]["kind"]:
+        print(*[f for f in m["filenames"] if f.endswith(".so")])
+')"
+test -f "$onnx_so"
 onnx_lib="$work/onnx-lib"
 mkdir -p "$onnx_lib"
-cp "$CARGO_TARGET_DIR/debug/libmsclam.so" "$onnx_lib/libmsclam.so.0"
+cp "$onnx_so" "$onnx_lib/libmsclam.so.0"
 ln -sf libmsclam.so.0 "$onnx_lib/libmsclam.so"
 cc "${cflags[@]}" tests/c/test_encoder.c -o "$bin/test_encoder" -L"$onnx_lib" -lmsclam \
     -Wl,-rpath,"$onnx_lib" -lm
