@@ -73,10 +73,16 @@ onnx_so="$(cargo build --locked --workspace --bins --tests --benches --examples 
     --features msclam-ffi/onnx --message-format=json-render-diagnostics |
     "$MSCLAM_VENV/bin/python" -c '
 import json, sys
+found = set()
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and "cdylib" in m["target"]["kind"]:
-        print(*[f for f in m["filenames"] if f.endswith(".so")])
+    # The library itself, not its unit-test program (which has the same target kinds).
+    if m.get("reason") == "compiler-artifact" and "cdylib" in m["target"]["kind"] \
+            and not m["profile"]["test"]:
+        found.update(f for f in m["filenames"] if f.endswith(".so"))
+if len(found) != 1:
+    sys.exit(f"expected one shared library from cargo, found {sorted(found)}")
+print(found.pop())
 ')"
 test -f "$onnx_so"
 onnx_lib="$work/onnx-lib"

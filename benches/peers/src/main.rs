@@ -33,9 +33,11 @@ struct Args {
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Strip sizes, in tiles.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256, 4096])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256, 4096],
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     strips: Vec<usize>,
-    /// Tiles per measurement for strips of at least 64 (smaller strips use 1,024 tiles).
+    /// Tiles per measurement for strips of at least 64 (smaller strips use up to 1,024
+    /// tiles), rounded down to whole strips (at least one).
     #[arg(long, default_value_t = 4096)]
     tiles: usize,
     /// Tiles of the slide whose finalize is timed.

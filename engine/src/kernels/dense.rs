@@ -158,12 +158,12 @@ pub fn dense(
     // (there is little to reuse from L1), and the panels in `order`. Alternating the order
     // between calls starts each call on the weights the previous one read last, which are
     // still in L2 (strips of 1 or 16 tiles: 3 MiB of f32 weights through a 2 MiB L2). The
-    // block is bounded by the packing buffer: SMALL_ROWS rows take at most two groups of 12
-    // (AVX-512), three of 6 (AVX2) or eight of 2 (portable).
+    // block is bounded by the packing buffer: `n` rows take at most `n` rounded up to 12
+    // packed rows (whole groups of 12 for AVX-512, of 6 for AVX2, of 2 for the portable code).
     if n <= SMALL_ROWS {
         args.reverse = order == PanelOrder::Backward;
         if !matches!(weights, MatrixWeights::Bf16Pairs(_)) {
-            args.k_block = in_dim.min(PACK_FLOATS / SMALL_ROWS.next_multiple_of(12));
+            args.k_block = in_dim.min(PACK_FLOATS / n.next_multiple_of(12));
         }
     }
     // The bias of a last, partial panel, padded with zeros.
@@ -1581,7 +1581,8 @@ mod tests {
     fn a_few_rows_of_many_inputs_stay_inside_the_packing_buffer() {
         // Calls of a few rows take all their inputs in one block, bounded by the packing
         // buffer: 16 rows of 2,000 inputs, all packed (3 panels, an odd count, so no rows are
-        // read in place), with the rest of the buffer guarded by NaNs the result must not see.
+        // read in place), split into input blocks that fit (the assertion in `walk` guards
+        // the bound) and still the right product.
         let (n, d, o) = (16usize, 2000usize, 40usize);
         let x: Vec<f32> = (0..n * d)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
