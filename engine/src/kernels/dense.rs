@@ -9,7 +9,10 @@
 //! group's slice of weights for the input block stays in L1 while every row group passes
 //! over it); groups of `R` rows. The AVX-512 and AVX2 kernels over f32 weights skip the copy
 //! for whole groups of rows (12 and 6) and read them in place, with scaled addressing (only a
-//! last, partial group is packed): the copy was 6 % of a push.
+//! last, partial group is packed): the copy was 6 % of a push. Calls of one to three rows
+//! (strips of a few tiles, where the weights' bytes are the limit) use tiles of more panels
+//! instead: 3 rows x 8 panels with AVX-512, 1 x 4 or 2 x 2 with AVX2, so that a single row
+//! still has 8 independent accumulator chains.
 //!
 //! Determinism: every accumulator receives its fused multiply-adds in input order, starting
 //! from the bias, whatever `R`, `P`, the input blocking or the number of rows in the call; a
@@ -43,6 +46,13 @@ pub enum PanelOrder {
     /// Last panel to first.
     Backward,
 }
+
+/// Calls of at most this many rows use the AVX-512 few-rows kernels: `FEW_ROWS` rows by
+/// [`MAX_PANELS`] panels, so that even one row has 8 independent accumulator chains (the 12 x 2
+/// kernel gives a single row 2, and waits on the multiply-add latency).
+const FEW_ROWS: usize = 3;
+/// Most panels of one micro-tile (the few-rows kernels').
+const MAX_PANELS: usize = 8;
 
 /// Rows packed at once: a session's block of tiles.
 pub const PACK_ROWS: usize = 128;
@@ -297,7 +307,7 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
     let stored = |inputs: usize| if PAIRS { inputs.div_ceil(2) } else { inputs };
     let panel_stride = stored(a.in_dim) * PANEL_WIDTH;
     // 16 biases per panel, the last one padded; re-filled per group of panels.
-    let mut bias = [0.0f32; 4 * PANEL_WIDTH];
+    let mut bias = [0.0f32; MAX_PANELS * PANEL_WIDTH];
     let mut r0 = 0;
     while r0 < a.n {
         let chunk = PACK_ROWS.min(a.n - r0);
@@ -592,6 +602,11 @@ unsafe fn walk_avx512<const W: u8, const WB: usize>(
     // SAFETY: the tiles `walk` produces lie inside the checked buffers; the caller runs on a
     // CPU with AVX-512F.
     unsafe {
+        if a.n <= FEW_ROWS {
+            return walk::<FEW_ROWS, MAX_PANELS, false, WB>(a, padded_bias, false, |t| {
+                few_rows_avx512::<W, WB>(t)
+            });
+        }
         // f32 weights and whole pairs of panels: groups of 12 rows read in place (no packing).
         let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
         let direct = W == W_F32 && panels.is_multiple_of(2);
@@ -622,6 +637,69 @@ unsafe fn walk_avx512<const W: u8, const WB: usize>(
     }
 }
 
+/// [`dispatch_pair_rows`] for the few-rows tiles (row groups of [`FEW_ROWS`]).
+macro_rules! dispatch_few_pair_rows {
+    ($t:expr, $panels:literal) => {
+        match $t.rows {
+            1 => micro_avx512_pairs::<FEW_ROWS, 1, $panels>($t),
+            2 => micro_avx512_pairs::<FEW_ROWS, 2, $panels>($t),
+            3 => micro_avx512_pairs::<FEW_ROWS, 3, $panels>($t),
+            _ => unreachable!("tile rows beyond the kernel's register block"),
+        }
+    };
+}
+
+/// Calls `kernel` on `t` cut into tiles of 8, 4, 2 and 1 panels, at most `MAX` (the widths
+/// the few-rows kernels are compiled for), first to last; `WB` is the bytes per weight
+/// element.
+///
+/// # Safety
+/// `t` must satisfy `kernel`'s contract for its `t.panels` panels.
+#[inline(always)]
+unsafe fn for_panel_widths<const WB: usize, const MAX: usize>(
+    t: Tile,
+    mut kernel: impl FnMut(Tile, usize),
+) {
+    let mut done = 0;
+    while done < t.panels {
+        let left = (t.panels - done).min(MAX);
+        // The largest power of two not above `left`.
+        let width = 1 << left.ilog2();
+        // SAFETY: panels done..done + width of `t` are inside its buffers (the caller's
+        // contract), so are their weights, biases and outputs.
+        let part = unsafe {
+            Tile {
+                panels: width,
+                w: t.w.add(done * t.panel_stride * WB),
+                bias: t.bias.add(done * PANEL_WIDTH),
+                out: t.out.add(done * PANEL_WIDTH),
+                ..t
+            }
+        };
+        kernel(part, width);
+        done += width;
+    }
+}
+
+/// A few-rows tile ([`FEW_ROWS`] rows by up to [`MAX_PANELS`] panels) with the AVX-512
+/// kernels over weights of kind `W` (`WB` bytes each).
+///
+/// # Safety
+/// As for [`micro_avx512`] with `G = FEW_ROWS`, for `t.panels` panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn few_rows_avx512<const W: u8, const WB: usize>(t: Tile) {
+    // SAFETY: forwarded from the caller, one part of the tile at a time.
+    unsafe {
+        for_panel_widths::<WB, MAX_PANELS>(t, |t, p| match p {
+            8 => dispatch_rows!(micro_avx512, t, 3, 8, W, [1, 2, 3]),
+            4 => dispatch_rows!(micro_avx512, t, 3, 4, W, [1, 2, 3]),
+            2 => dispatch_rows!(micro_avx512, t, 3, 2, W, [1, 2, 3]),
+            _ => dispatch_rows!(micro_avx512, t, 3, 1, W, [1, 2, 3]),
+        })
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
 /// # Safety
@@ -632,6 +710,16 @@ unsafe fn dense_avx512_bf16_pairs(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_W
     // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
     // checked buffers, and AVX-512F and BF16 are available (this function's contract).
     unsafe {
+        if a.n <= FEW_ROWS {
+            return walk::<FEW_ROWS, MAX_PANELS, true, 4>(a, padded_bias, false, |t| {
+                for_panel_widths::<4, MAX_PANELS>(t, |t, p| match p {
+                    8 => dispatch_few_pair_rows!(t, 8),
+                    4 => dispatch_few_pair_rows!(t, 4),
+                    2 => dispatch_few_pair_rows!(t, 2),
+                    _ => dispatch_few_pair_rows!(t, 1),
+                })
+            });
+        }
         walk::<12, 2, true, 4>(a, padded_bias, false, |t| {
             if t.panels == 2 {
                 dispatch_pair_rows!(t, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
@@ -648,10 +736,21 @@ unsafe fn dense_avx512_bf16_pairs(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_W
 /// AVX2, FMA and F16C must be available; `a` as for [`walk`].
 unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], kind: u8) {
     // 6 rows x 1 panel = 12 ymm accumulators (two per row), 2 for the weights, 1 broadcast.
+    // One row takes 4 panels and two rows 2 (8 accumulators, 8 independent chains: one panel
+    // would give a single row 2 and wait on the multiply-add latency).
     // SAFETY: `a` is forwarded from the caller; the tiles `walk` produces lie inside the
     // checked buffers, and AVX2, FMA and F16C are available (this function's contract),
     // which is all the micro-kernels need.
     unsafe {
+        match (a.n, kind) {
+            (1, W_BF16) => return few_rows_avx2::<1, 4, W_BF16, 2>(a, padded_bias),
+            (1, W_F16) => return few_rows_avx2::<1, 4, W_F16, 2>(a, padded_bias),
+            (1, _) => return few_rows_avx2::<1, 4, W_F32, 4>(a, padded_bias),
+            (2, W_BF16) => return few_rows_avx2::<2, 2, W_BF16, 2>(a, padded_bias),
+            (2, W_F16) => return few_rows_avx2::<2, 2, W_F16, 2>(a, padded_bias),
+            (2, _) => return few_rows_avx2::<2, 2, W_F32, 4>(a, padded_bias),
+            _ => {}
+        }
         match kind {
             W_BF16 => walk::<6, 1, false, 2>(a, padded_bias, false, |t| {
                 dispatch_rows!(micro_avx2, t, 6, 1, W_BF16, [1, 2, 3, 4, 5, 6])
@@ -669,6 +768,32 @@ unsafe fn dense_avx2(a: &DenseArgs<'_>, padded_bias: &[f32; PANEL_WIDTH], kind: 
                 }
             }),
         }
+    }
+}
+
+/// [`walk`] for calls of `R` rows (1 or 2) in one group, with AVX2 tiles of up to `P` panels
+/// over weights of kind `W` (`WB` bytes each).
+///
+/// # Safety
+/// As for [`dense_avx2`], with `a.n <= R`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn few_rows_avx2<const R: usize, const P: usize, const W: u8, const WB: usize>(
+    a: &DenseArgs<'_>,
+    padded_bias: &[f32; PANEL_WIDTH],
+) {
+    // SAFETY: the tiles `walk` produces lie inside the checked buffers, each cut into parts
+    // of at most `P` panels; AVX2, FMA and F16C are available.
+    unsafe {
+        walk::<R, P, false, WB>(a, padded_bias, false, |t| {
+            for_panel_widths::<WB, P>(t, |t, p| match (t.rows, p) {
+                (1, 4) => micro_avx2::<R, 1, 4, W>(t),
+                (1, 2) => micro_avx2::<R, 1, 2, W>(t),
+                (1, _) => micro_avx2::<R, 1, 1, W>(t),
+                (_, 2) => micro_avx2::<R, 2, 2, W>(t),
+                (_, _) => micro_avx2::<R, 2, 1, W>(t),
+            })
+        })
     }
 }
 
@@ -1028,56 +1153,66 @@ unsafe fn micro_avx512_in_place(t: Tile) {
     }
 }
 
-/// `R` rows (of a packed group of `G`) x one panel with two 8-lane accumulators per row.
+/// `R` rows (of a packed group of `G`) x `P` panels with two 8-lane accumulators per row and
+/// panel.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `t` as for [`micro_avx512`] with `P = 1`.
+/// AVX2, FMA and F16C must be available; `t` as for [`micro_avx512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn micro_avx2<const G: usize, const R: usize, const P: usize, const W: u8>(t: Tile) {
     // SAFETY: the caller guarantees every range read or written below.
     unsafe {
-        let (mut lo, mut hi) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        // Each panel's 16 outputs are two ymm halves.
+        let (mut lo, mut hi) = ([[_mm256_setzero_ps(); P]; R], [[_mm256_setzero_ps(); P]; R]);
         for r in 0..R {
-            let init = if t.accumulate {
-                t.out.add(r * t.out_stride).cast_const()
-            } else {
-                t.bias
-            };
-            lo[r] = _mm256_loadu_ps(init);
-            hi[r] = _mm256_loadu_ps(init.add(8));
+            for p in 0..P {
+                let init = if t.accumulate {
+                    t.out.add(r * t.out_stride + p * PANEL_WIDTH).cast_const()
+                } else {
+                    t.bias.add(p * PANEL_WIDTH)
+                };
+                lo[r][p] = _mm256_loadu_ps(init);
+                hi[r][p] = _mm256_loadu_ps(init.add(8));
+            }
         }
         let x = t.x.cast::<f32>();
         for i in 0..t.k {
-            let (w0, w1) = if W == W_F16 {
-                let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
-                (
-                    _mm256_cvtph_ps(_mm_loadu_si128(bits.cast())),
-                    _mm256_cvtph_ps(_mm_loadu_si128(bits.add(8).cast())),
-                )
-            } else if W == W_BF16 {
-                let bits = t.w.cast::<u16>().add(i * PANEL_WIDTH);
-                let widen = |b: __m128i| {
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(b)))
+            for p in 0..P {
+                let at = p * t.panel_stride + i * PANEL_WIDTH;
+                let (w0, w1) = if W == W_F16 {
+                    let bits = t.w.cast::<u16>().add(at);
+                    (
+                        _mm256_cvtph_ps(_mm_loadu_si128(bits.cast())),
+                        _mm256_cvtph_ps(_mm_loadu_si128(bits.add(8).cast())),
+                    )
+                } else if W == W_BF16 {
+                    let bits = t.w.cast::<u16>().add(at);
+                    let widen = |b: __m128i| {
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(b)))
+                    };
+                    (
+                        widen(_mm_loadu_si128(bits.cast())),
+                        widen(_mm_loadu_si128(bits.add(8).cast())),
+                    )
+                } else {
+                    let w = t.w.cast::<f32>().add(at);
+                    (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)))
                 };
-                (
-                    widen(_mm_loadu_si128(bits.cast())),
-                    widen(_mm_loadu_si128(bits.add(8).cast())),
-                )
-            } else {
-                let w = t.w.cast::<f32>().add(i * PANEL_WIDTH);
-                (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)))
-            };
-            for r in 0..R {
-                let xv = _mm256_set1_ps(*x.add(i * G + r));
-                lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
-                hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
+                for r in 0..R {
+                    let xv = _mm256_set1_ps(*x.add(i * G + r));
+                    lo[r][p] = _mm256_fmadd_ps(xv, w0, lo[r][p]);
+                    hi[r][p] = _mm256_fmadd_ps(xv, w1, hi[r][p]);
+                }
             }
         }
         for r in 0..R {
-            _mm256_storeu_ps(t.out.add(r * t.out_stride), lo[r]);
-            _mm256_storeu_ps(t.out.add(r * t.out_stride + 8), hi[r]);
+            for p in 0..P {
+                let o = t.out.add(r * t.out_stride + p * PANEL_WIDTH);
+                _mm256_storeu_ps(o, lo[r][p]);
+                _mm256_storeu_ps(o.add(8), hi[r][p]);
+            }
         }
     }
 }
@@ -1292,7 +1427,6 @@ mod tests {
 
     #[test]
     fn half_weights_widened_equal_f32_kernels_and_bf16_pairs_match_bf16_products() {
-        let (d, o) = (37, 41);
         let mut seed = 777u64;
         let mut next = || {
             seed = seed
@@ -1300,8 +1434,13 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        let stride = padded_rows(o);
-        for n in [1usize, 7, 13, 130] {
+        // 3 panels; 15 panels, which the few-rows kernels cut into tiles of 8, 4, 2 and 1.
+        let shapes = [(37, 41), (21, 233)];
+        let cases = shapes
+            .iter()
+            .flat_map(|&s| [1usize, 2, 3, 7, 13, 130].map(|n| (s, n)));
+        for ((d, o), n) in cases {
+            let stride = padded_rows(o);
             let x: Vec<f32> = (0..n * d).map(|_| next()).collect();
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
             let b: Vec<f32> = (0..o).map(|_| next()).collect();
@@ -1618,8 +1757,8 @@ mod tests {
     #[test]
     fn every_plan_matches_naive_product_and_rows_are_chunking_independent() {
         // 3 panels (an odd group for the 2-panel kernel), a partial last panel, input blocks
-        // that do and do not divide the input dimension.
-        let (d, o) = (37, 41);
+        // that do and do not divide the input dimension; 15 panels, which the few-rows kernels
+        // cut into tiles of 8, 4, 2 and 1.
         let mut seed = 12345u64;
         let mut next = || {
             seed = seed
@@ -1628,7 +1767,11 @@ mod tests {
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         // Row counts around every kernel's row group and beyond one packed chunk of rows.
-        for n in [1usize, 5, 6, 9, 13, 16, 17, 25, 64, 71] {
+        let rows = [1usize, 2, 3, 4, 5, 6, 9, 13, 16, 17, 25, 64, 71];
+        let cases = [(37, 41), (21, 233)]
+            .into_iter()
+            .flat_map(|s| rows.map(|n| (s, n)));
+        for ((d, o), n) in cases {
             let x: Vec<f32> = (0..n * d).map(|_| next()).collect();
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
             let b: Vec<f32> = (0..o).map(|_| next()).collect();
