@@ -1672,7 +1672,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for n in [12usize, 24, 29, 140] {
+        for n in [12usize, 17, 24, 29, 37, 64, 140] {
             let x: Vec<f32> = (0..n * x_stride).map(|_| next()).collect();
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
             let b: Vec<f32> = (0..o).map(|_| next()).collect();
