@@ -17,15 +17,14 @@ use crate::model::{MatrixWeights, WeightViews};
 /// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
 pub const BLOCK_TILES: usize = 128;
 
-/// Blocks of at least this many tiles read 16-bit weights from their f32 copies: with AVX-512,
-/// blocks of up to 16 tiles (which take one pass over the weights) read the 16-bit weights,
-/// whose 1.5 MiB stay in a 2 MiB L2 where the f32 copy's 3 MiB do not (measured on an Intel
-/// Xeon, one process alternating both: 1.06-1.07x at 16 tiles, 1.09x at 12, 1.18x at 8;
-/// 0.82-0.86x at 32 and more, where the widening is the cost); AVX2, whose widening takes
-/// more instructions per multiply-add, gains nothing at 16 (0.98x) and switches at 8.
+/// Blocks of at least this many tiles read 16-bit weights from their f32 copies. Measured on an
+/// Intel Xeon (2 MiB L2), one process alternating both: with AVX-512, 16-bit weights at 8
+/// tiles (8-row tiles) were 1.08x the f32 copy, at 12 and 16 tiles 0.92-0.99x (the widening
+/// costs more than the L2-resident bytes save), at 32 and more 0.82-0.86x; AVX2, whose
+/// widening takes more instructions per multiply-add, switches from 8 tiles on.
 fn wide_rows(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 | Isa::Amx => 17,
+        Isa::Avx512 | Isa::Amx => 9,
         _ => 8,
     }
 }
