@@ -46,9 +46,45 @@ impl Measurements {
         }
     }
 
-    fn median(&self, label: &str, strip: usize) -> Option<f64> {
+    /// Adds an empty row for `label`, so that rows keep this order whatever the order of the
+    /// measurements.
+    pub fn declare(&mut self, label: &str) {
+        if !self.rows.iter().any(|(l, _)| l == label) {
+            self.rows.push((label.to_string(), BTreeMap::new()));
+        }
+    }
+
+    fn samples(&self, label: &str, strip: usize) -> Option<&Vec<f64>> {
         let (_, by_strip) = self.rows.iter().find(|(l, _)| l == label)?;
-        by_strip.get(&strip).map(|v| stats(v).0)
+        by_strip.get(&strip).filter(|v| !v.is_empty())
+    }
+
+    fn median(&self, label: &str, strip: usize) -> Option<f64> {
+        self.samples(label, strip).map(|v| stats(v).0)
+    }
+
+    /// Paired ratios: in each round, `label`'s speed over the fastest of `others` in the same
+    /// round (measured seconds apart, so a slow phase of a shared host moves both sides);
+    /// median, minimum and maximum over the rounds.
+    fn paired_ratio(
+        &self,
+        label: &str,
+        others: &[&String],
+        strip: usize,
+    ) -> Option<(f64, f64, f64)> {
+        let ours = self.samples(label, strip)?;
+        let theirs: Vec<&Vec<f64>> = others
+            .iter()
+            .filter_map(|o| self.samples(o, strip))
+            .filter(|v| v.len() == ours.len())
+            .collect();
+        if theirs.is_empty() {
+            return None;
+        }
+        let ratios: Vec<f64> = (0..ours.len())
+            .map(|i| ours[i] / theirs.iter().map(|v| v[i]).fold(0.0, f64::max))
+            .collect();
+        Some(stats(&ratios))
     }
 }
 
@@ -131,7 +167,9 @@ impl Report {
         let _ = writeln!(
             s,
             "Measured {} by `scripts/bench` (one thread pinned to one core, \
-            {} rounds interleaving the implementations; median tiles/s with the range).\n",
+            {} rounds interleaving the implementations; median tiles/s with the range; a ratio \
+            to the best peer is the median of each round's ratio to that round's fastest peer, \
+            with its range: the f32 engines run right before the peers).\n",
             today(),
             self.rounds()
         );
@@ -186,16 +224,12 @@ impl Report {
             if !peers.is_empty() {
                 let cells: Vec<String> = strips
                     .iter()
-                    .map(|st| {
-                        let best = peers
-                            .iter()
-                            .filter_map(|p| self.measurements.median(p, *st))
-                            .fold(0.0, f64::max);
-                        match self.measurements.median(engine, *st) {
-                            Some(ours) if best > 0.0 => format!("{:.2}x", ours / best),
-                            _ => "—".into(),
-                        }
-                    })
+                    .map(
+                        |st| match self.measurements.paired_ratio(engine, &peers, *st) {
+                            Some((med, lo, hi)) => format!("{med:.2}x ({lo:.2}–{hi:.2})"),
+                            None => "—".into(),
+                        },
+                    )
                     .collect();
                 let _ = writeln!(s, "| {engine} ÷ best peer | {} |", cells.join(" | "));
             }
@@ -250,7 +284,8 @@ pub fn render_threads(m: &Measurements, strips: &[usize], threads: usize, rounds
     let _ = writeln!(
         s,
         "Measured {} by `scripts/bench` on {threads} cores ({rounds} rounds, interleaved; median \
-         tiles/s with the range). CPU: {}.\n",
+         tiles/s with the range; the speed-up is the median of each round's ratio, with its \
+         range). CPU: {}.\n",
         today(),
         cpu_model()
     );
@@ -258,9 +293,9 @@ pub fn render_threads(m: &Measurements, strips: &[usize], threads: usize, rounds
     if let [(one, _), (many, _)] = &m.rows[..] {
         let cells: Vec<String> = strips
             .iter()
-            .map(|st| match (m.median(one, *st), m.median(many, *st)) {
-                (Some(a), Some(b)) => format!("{:.2}x", b / a),
-                _ => "—".into(),
+            .map(|st| match m.paired_ratio(many, &[one], *st) {
+                Some((med, lo, hi)) => format!("{med:.2}x ({lo:.2}–{hi:.2})"),
+                None => "—".into(),
             })
             .collect();
         let _ = writeln!(s, "| speed-up, {threads} threads | {} |", cells.join(" | "));
