@@ -372,3 +372,34 @@ fn today() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "on an unknown date".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_pair_each_round_with_its_fastest_peer() {
+        let mut m = Measurements::default();
+        m.declare("msclam f32");
+        for (ours, a, b) in [(10.0, 5.0, 8.0), (20.0, 10.0, 5.0), (30.0, 20.0, 10.0)] {
+            m.add("msclam f32", 1, ours);
+            m.add("peer a", 1, a);
+            m.add("peer b", 1, b);
+        }
+        let (a, b) = ("peer a".to_string(), "peer b".to_string());
+        // Fastest peer per round: 8, 10, 20; ratios 1.25, 2, 1.5 (the ratio of the medians
+        // would be 20 / 10 = 2).
+        assert_eq!(
+            m.paired_ratio("msclam f32", &[&a, &b], 1),
+            Some((1.5, 1.25, 2.0))
+        );
+        assert_eq!(m.paired_ratio("msclam f32", &[&a, &b], 16), None);
+        // A peer missing a round is left out rather than paired with another round.
+        m.add("peer c", 1, 100.0);
+        let c = "peer c".to_string();
+        assert_eq!(
+            m.paired_ratio("msclam f32", &[&a, &c], 1),
+            Some((2.0, 1.5, 2.0))
+        );
+    }
+}
