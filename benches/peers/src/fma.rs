@@ -1,6 +1,6 @@
 //! The core's measured fused multiply-add peak, one microbenchmark per vector width, and the
-//! peaks of the AVX-512 VNNI int8 dot products (`vnni512`) and of the AMX bf16 tiles (`amx`),
-//! 2 operations per multiply-add.
+//! peaks of the int8 dot products (AVX-512 VNNI: `vnni512`; AVX-VNNI: `vnni256`) and of the
+//! AMX bf16 tiles (`amx`), 2 operations per multiply-add.
 //!
 //! Each loop keeps more independent accumulator chains in registers than the FMA latency on
 //! every port needs (2 ports x 4-cycle latency needs 8; 10 ymm, 16 zmm), with no loads, so the
@@ -44,6 +44,11 @@ pub fn fma_peaks_with(iters: usize) -> Vec<(&'static str, f64)> {
             // SAFETY: AVX-512F and VNNI are available (checked just above).
             let rate = best_rate(3, || unsafe { x86::vnni512(iters) });
             peaks.push(("vnni512", rate / 1e9));
+        }
+        if msclam_engine::kernels::avx_vnni_supported() {
+            // SAFETY: AVX2 and AVX-VNNI are available (checked just above).
+            let rate = best_rate(3, || unsafe { x86::vnni256(iters) });
+            peaks.push(("vnni256", rate / 1e9));
         }
         if msclam_engine::kernels::amx_bf16_usable() {
             // SAFETY: this process may use the AMX bf16 tiles (checked just above).
@@ -112,6 +117,25 @@ mod x86 {
         }
         black_box(acc);
         (iters * 16 * 16 * 4 * 2) as f64
+    }
+
+    /// `iters` rounds of 12 independent 256-bit `vpdpbusd` (8 lanes x 4 u8 x s8 products
+    /// each; 12 of the 16 ymm registers); returns the operations done.
+    ///
+    /// # Safety
+    /// AVX2 and AVX-VNNI must be available.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn vnni256(iters: usize) -> f64 {
+        let a = _mm256_set1_epi32(black_box(0x0101_0101));
+        let b = _mm256_set1_epi32(black_box(0x01ff_01ff));
+        let mut acc = [_mm256_setzero_si256(); 12];
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm256_dpbusd_avx_epi32(*c, a, b);
+            }
+        }
+        black_box(acc);
+        (iters * 12 * 8 * 4 * 2) as f64
     }
 
     /// `iters` rounds of 4 independent `tdpbf16ps` (16 x 16 outputs x 32 bf16 products each)

@@ -211,6 +211,8 @@ fn run(args: &Args) -> Result<(), String> {
             continue;
         } else if isa.vector() == Isa::Avx512 && vnni {
             "int8 vnni"
+        } else if *isa != Isa::Portable && msclam_engine::kernels::avx_vnni_supported() {
+            "int8 avx-vnni"
         } else {
             "int8 madd16"
         };

@@ -176,7 +176,8 @@ impl Report {
         let _ = writeln!(s, "- CPU: {}; flags: {}", cpu_model(), cpu_flags());
         for (width, gflops) in &self.fma_peaks {
             let what = match *width {
-                "vnni512" => "int8 dot-product (VNNI) peak",
+                "vnni512" => "int8 dot-product (AVX-512 VNNI) peak",
+                "vnni256" => "int8 dot-product (AVX-VNNI) peak",
                 "amx" => "bf16 tile (AMX) peak",
                 _ => "FMA peak",
             };
@@ -185,7 +186,7 @@ impl Report {
                 "- {what}, {width}: {gflops:.1} GOP/s, i.e. {} tiles/s at \
                 {:.3} M multiply-adds x 2 per tile",
                 thousands(gflops * 1e9 / flops),
-                flops / 1e6
+                flops / 2e6
             );
         }
         for v in &self.versions {
@@ -235,6 +236,8 @@ impl Report {
             }
             let width = if engine.ends_with("int8 vnni") {
                 "vnni512"
+            } else if engine.ends_with("int8 avx-vnni") {
+                "vnni256"
             } else if engine.ends_with("int8 tiles") {
                 "amx-int8"
             } else {

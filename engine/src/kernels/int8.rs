@@ -9,8 +9,10 @@
 //! `out = ((acc - zero * sum(w_q)) as f32 * scale_x) * scale_w[o] + bias[o]`.
 //!
 //! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds per instruction) where the CPU has it;
-//! elsewhere 16-bit multiply-adds (`pmaddwd`, AVX2 or SSE2) over the inputs held as 16-bit
-//! values and the weights sign-extended in registers.
+//! else AVX-VNNI (the same instruction on 256-bit registers: Intel client CPUs from Alder Lake
+//! on, AMD Zen 5) under the AVX2 instruction set; elsewhere 16-bit multiply-adds (`pmaddwd`,
+//! AVX2 or SSE2) over the inputs held as 16-bit values and the weights sign-extended in
+//! registers.
 //!
 //! Determinism: the integer sums are exact, and the quantization and the final three
 //! operations are the same IEEE operations (no fused multiply-add) on every instruction set, so
@@ -83,14 +85,59 @@ pub fn vnni_supported() -> bool {
     false
 }
 
+/// Whether this CPU has the 256-bit AVX-VNNI dot products (with AVX2).
+pub fn avx_vnni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni") && Isa::Avx2Fma.is_supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The integer kernel of an int8 product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Int8Kernel {
+    /// AVX-512 VNNI, 12 rows x 2 panels (and the AMX tiles for calls of 16 rows and more).
+    Vnni512,
+    /// AVX-VNNI, 6 rows x 1 panel.
+    AvxVnni,
+    /// 16-bit multiply-adds with AVX2, 2 rows x 1 panel.
+    MaddAvx2,
+    /// 16-bit multiply-adds with SSE2 (or plain integers off x86-64), 2 rows x 1 panel.
+    MaddPortable,
+}
+
+impl Int8Kernel {
+    /// The fastest kernel of `isa` on this CPU.
+    fn for_isa(isa: Isa) -> Int8Kernel {
+        match isa {
+            Isa::Avx512 | Isa::Amx if vnni_supported() => Int8Kernel::Vnni512,
+            Isa::Avx512 | Isa::Amx | Isa::Avx2Fma if avx_vnni_supported() => Int8Kernel::AvxVnni,
+            Isa::Avx512 | Isa::Amx | Isa::Avx2Fma => Int8Kernel::MaddAvx2,
+            Isa::Portable => Int8Kernel::MaddPortable,
+        }
+    }
+
+    /// Whether the kernel reads `u8` inputs (else `u16`).
+    fn bytes(self) -> bool {
+        matches!(self, Int8Kernel::Vnni512 | Int8Kernel::AvxVnni)
+    }
+
+    /// Rows and panels of its micro-tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Int8Kernel::Vnni512 => (12, 2),
+            Int8Kernel::AvxVnni => (6, 1),
+            Int8Kernel::MaddAvx2 | Int8Kernel::MaddPortable => (2, 1),
+        }
+    }
+}
+
 /// Rows quantized per pass: at most the packing buffer's rows.
 const MAX_ROWS: usize = super::PACK_ROWS;
 /// Calls of fewer rows use VNNI rather than the AMX tiles (one tile holds 16 rows).
 const AMX_MIN_ROWS: usize = 16;
-/// Row group of the VNNI kernel (24 accumulators of 2 panels).
-const VNNI_ROWS: usize = 12;
-/// Row group of the 16-bit multiply-add kernels.
-const MADD_ROWS: usize = 2;
 
 /// One pass of micro-tiles over quantized rows, as raw pointers for the micro-kernels.
 #[derive(Clone, Copy)]
@@ -135,6 +182,28 @@ pub(crate) fn dense_int8(
     out_stride: usize,
     pack: &mut [f32],
 ) {
+    let kernel = Int8Kernel::for_isa(plan.isa);
+    dense_int8_with(
+        plan, kernel, x, n, in_dim, x_stride, weights, out_dim, bias, out, out_stride, pack,
+    )
+}
+
+/// [`dense_int8`] with the given kernel (one `plan.isa` supports).
+#[allow(clippy::too_many_arguments)]
+fn dense_int8_with(
+    plan: &KernelPlan,
+    kernel: Int8Kernel,
+    x: &[f32],
+    n: usize,
+    in_dim: usize,
+    x_stride: usize,
+    weights: Int8Weights<'_>,
+    out_dim: usize,
+    bias: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+    pack: &mut [f32],
+) {
     if n == 0 {
         return;
     }
@@ -148,15 +217,15 @@ pub(crate) fn dense_int8(
     let width = padded_rows(out_dim);
     let panels = width / PANEL_WIDTH;
     let groups = in_dim.div_ceil(QUAD);
-    let vnni = plan.isa.vector() == Isa::Avx512 && vnni_supported();
+    let vnni = kernel == Int8Kernel::Vnni512;
     // The AMX tiles sum the same integers as VNNI, exactly, from the same quantized rows; for
     // a few rows VNNI is faster (strips of 1 tile: 49k against 33k tiles/s on an Intel Xeon).
     #[cfg(target_arch = "x86_64")]
     let amx = vnni && plan.isa == Isa::Amx && n >= AMX_MIN_ROWS && super::amx_int8_usable();
     #[cfg(not(target_arch = "x86_64"))]
     let amx = false;
-    // VNNI reads u8 inputs; the 16-bit kernels u16.
-    let value_bytes = if vnni { 1 } else { 2 };
+    // The dot-product kernels read u8 inputs; the 16-bit kernels u16.
+    let value_bytes = if kernel.bytes() { 1 } else { 2 };
     let row_bytes = groups * QUAD * value_bytes;
     assert!(x_stride >= in_dim && span(n, x_stride, in_dim).is_some_and(|need| x.len() >= need));
     assert!(
@@ -175,14 +244,24 @@ pub(crate) fn dense_int8(
         "{} kernels on this CPU",
         plan.isa.name()
     );
+    assert!(
+        match kernel {
+            Int8Kernel::Vnni512 => plan.isa.vector() == Isa::Avx512 && vnni_supported(),
+            Int8Kernel::AvxVnni => plan.isa != Isa::Portable && avx_vnni_supported(),
+            Int8Kernel::MaddAvx2 => plan.isa != Isa::Portable,
+            Int8Kernel::MaddPortable => true,
+        },
+        "{kernel:?} int8 kernel with the {} instruction set on this CPU",
+        plan.isa.name()
+    );
     let pack: &mut [u8] = bytemuck::cast_slice_mut(pack);
     // The AMX tiles' last step may read up to 63 bytes past the last row (into products with
     // zero weights): keep that much of the buffer free.
     let slack = if amx { 64 } else { 0 };
     let max_rows = MAX_ROWS.min(pack.len().saturating_sub(slack) / row_bytes);
     assert!(max_rows > 0, "the packing buffer holds no quantized row");
-    // Panels per micro-tile.
-    let group_panels = if vnni { 2 } else { 1 };
+    // Rows and panels per micro-tile.
+    let (tile_rows_max, group_panels) = kernel.tile();
 
     let mut row_scale = [0.0f32; MAX_ROWS];
     let mut row_zero = [0i32; MAX_ROWS];
@@ -194,7 +273,7 @@ pub(crate) fn dense_int8(
         for r in 0..rows {
             let src = &x[(r0 + r) * x_stride..(r0 + r) * x_stride + in_dim];
             let dst = &mut pack[r * row_bytes..(r + 1) * row_bytes];
-            (row_scale[r], row_zero[r]) = quantize_row(plan.isa, src, vnni, dst);
+            (row_scale[r], row_zero[r]) = quantize_row(plan.isa, src, kernel.bytes(), dst);
         }
         #[cfg(target_arch = "x86_64")]
         if amx {
@@ -247,7 +326,7 @@ pub(crate) fn dense_int8(
             tile_bias[..end - start].copy_from_slice(&bias[start..end]);
             let mut r = 0;
             while r < rows {
-                let tile_rows = if vnni { VNNI_ROWS } else { MADD_ROWS }.min(rows - r);
+                let tile_rows = tile_rows_max.min(rows - r);
                 // SAFETY (pointer arithmetic): rows r0 + r.. are inside `out` and `pack`,
                 // panels p.. inside the weights, as checked above.
                 let tile = unsafe {
@@ -265,7 +344,7 @@ pub(crate) fn dense_int8(
                         out_stride,
                     }
                 };
-                run_tile(plan.isa, vnni, tile, tile_rows, tile_panels);
+                run_tile(kernel, tile, tile_rows, tile_panels);
                 r += tile_rows;
             }
             p += tile_panels;
@@ -316,7 +395,7 @@ unsafe fn finish_sums_avx512(
 }
 
 /// Runs one micro-tile of `rows` rows by `panels` panels with the chosen kernel.
-fn run_tile(isa: Isa, vnni: bool, t: Tile, rows: usize, panels: usize) {
+fn run_tile(kernel: Int8Kernel, t: Tile, rows: usize, panels: usize) {
     macro_rules! by_rows {
         ($kernel:ident, $panels:literal, [$($r:literal),+]) => {
             match rows {
@@ -326,24 +405,26 @@ fn run_tile(isa: Isa, vnni: bool, t: Tile, rows: usize, panels: usize) {
         };
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the tile lies inside the buffers `dense_int8` checked. VNNI runs only where the
-    // CPU has AVX-512F, BW and VNNI (`vnni_supported`); the AVX2 kernel only with a session
-    // instruction set that includes AVX2 (checked supported by `dense_int8`); SSE2 is part of
-    // x86-64.
+    // SAFETY: the tile lies inside the buffers `dense_int8_with` checked, which also checked
+    // that the CPU has what the kernel needs: AVX-512F, BW and VNNI for `Vnni512`, AVX2 and
+    // AVX-VNNI for `AvxVnni`, AVX2 for `MaddAvx2`; SSE2 is part of x86-64.
     unsafe {
-        match (vnni, panels, isa) {
-            (true, 2, _) => by_rows!(micro_vnni, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
-            (true, _, _) => by_rows!(micro_vnni, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
-            (false, _, Isa::Avx512 | Isa::Amx | Isa::Avx2Fma) => {
-                by_rows!(micro_madd_avx2, 1, [1, 2])
+        match (kernel, panels) {
+            (Int8Kernel::Vnni512, 2) => {
+                by_rows!(micro_vnni, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
             }
-            (false, _, Isa::Portable) => by_rows!(micro_madd_sse2, 1, [1, 2]),
+            (Int8Kernel::Vnni512, _) => {
+                by_rows!(micro_vnni, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+            }
+            (Int8Kernel::AvxVnni, _) => by_rows!(micro_avx_vnni, 1, [1, 2, 3, 4, 5, 6]),
+            (Int8Kernel::MaddAvx2, _) => by_rows!(micro_madd_avx2, 1, [1, 2]),
+            (Int8Kernel::MaddPortable, _) => by_rows!(micro_madd_sse2, 1, [1, 2]),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (isa, vnni, panels);
-        // SAFETY: the tile lies inside the buffers `dense_int8` checked.
+        let _ = (kernel, panels);
+        // SAFETY: the tile lies inside the buffers `dense_int8_with` checked.
         unsafe { by_rows!(micro_scalar, 1, [1, 2]) }
     }
 }
@@ -570,6 +651,41 @@ fn quantize_simd(isa: Isa, src: &[f32], inv: f32, zero: i32, bytes: bool, dst: &
                 // SAFETY: the session's instruction set is supported (checked by
                 // `dense_int8`); lengths checked above.
                 unsafe { run(s, d, n, inv, zero, bytes) }
+            }
+            Isa::Avx2Fma if bytes => {
+                #[target_feature(enable = "avx2")]
+                /// # Safety
+                /// AVX2; `s` has `n` values and `d` room for `n` bytes.
+                unsafe fn run(s: *const f32, d: *mut u8, n: usize, inv: f32, zero: i32) -> usize {
+                    let (inv, z) = (_mm256_set1_ps(inv), _mm256_set1_epi32(zero));
+                    let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+                    // Both packs work per 128-bit lane: their 8 dwords (4 bytes each) hold
+                    // the wanted dwords 0 2 4 6 1 3 5 7; this permutation puts them back.
+                    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                    let mut i = 0;
+                    while i + 32 <= n {
+                        // SAFETY: values i..i + 32 are inside `s`, their outputs inside `d`.
+                        unsafe {
+                            let q = |at: usize| {
+                                let q = _mm256_cvtps_epi32(_mm256_mul_ps(
+                                    _mm256_loadu_ps(s.add(at)),
+                                    inv,
+                                ));
+                                _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, z), lo), hi)
+                            };
+                            let words_a = _mm256_packus_epi32(q(i), q(i + 8));
+                            let words_b = _mm256_packus_epi32(q(i + 16), q(i + 24));
+                            let bytes = _mm256_packus_epi16(words_a, words_b);
+                            let ordered = _mm256_permutevar8x32_epi32(bytes, order);
+                            _mm256_storeu_si256(d.add(i).cast(), ordered);
+                        }
+                        i += 32;
+                    }
+                    i
+                }
+                // SAFETY: the session's instruction set is supported (checked by
+                // `dense_int8`); lengths checked above.
+                unsafe { run(s, d, n, inv, zero) }
             }
             _ if bytes => 0,
             Isa::Avx2Fma => {
@@ -809,6 +925,64 @@ unsafe fn micro_scalar<const R: usize, const P: usize>(t: Tile) {
     }
 }
 
+/// `R` rows by one panel with AVX-VNNI: per group of 4 inputs, the panel's 64 weight bytes in
+/// two registers (outputs 0-7 and 8-15), `R` broadcasts and `2 R` `vpdpbusd` of 32
+/// multiply-adds each (12 accumulators for 6 rows, 2 weights, 1 broadcast: 15 of the 16
+/// registers); then the same last operations as every other kernel, 8 outputs at a time.
+///
+/// # Safety
+/// AVX2 and AVX-VNNI must be available; the tile must lie inside the buffers [`dense_int8`]
+/// checked, its rows holding `u8` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn micro_avx_vnni<const R: usize, const P: usize>(t: Tile) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for g in 0..t.groups {
+        // SAFETY: the 64 bytes of group g of the panel are inside the checked weights.
+        let (w0, w1) = unsafe {
+            let at = t.quads.add(g * PANEL_WIDTH * QUAD);
+            (
+                _mm256_loadu_si256(at.cast()),
+                _mm256_loadu_si256(at.add(32).cast()),
+            )
+        };
+        for r in 0..R {
+            // SAFETY: inputs 4g..4g + 4 of row r are inside the quantized rows.
+            let x = unsafe {
+                t.q.add(r * t.row_bytes + g * QUAD)
+                    .cast::<i32>()
+                    .read_unaligned()
+            };
+            let x = _mm256_set1_epi32(x);
+            acc[r][0] = _mm256_dpbusd_avx_epi32(acc[r][0], x, w0);
+            acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], x, w1);
+        }
+    }
+    for h in 0..2 {
+        // SAFETY: the panel's 16 sums, scales and biases are inside the buffers.
+        let (sums, scales, bias) = unsafe {
+            (
+                _mm256_loadu_si256(t.weight_sums.add(8 * h).cast()),
+                _mm256_loadu_ps(t.scales.add(8 * h)),
+                _mm256_loadu_ps(t.bias.add(8 * h)),
+            )
+        };
+        for r in 0..R {
+            // SAFETY: row r's scale and zero point, and its outputs 8h..8h + 8, are inside
+            // the checked buffers.
+            unsafe {
+                let zero = _mm256_set1_epi32(*t.row_zero.add(r));
+                let row_scale = _mm256_set1_ps(*t.row_scale.add(r));
+                let centred = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(zero, sums));
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(centred), row_scale);
+                let v = _mm256_add_ps(_mm256_mul_ps(v, scales), bias);
+                _mm256_storeu_ps(t.out.add(r * t.out_stride + 8 * h), v);
+            }
+        }
+    }
+}
+
 /// `R` rows by `P` panels with AVX-512 VNNI: per group of 4 inputs, `P` weight loads, `R`
 /// broadcasts and `R x P` `vpdpbusd` of 64 multiply-adds each.
 ///
@@ -937,15 +1111,23 @@ mod tests {
         let want = expected(&x, n, d, &wq, &ws, o, &b);
         let stride = padded_rows(o);
         let mut pack = vec![0.0f32; super::super::PACK_FLOATS];
-        for isa in Isa::all_supported() {
+        // Each instruction set's kernel, and under AVX2 also the 16-bit one where AVX-VNNI
+        // would be chosen.
+        let cases = Isa::all_supported().into_iter().flat_map(|isa| {
+            let chosen = Int8Kernel::for_isa(isa);
+            let extra = (chosen == Int8Kernel::AvxVnni).then_some(Int8Kernel::MaddAvx2);
+            std::iter::once((isa, chosen)).chain(extra.map(|k| (isa, k)))
+        });
+        for (isa, kernel) in cases {
             let plan = KernelPlan::for_isa(isa);
             for split in [n, 1, 13] {
                 let mut out = vec![f32::NAN; n * stride];
                 let mut r = 0;
                 while r < n {
                     let rows = split.min(n - r);
-                    dense_int8(
+                    dense_int8_with(
                         &plan,
+                        kernel,
                         &x[r * d..],
                         rows,
                         d,
@@ -964,7 +1146,7 @@ mod tests {
                         assert_eq!(
                             out[row * stride + j].to_bits(),
                             want[row * o + j].to_bits(),
-                            "{isa:?}, split {split}, row {row}, output {j}"
+                            "{isa:?} {kernel:?}, split {split}, row {row}, output {j}"
                         );
                     }
                     assert!(out[row * stride + o..(row + 1) * stride]
