@@ -9,10 +9,10 @@
 //! `out = ((acc - zero * sum(w_q)) as f32 * scale_x) * scale_w[o] + bias[o]`.
 //!
 //! Kernels: AVX-512 VNNI (`vpdpbusd`, 64 multiply-adds per instruction) where the CPU has it;
-//! else AVX-VNNI (the same instruction on 256-bit registers: Intel client CPUs from Alder Lake
-//! on, AMD Zen 5) under the AVX2 instruction set; elsewhere 16-bit multiply-adds (`pmaddwd`,
-//! AVX2 or SSE2) over the inputs held as 16-bit values and the weights sign-extended in
-//! registers.
+//! else AVX-VNNI (the same instruction on 256-bit registers, e.g. Intel client CPUs from Alder
+//! Lake on), also for sessions with the AVX2 instruction set; elsewhere 16-bit multiply-adds
+//! (`pmaddwd`, AVX2 or SSE2) over the inputs held as 16-bit values and the weights
+//! sign-extended in registers.
 //!
 //! Determinism: the integer sums are exact, and the quantization and the final three
 //! operations are the same IEEE operations (no fused multiply-add) on every instruction set, so
