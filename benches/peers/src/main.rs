@@ -194,8 +194,8 @@ fn run(args: &Args) -> Result<(), String> {
         let s = SlideSession::with_isa(f16_model.clone(), most, *isa).map_err(|e| e.to_string())?;
         sessions.push((format!("msclam {} f16 widened", isa.name()), s));
     }
-    // int8 weights: AVX-512 VNNI dot products where the CPU has them, else 16-bit
-    // multiply-adds (AVX2 or SSE2); the same results on every path.
+    // int8 weights: AVX-512 VNNI dot products where the CPU has them, else AVX-VNNI, else
+    // 16-bit multiply-adds (AVX2 or SSE2); the same results on every path.
     let int8_bytes = ModelWriter::new(&weights)
         .matrix_dtype(Dtype::Int8)
         .to_bytes()

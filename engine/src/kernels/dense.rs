@@ -180,7 +180,8 @@ pub fn dense(
     // between calls starts each call on the weights the previous one read last, which are
     // still in L2 (strips of 1 or 16 tiles: 3 MiB of f32 weights through a 2 MiB L2). The
     // block is bounded by the packing buffer: `n` rows take at most `n` rounded up to 12
-    // packed rows (whole groups of 12 for AVX-512, of 6 for AVX2, of 2 for the portable code).
+    // packed rows (whole groups of 12, 8 or 3 for AVX-512, of 6, 2 or 1 for AVX2, of 2 for the
+    // portable code; 16 rows in groups of 8 are 16 <= 24).
     if n <= SMALL_ROWS {
         args.reverse = order == PanelOrder::Backward;
         if !matches!(weights, MatrixWeights::Bf16Pairs(_)) {
@@ -312,6 +313,12 @@ unsafe fn walk<const R: usize, const P: usize, const PAIRS: bool, const WB: usiz
     direct: bool,
     mut tile: impl FnMut(Tile),
 ) {
+    const {
+        assert!(
+            P <= MAX_PANELS,
+            "the biases of a group of panels hold MAX_PANELS"
+        )
+    };
     let panels = padded_rows(a.out_dim) / PANEL_WIDTH;
     // With `direct`, whole groups of R rows are read in place and only the rest is packed.
     let direct = direct && !PAIRS;
@@ -611,7 +618,7 @@ unsafe fn walk_avx512<const W: u8, const WB: usize>(
     padded_bias: &[f32; PANEL_WIDTH],
 ) {
     // SAFETY: the tiles `walk` produces lie inside the checked buffers; the caller runs on a
-    // CPU with AVX-512F.
+    // CPU with AVX-512F, AVX2 and FMA (`dense_avx512`'s contract), all the kernels need.
     unsafe {
         if a.n <= FEW_ROWS {
             return walk::<FEW_ROWS, MAX_PANELS, false, WB>(a, padded_bias, false, |t| {
@@ -807,9 +814,10 @@ unsafe fn few_rows_avx2<const R: usize, const P: usize, const W: u8, const WB: u
             for_panel_widths::<WB, P>(t, |t, p| match (t.rows, p) {
                 (1, 4) => micro_avx2::<R, 1, 4, W>(t),
                 (1, 2) => micro_avx2::<R, 1, 2, W>(t),
-                (1, _) => micro_avx2::<R, 1, 1, W>(t),
-                (_, 2) => micro_avx2::<R, 2, 2, W>(t),
-                (_, _) => micro_avx2::<R, 2, 1, W>(t),
+                (1, 1) => micro_avx2::<R, 1, 1, W>(t),
+                (2, 2) if R >= 2 => micro_avx2::<R, 2, 2, W>(t),
+                (2, 1) if R >= 2 => micro_avx2::<R, 2, 1, W>(t),
+                _ => unreachable!("tile rows or panels beyond the kernel's register block"),
             })
         })
     }
@@ -1768,6 +1776,49 @@ mod tests {
                         "{isa:?} {r} {j}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn calls_of_a_few_rows_over_more_inputs_than_one_pass_match_the_blocked_kernels() {
+        // Calls of up to 16 rows take one pass over up to 3,072 inputs (1,536 from 13 rows):
+        // 3,100 inputs make every few-row and 8 x 3 tile park partial sums in `out` between
+        // two passes. 15 panels: tiles of 8, 4, 2, 1 and of 3 panels.
+        let (d, o, n_max) = (3100, 233, 20);
+        let mut seed = 99u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let x: Vec<f32> = (0..n_max * d).map(|_| next()).collect();
+        let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
+        let b: Vec<f32> = (0..o).map(|_| next()).collect();
+        let packed = pack_panels(&w, o, d);
+        let f32w = MatrixWeights::F32(&packed);
+        let stride = padded_rows(o);
+        let mut pack = vec![f32::NAN; PACK_FLOATS];
+        for isa in Isa::all_supported() {
+            let plan = KernelPlan::for_isa(isa);
+            let mut all = vec![f32::NAN; n_max * stride];
+            let fwd = PanelOrder::Forward;
+            dense(
+                &plan, &x, n_max, d, d, f32w, o, &b, &mut all, stride, &mut pack, fwd,
+            );
+            for n in [1usize, 2, 3, 5, 8, 14, 16] {
+                let mut part = vec![f32::NAN; n * stride];
+                let back = PanelOrder::Backward;
+                dense(
+                    &plan, &x, n, d, d, f32w, o, &b, &mut part, stride, &mut pack, back,
+                );
+                assert!(
+                    part.iter()
+                        .zip(&all)
+                        .all(|(p, a)| p.to_bits() == a.to_bits()),
+                    "{isa:?}: {n} rows differ from the same rows in a call of {n_max}"
+                );
             }
         }
     }

@@ -3,7 +3,8 @@
 //! Each row of `x` is quantized to `u8` with its own scale and zero point: the row's range
 //! `[lo, hi]` widened to include 0, `scale_x = (hi - lo) / 255`, `inv = 1 / scale_x`,
 //! `zero = round(-lo x inv)`, `q = clamp(round(x x inv) + zero, 0, 255)` (f32 arithmetic,
-//! rounding to nearest even), so `x ~ scale_x * (q - zero)`; each
+//! rounding to nearest even), so `x ~ scale_x * (q - zero)` (a row whose range is 0, or so
+//! small that `inv` overflows, becomes all zeros with scale 1); each
 //! weight row `o` is `scale_w[o] * w_q` with `w_q` in `-128..=127` (the file's int8 tensor).
 //! The kernels sum `q * w_q` exactly in `i32`, then
 //! `out = ((acc - zero * sum(w_q)) as f32 * scale_x) * scale_w[o] + bias[o]`.
@@ -440,13 +441,15 @@ fn quantize_row(isa: Isa, src: &[f32], bytes: bool, dst: &mut [u8]) -> (f32, i32
         dst.fill(0);
         return (f32::NAN, 0);
     }
-    if range == 0.0 {
-        // All zeros: every value is the zero point 0.
+    let scale = range / 255.0;
+    let inv = 1.0 / scale;
+    if range == 0.0 || !inv.is_finite() {
+        // All zeros, or a range so small (below about 1e-36) that 1 / scale overflows: every
+        // value becomes the zero point 0 (what is lost is below about 1e-36 per value). The
+        // vector and scalar conversions would disagree on infinite products.
         dst.fill(0);
         return (1.0, 0);
     }
-    let scale = range / 255.0;
-    let inv = 1.0 / scale;
     let zero = (-lo * inv).round_ties_even().clamp(0.0, 255.0) as i32;
     let done = quantize_simd(isa, src, inv, zero, bytes, dst);
     for (i, v) in src.iter().enumerate().skip(done) {
@@ -533,7 +536,8 @@ fn min_max_simd(isa: Isa, src: &[f32]) -> (usize, Option<(f32, f32, bool)>) {
                     let (l, h) = reduce(&l, &h);
                     (i, Some((l, h, nan != 0)))
                 }
-                // SAFETY: the session's instruction set is supported (checked by `dense_int8`).
+                // SAFETY: the session's instruction set is supported (checked by
+                // `dense_int8_with`).
                 unsafe { run(s, n) }
             }
             Isa::Avx2Fma => {
@@ -649,7 +653,7 @@ fn quantize_simd(isa: Isa, src: &[f32], inv: f32, zero: i32, bytes: bool, dst: &
                     i
                 }
                 // SAFETY: the session's instruction set is supported (checked by
-                // `dense_int8`); lengths checked above.
+                // `dense_int8_with`); lengths checked above.
                 unsafe { run(s, d, n, inv, zero, bytes) }
             }
             Isa::Avx2Fma if bytes => {
@@ -684,7 +688,7 @@ fn quantize_simd(isa: Isa, src: &[f32], inv: f32, zero: i32, bytes: bool, dst: &
                     i
                 }
                 // SAFETY: the session's instruction set is supported (checked by
-                // `dense_int8`); lengths checked above.
+                // `dense_int8_with`); lengths checked above.
                 unsafe { run(s, d, n, inv, zero) }
             }
             _ if bytes => 0,
@@ -766,7 +770,7 @@ fn dequantize(acc: i32, zero: i32, weight_sum: i32, row_scale: f32, scale: f32, 
 /// Writes row `r`'s 16 outputs of the tile's panel from its integer sums.
 ///
 /// # Safety
-/// The tile must lie inside the buffers [`dense_int8`] checked, with `r` one of its rows.
+/// The tile must lie inside the buffers [`dense_int8_with`] checked, with `r` one of its rows.
 #[inline(always)]
 unsafe fn finish_row(t: &Tile, r: usize, sums: &[i32; PANEL_WIDTH]) {
     // SAFETY: row r's scale, zero point and 16 outputs, and the panel's 16 sums, scales and
@@ -793,8 +797,8 @@ unsafe fn finish_row(t: &Tile, r: usize, sums: &[i32; PANEL_WIDTH]) {
 /// `2 x 255 x 128`); the two pair sums of each output are added at the end.
 ///
 /// # Safety
-/// AVX2 must be available; the tile must lie inside the buffers [`dense_int8`] checked, its
-/// rows holding `u16` values.
+/// AVX2 must be available; the tile must lie inside the buffers [`dense_int8_with`] checked,
+/// its rows holding `u16` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn micro_madd_avx2<const R: usize, const P: usize>(t: Tile) {
@@ -839,7 +843,7 @@ unsafe fn micro_madd_avx2<const R: usize, const P: usize>(t: Tile) {
 /// outputs, so that accumulators and weights fit the 16 registers.
 ///
 /// # Safety
-/// The tile must lie inside the buffers [`dense_int8`] checked, its rows holding `u16` values.
+/// The tile must lie inside the buffers [`dense_int8_with`] checked, its rows holding `u16` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
 unsafe fn micro_madd_sse2<const R: usize, const P: usize>(t: Tile) {
@@ -897,7 +901,7 @@ unsafe fn micro_madd_sse2<const R: usize, const P: usize>(t: Tile) {
 /// `R` rows by one panel in plain integer arithmetic (targets other than x86-64).
 ///
 /// # Safety
-/// The tile must lie inside the buffers [`dense_int8`] checked, its rows holding `u16` values.
+/// The tile must lie inside the buffers [`dense_int8_with`] checked, its rows holding `u16` values.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn micro_scalar<const R: usize, const P: usize>(t: Tile) {
     for r in 0..R {
@@ -931,8 +935,8 @@ unsafe fn micro_scalar<const R: usize, const P: usize>(t: Tile) {
 /// registers); then the same last operations as every other kernel, 8 outputs at a time.
 ///
 /// # Safety
-/// AVX2 and AVX-VNNI must be available; the tile must lie inside the buffers [`dense_int8`]
-/// checked, its rows holding `u8` values.
+/// AVX2 and AVX-VNNI must be available; the tile must lie inside the buffers
+/// [`dense_int8_with`] checked, its rows holding `u8` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn micro_avx_vnni<const R: usize, const P: usize>(t: Tile) {
@@ -988,7 +992,7 @@ unsafe fn micro_avx_vnni<const R: usize, const P: usize>(t: Tile) {
 ///
 /// # Safety
 /// AVX-512F, BW and VNNI must be available; the tile must lie inside the buffers
-/// [`dense_int8`] checked.
+/// [`dense_int8_with`] checked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro_vnni<const R: usize, const P: usize>(t: Tile) {
@@ -1076,6 +1080,72 @@ mod tests {
         out
     }
 
+    /// Each instruction set's kernel, and under AVX2 also the 16-bit one where AVX-VNNI would
+    /// be chosen.
+    fn kernel_cases() -> Vec<(Isa, Int8Kernel)> {
+        if !avx_vnni_supported() {
+            eprintln!("skipped: the AVX-VNNI kernel (this CPU lacks AVX-VNNI)");
+        }
+        Isa::all_supported()
+            .into_iter()
+            .flat_map(|isa| {
+                let chosen = Int8Kernel::for_isa(isa);
+                let extra = (chosen == Int8Kernel::AvxVnni).then_some(Int8Kernel::MaddAvx2);
+                std::iter::once((isa, chosen)).chain(extra.map(|k| (isa, k)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_of_a_tiny_range_quantize_to_zero_alike_on_every_kernel() {
+        // Ranges whose 1 / scale overflows f32 (the first with a negative minimum, which made
+        // the scalar tail overflow i32), then an ordinary row. 48 inputs: the AVX2 bytes
+        // quantizer does 32 and leaves 16 to the scalar tail.
+        let (d, o) = (48, 21);
+        let mut x: Vec<f32> = (0..d)
+            .map(|i| if i % 2 == 0 { 1e-37 } else { -1e-37 })
+            .collect();
+        x.extend((0..d).map(|i| if i % 3 == 0 { 0.0 } else { 5e-38 }));
+        x.extend((0..d).map(|i| (i as f32 * 0.37).sin()));
+        let n = 3;
+        let wq: Vec<f32> = (0..o * d)
+            .map(|i| ((i * 31 % 255) as i32 - 127) as f32)
+            .collect();
+        let panels: Vec<i8> = super::super::pack_panels(&wq, o, d)
+            .iter()
+            .map(|v| *v as i8)
+            .collect();
+        let quads = quad_panels(&panels, o, d);
+        let sums = quad_weight_sums(&quads, o, d);
+        let scales = vec![0.01f32; padded_rows(o)];
+        let b: Vec<f32> = (0..o).map(|j| j as f32 * 0.25 - 2.0).collect();
+        let weights = Int8Weights {
+            quads: &quads,
+            weight_sums: &sums,
+            scales: &scales,
+        };
+        let stride = padded_rows(o);
+        let mut pack = vec![0.0f32; super::super::PACK_FLOATS];
+        let mut first: Option<Vec<u32>> = None;
+        for (isa, kernel) in kernel_cases() {
+            let plan = KernelPlan::for_isa(isa);
+            let mut out = vec![f32::NAN; n * stride];
+            dense_int8_with(
+                &plan, kernel, &x, n, d, d, weights, o, &b, &mut out, stride, &mut pack,
+            );
+            for row in 0..2 {
+                for j in 0..o {
+                    assert_eq!(out[row * stride + j], b[j], "{isa:?} {kernel:?} row {row}");
+                }
+            }
+            let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            match &first {
+                None => first = Some(bits),
+                Some(want) => assert!(bits == *want, "{isa:?} {kernel:?} differs"),
+            }
+        }
+    }
+
     #[test]
     fn every_kernel_matches_the_integer_arithmetic_and_rows_are_chunking_independent() {
         // Ragged shapes, and one with several AMX steps of 64 inputs plus a ragged last one.
@@ -1111,14 +1181,7 @@ mod tests {
         let want = expected(&x, n, d, &wq, &ws, o, &b);
         let stride = padded_rows(o);
         let mut pack = vec![0.0f32; super::super::PACK_FLOATS];
-        // Each instruction set's kernel, and under AVX2 also the 16-bit one where AVX-VNNI
-        // would be chosen.
-        let cases = Isa::all_supported().into_iter().flat_map(|isa| {
-            let chosen = Int8Kernel::for_isa(isa);
-            let extra = (chosen == Int8Kernel::AvxVnni).then_some(Int8Kernel::MaddAvx2);
-            std::iter::once((isa, chosen)).chain(extra.map(|k| (isa, k)))
-        });
-        for (isa, kernel) in cases {
+        for (isa, kernel) in kernel_cases() {
             let plan = KernelPlan::for_isa(isa);
             for split in [n, 1, 13] {
                 let mut out = vec![f32::NAN; n * stride];
