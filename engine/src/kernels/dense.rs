@@ -1385,6 +1385,16 @@ mod tests {
     use super::*;
     use crate::kernels::pack_panels;
 
+    /// Pseudo-random values in [-0.5, 0.5) from `seed` (a 64-bit LCG's top bits).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
     /// bf16 bits of `v`, rounded to nearest even.
     fn bf16(v: f32) -> u16 {
         bf16_bits(v) as u16
@@ -1453,13 +1463,7 @@ mod tests {
 
     #[test]
     fn half_weights_widened_equal_f32_kernels_and_bf16_pairs_match_bf16_products() {
-        let mut seed = 777u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(777u64);
         // 3 panels; 15 panels, which the few-rows kernels cut into tiles of 8, 4, 2 and 1.
         let shapes = [(37, 41), (21, 233)];
         let cases = shapes
@@ -1559,13 +1563,7 @@ mod tests {
             eprintln!("skipped: no AMX bf16 tiles in this process");
             return;
         }
-        let mut seed = 4242u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(4242u64);
         let mut pack = vec![f32::NAN; PACK_FLOATS];
         // Inputs: one step, ragged pairs (d odd, pairs % 16 != 0), several input blocks.
         // Outputs: one panel, an odd number of panels, a ragged last panel.
@@ -1673,13 +1671,7 @@ mod tests {
         // row computed alone (a single row is always packed) must give the same bits, and
         // the product must match a naive one.
         let (d, o, x_stride) = (45, 64, 61);
-        let mut seed = 4242u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(4242u64);
         for n in [12usize, 17, 24, 29, 37, 64, 140] {
             let x: Vec<f32> = (0..n * x_stride).map(|_| next()).collect();
             let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
@@ -1786,13 +1778,7 @@ mod tests {
         // 3,100 inputs make every few-row and 8 x 3 tile park partial sums in `out` between
         // two passes. 15 panels: tiles of 8, 4, 2, 1 and of 3 panels.
         let (d, o, n_max) = (3100, 233, 20);
-        let mut seed = 99u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(99u64);
         let x: Vec<f32> = (0..n_max * d).map(|_| next()).collect();
         let w: Vec<f32> = (0..o * d).map(|_| next()).collect();
         let b: Vec<f32> = (0..o).map(|_| next()).collect();
@@ -1828,13 +1814,7 @@ mod tests {
         // 3 panels (an odd group for the 2-panel kernel), a partial last panel, input blocks
         // that do and do not divide the input dimension; 15 panels, which the few-rows kernels
         // cut into tiles of 8, 4, 2 and 1.
-        let mut seed = 12345u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(12345u64);
         // Row counts around every kernel's row group and beyond one packed chunk of rows.
         let rows = [1usize, 2, 3, 4, 5, 6, 9, 13, 16, 17, 25, 64, 71];
         let cases = [(37, 41), (21, 233)]

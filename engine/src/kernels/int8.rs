@@ -656,72 +656,55 @@ fn quantize_simd(isa: Isa, src: &[f32], inv: f32, zero: i32, bytes: bool, dst: &
                 // `dense_int8_with`); lengths checked above.
                 unsafe { run(s, d, n, inv, zero, bytes) }
             }
-            Isa::Avx2Fma if bytes => {
+            Isa::Avx2Fma => {
                 #[target_feature(enable = "avx2")]
                 /// # Safety
-                /// AVX2; `s` has `n` values and `d` room for `n` bytes.
-                unsafe fn run(s: *const f32, d: *mut u8, n: usize, inv: f32, zero: i32) -> usize {
+                /// AVX2; `s` has `n` values and `d` room for `n` bytes (`2 n` unless `bytes`).
+                unsafe fn run(
+                    s: *const f32,
+                    d: *mut u8,
+                    n: usize,
+                    inv: f32,
+                    zero: i32,
+                    bytes: bool,
+                ) -> usize {
                     let (inv, z) = (_mm256_set1_ps(inv), _mm256_set1_epi32(zero));
                     let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-                    // Both packs work per 128-bit lane: their 8 dwords (4 bytes each) hold
-                    // the wanted dwords 0 2 4 6 1 3 5 7; this permutation puts them back.
+                    // SAFETY (of each call below): 8 values from `at` are inside `s`.
+                    let q = |at: usize| unsafe {
+                        let q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s.add(at)), inv));
+                        _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, z), lo), hi)
+                    };
+                    // Packing works per 128-bit lane. Words: a0-3 b0-3 | a4-7 b4-7. Bytes
+                    // (two packs): the 8 dwords (4 bytes each) hold the wanted dwords
+                    // 0 2 4 6 1 3 5 7, which the permutation puts back.
                     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                    let step = if bytes { 32 } else { 16 };
                     let mut i = 0;
-                    while i + 32 <= n {
-                        // SAFETY: values i..i + 32 are inside `s`, their outputs inside `d`.
+                    while i + step <= n {
+                        // SAFETY: values i..i + step are inside `s`, their outputs inside `d`.
                         unsafe {
-                            let q = |at: usize| {
-                                let q = _mm256_cvtps_epi32(_mm256_mul_ps(
-                                    _mm256_loadu_ps(s.add(at)),
-                                    inv,
-                                ));
-                                _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, z), lo), hi)
-                            };
-                            let words_a = _mm256_packus_epi32(q(i), q(i + 8));
-                            let words_b = _mm256_packus_epi32(q(i + 16), q(i + 24));
-                            let bytes = _mm256_packus_epi16(words_a, words_b);
-                            let ordered = _mm256_permutevar8x32_epi32(bytes, order);
-                            _mm256_storeu_si256(d.add(i).cast(), ordered);
+                            if bytes {
+                                let words_a = _mm256_packus_epi32(q(i), q(i + 8));
+                                let words_b = _mm256_packus_epi32(q(i + 16), q(i + 24));
+                                let bytes = _mm256_packus_epi16(words_a, words_b);
+                                let ordered = _mm256_permutevar8x32_epi32(bytes, order);
+                                _mm256_storeu_si256(d.add(i).cast(), ordered);
+                            } else {
+                                let packed = _mm256_packus_epi32(q(i), q(i + 8));
+                                let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+                                _mm256_storeu_si256(d.add(2 * i).cast(), ordered);
+                            }
                         }
-                        i += 32;
+                        i += step;
                     }
                     i
                 }
                 // SAFETY: the session's instruction set is supported (checked by
                 // `dense_int8_with`); lengths checked above.
-                unsafe { run(s, d, n, inv, zero) }
+                unsafe { run(s, d, n, inv, zero, bytes) }
             }
             _ if bytes => 0,
-            Isa::Avx2Fma => {
-                #[target_feature(enable = "avx2")]
-                /// # Safety
-                /// AVX2; `s` has `n` values and `d` room for `2 n` bytes.
-                unsafe fn run(s: *const f32, d: *mut u8, n: usize, inv: f32, zero: i32) -> usize {
-                    let (inv, z) = (_mm256_set1_ps(inv), _mm256_set1_epi32(zero));
-                    let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-                    let mut i = 0;
-                    while i + 16 <= n {
-                        // SAFETY: values i..i + 16 are inside `s`, their outputs inside `d`.
-                        unsafe {
-                            let q = |at: usize| {
-                                let q = _mm256_cvtps_epi32(_mm256_mul_ps(
-                                    _mm256_loadu_ps(s.add(at)),
-                                    inv,
-                                ));
-                                _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, z), lo), hi)
-                            };
-                            // Packing works per 128-bit lane: a0-3 b0-3 | a4-7 b4-7.
-                            let packed = _mm256_packus_epi32(q(i), q(i + 8));
-                            let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
-                            _mm256_storeu_si256(d.add(2 * i).cast(), ordered);
-                        }
-                        i += 16;
-                    }
-                    i
-                }
-                // SAFETY: as above.
-                unsafe { run(s, d, n, inv, zero) }
-            }
             Isa::Portable | Isa::Amx => {
                 #[target_feature(enable = "sse2")]
                 /// # Safety
