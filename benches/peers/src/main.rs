@@ -235,6 +235,18 @@ fn run(args: &Args) -> Result<(), String> {
             "this CPU lacks AMX bf16 tiles, or the OS does not grant them",
         );
     }
+    if !msclam_engine::kernels::amx_int8_usable() {
+        report.skip(
+            "engine amx int8 tiles",
+            "this CPU lacks AMX int8 tiles, or the OS does not grant them",
+        );
+    }
+    if Isa::Avx2Fma.is_supported() && !msclam_engine::kernels::avx_vnni_supported() {
+        report.skip(
+            "engine avx2 int8 avx-vnni",
+            "this CPU lacks AVX-VNNI (int8 on AVX2 uses 16-bit multiply-adds)",
+        );
+    }
 
     // Same weights, same answers: compare the tile probabilities of the first 64 tiles.
     let check_tiles = 64.min(most);
