@@ -255,8 +255,15 @@ fn compute_body<'a>(
         let gate = w.attention_b.map(|_| &scratch.att_b[r * k16..r * k16 + k]);
         rows::attention_terms(terms, gate);
         let s = rows::dot_f64(isa, terms, w.attention_c_weight, w.attention_c_bias as f64);
-        let z = rows::dot_f64(isa, hr, w.tile_tumor.0, w.tile_tumor.1 as f64)
-            - rows::dot_f64(isa, hr, w.tile_not_tumor.0, w.tile_not_tumor.1 as f64);
+        let (tumor, not_tumor) = rows::dot2_f64(
+            isa,
+            hr,
+            w.tile_tumor.0,
+            w.tile_not_tumor.0,
+            w.tile_tumor.1 as f64,
+            w.tile_not_tumor.1 as f64,
+        );
+        let z = tumor - not_tumor;
         let s32 = s as f32;
         if !s32.is_finite() || !z.is_finite() {
             return Err(BlockError::Overflow { tile: r });

@@ -80,6 +80,14 @@ fn exp_lane(x: f32) -> f32 {
 /// `tanh` is ±1; within a few ulp). Plain multiplies and adds, as [`exp_lane`].
 #[inline(always)]
 fn tanh_lane(x: f32) -> f32 {
+    let (numerator, denominator) = tanh_ratio(x);
+    numerator / denominator
+}
+
+/// [`tanh_lane`]'s numerator and denominator, before the division (so that a caller can fold
+/// another division into it).
+#[inline(always)]
+fn tanh_ratio(x: f32) -> (f32, f32) {
     const CLAMP: f32 = 7.905_311;
     let c = if x > CLAMP { CLAMP } else { x };
     let c = if c < -CLAMP { -CLAMP } else { c };
@@ -96,18 +104,28 @@ fn tanh_lane(x: f32) -> f32 {
     q = q * x2 + 1.185_347_1e-4;
     q = q * x2 + 2.268_434_6e-3;
     q = q * x2 + 4.893_525e-3;
-    let t = p / q;
     if c.abs() < 4e-4 {
-        c
+        (c, 1.0)
     } else {
-        t
+        (p, q)
     }
 }
 
-/// Logistic function for f32 through [`exp_lane`].
+/// Logistic function for f32 through [`exp_lane`] (the pass folds it into
+/// [`gated_term_lane`]; the tests check the pieces).
+#[cfg(test)]
 #[inline(always)]
 fn sigmoid_lane(x: f32) -> f32 {
     1.0 / (1.0 + exp_lane(-x))
+}
+
+/// `tanh(a) * sigmoid(g)` with one division: `p / (q (1 + e^-g))` for `tanh(a) = p / q` (a
+/// 16-lane division is the costliest instruction of the row-wise work). No overflow: `q <= 1`
+/// and `e^-g <= e^88`.
+#[inline(always)]
+fn gated_term_lane(a: f32, g: f32) -> f32 {
+    let (numerator, denominator) = tanh_ratio(a);
+    numerator / (denominator * (1.0 + exp_lane(-g)))
 }
 
 /// Sum of 16 f64 lanes in a fixed pairwise order.
@@ -131,7 +149,7 @@ pub fn attention_terms(a: &mut [f32], gate: Option<&[f32]>) {
     match gate {
         Some(gate) => {
             for (a, g) in a.iter_mut().zip(gate) {
-                *a = tanh_lane(*a) * sigmoid_lane(*g);
+                *a = gated_term_lane(*a, *g);
             }
         }
         None => {
@@ -187,6 +205,60 @@ pub fn dot_f64(isa: Isa, x: &[f32], w: &[f32], bias: f64) -> f64 {
     bias + sum_lanes(lanes)
 }
 
+/// Two dot products of the same `x` ([`dot_f64`] with `w1` and with `w2`, the same bits),
+/// reading `x` once: the tile classifier's two rows.
+#[inline(always)]
+pub fn dot2_f64(isa: Isa, x: &[f32], w1: &[f32], w2: &[f32], b1: f64, b2: f64) -> (f64, f64) {
+    let n = x.len().min(w1.len()).min(w2.len());
+    if n != x.len().min(w1.len()) || n != x.len().min(w2.len()) {
+        // Rows of different lengths (never in a model): each product over its own length.
+        return (dot_f64(isa, x, w1, b1), dot_f64(isa, x, w2, b2));
+    }
+    let (x, w1, w2) = (&x[..n], &w1[..n], &w2[..n]);
+    let whole = n / LANES * LANES;
+    let (mut l1, mut l2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    match isa.vector() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a session only runs an instruction set this CPU supports; the three slices
+        // hold `whole` values.
+        Isa::Avx512 => unsafe {
+            simd::lanes2_avx512(
+                x.as_ptr(),
+                [w1.as_ptr(), w2.as_ptr()],
+                whole,
+                [&mut l1, &mut l2],
+            )
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe {
+            simd::lanes_avx2(x.as_ptr(), w1.as_ptr(), whole, &mut l1);
+            simd::lanes_avx2(x.as_ptr(), w2.as_ptr(), whole, &mut l2);
+        },
+        _ => {
+            let (xc, _) = x.as_chunks::<LANES>();
+            let (w1c, _) = w1.as_chunks::<LANES>();
+            let (w2c, _) = w2.as_chunks::<LANES>();
+            for ((xc, w1c), w2c) in xc.iter().zip(w1c).zip(w2c) {
+                for l in 0..LANES {
+                    l1[l] += xc[l] as f64 * w1c[l] as f64;
+                    l2[l] += xc[l] as f64 * w2c[l] as f64;
+                }
+            }
+        }
+    }
+    for (l, ((x, a), b)) in x[whole..]
+        .iter()
+        .zip(&w1[whole..])
+        .zip(&w2[whole..])
+        .enumerate()
+    {
+        l1[l] += *x as f64 * *a as f64;
+        l2[l] += *x as f64 * *b as f64;
+    }
+    (b1 + sum_lanes(l1), b2 + sum_lanes(l2))
+}
+
 /// The 16 f64 lanes of [`dot_f64`] with vector instructions.
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -219,6 +291,39 @@ mod simd {
             }
             _mm512_storeu_pd(lanes.as_mut_ptr(), lo);
             _mm512_storeu_pd(lanes.as_mut_ptr().add(8), hi);
+        }
+    }
+
+    /// [`lanes_avx512`] for two weight rows at once, each input converted once.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `x` and both `w` must hold `n` readable floats.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn lanes2_avx512(
+        x: *const f32,
+        w: [*const f32; 2],
+        n: usize,
+        lanes: [&mut [f64; 16]; 2],
+    ) {
+        // SAFETY: the caller guarantees the ranges; each `lanes` holds 16 f64.
+        unsafe {
+            let mut acc = [[_mm512_setzero_pd(); 2]; 2];
+            let mut i = 0;
+            while i < n {
+                for half in 0..2 {
+                    let xv = _mm512_cvtps_pd(_mm256_loadu_ps(x.add(i + 8 * half)));
+                    for (row, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_cvtps_pd(_mm256_loadu_ps(w[row].add(i + 8 * half)));
+                        a[half] = _mm512_add_pd(a[half], _mm512_mul_pd(xv, wv));
+                    }
+                }
+                i += 16;
+            }
+            for (row, out) in lanes.into_iter().enumerate() {
+                _mm512_storeu_pd(out.as_mut_ptr(), acc[row][0]);
+                _mm512_storeu_pd(out.as_mut_ptr().add(8), acc[row][1]);
+            }
         }
     }
 
@@ -347,6 +452,59 @@ mod tests {
                     "{isa:?} {n}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn paired_dot_products_equal_two_single_ones_on_every_instruction_set() {
+        for n in [7usize, 16, 37, 512, 515] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.4)
+                .collect();
+            let w1: Vec<f32> = (0..n)
+                .map(|i| ((i * 104_729) % 997) as f32 * 3e-3 - 1.2)
+                .collect();
+            let w2: Vec<f32> = (0..n)
+                .map(|i| ((i * 31) % 211) as f32 * 1e-2 - 1.0)
+                .collect();
+            for isa in Isa::all_supported() {
+                let (a, b) = dot2_f64(isa, &x, &w1, &w2, 0.25, -0.5);
+                assert_eq!(
+                    a.to_bits(),
+                    dot_f64(isa, &x, &w1, 0.25).to_bits(),
+                    "{isa:?} {n}"
+                );
+                assert_eq!(
+                    b.to_bits(),
+                    dot_f64(isa, &x, &w2, -0.5).to_bits(),
+                    "{isa:?} {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gated_terms_match_f64_tanh_times_sigmoid() {
+        let mut worst = 0.0f64;
+        for i in -400..=400 {
+            for j in -400..=400 {
+                let a = i as f32 * 0.025 * (1.0 + (i as f32).abs() * 1e-3);
+                let g = j as f32 * 0.05 * (1.0 + (j as f32).abs() * 2e-3);
+                let want = (a as f64).tanh() * sigmoid(g as f64);
+                worst = worst.max((gated_term_lane(a, g) as f64 - want).abs());
+            }
+        }
+        assert!(worst < 5e-7, "{worst}");
+        // Saturated inputs: no overflow to NaN or infinity.
+        for (a, g) in [
+            (1e30f32, -1e30f32),
+            (-1e30, 1e30),
+            (8.0, -100.0),
+            (1e-6, 100.0),
+        ] {
+            let v = gated_term_lane(a, g) as f64;
+            let want = (a as f64).tanh() * sigmoid(g as f64);
+            assert!(v.is_finite() && (v - want).abs() < 1e-7, "({a}, {g}): {v}");
         }
     }
 
