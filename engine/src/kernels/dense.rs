@@ -70,11 +70,12 @@ fn eight_row_tiles(n: usize) -> bool {
 /// once (from L3 and L2: the layers' 3 MiB do not fit a 2 MiB L2), each panel one sequential
 /// stream, so a prefetch at a fixed distance keeps it ahead of the multiply-adds. Measured on
 /// an Intel Xeon, one process alternating with and without (docs/PERFORMANCE.md): 1.06x at
-/// strips of 16, 13, 8 and 5 tiles, unchanged at 1-4 and 12 (rows in place, which prefetch
-/// the next panels instead); 256 bytes gained less, 768-2048 no more. Not on AVX2: its
-/// 16-row calls read 12 rows in place, and the packed remainder's prefetch measured 0.97x.
-/// Larger calls read each block's weights from L1 (input blocks), where it would only add
-/// instructions.
+/// strips of 16, 13, 8 and 5 tiles (8 x 3 tiles); unchanged at 1 to 4 (the few-row and 8 x 3
+/// tiles, bound by the weights' bandwidth there) and at 12 (f32 rows in place, whose kernel
+/// prefetches the next panels instead and ignores this); 256 bytes gained less, 768-2048 no
+/// more. Not on AVX2: its 16-row calls read 12 rows in place, and the packed remainder's
+/// prefetch measured 0.97x. Larger calls read each block's weights from L1 (input blocks),
+/// where it would only add instructions.
 const STREAM_PREFETCH_BYTES: usize = 512;
 
 /// Rows packed at once: a session's block of tiles.
@@ -305,8 +306,9 @@ struct Tile {
     prefetch: *const u8,
     /// Distance between consecutive panels' weights, in weight elements.
     panel_stride: usize,
-    /// Bytes ahead of its current input at which the packed-row kernels prefetch each panel's
-    /// weights into L1, one line per input (0: no prefetch). See [`STREAM_PREFETCH_BYTES`].
+    /// Bytes ahead of its current input at which the AVX-512 packed-row kernel prefetches each
+    /// panel's weights into L1, one prefetch per panel and input (a line of f32 weights, half a
+    /// line of 16-bit ones; 0: no prefetch). See [`STREAM_PREFETCH_BYTES`].
     prefetch_ahead: usize,
     /// 16 biases per panel, consecutive; used when `accumulate` is false.
     bias: *const f32,

@@ -181,10 +181,10 @@ pub fn dot_f64(isa: Isa, x: &[f32], w: &[f32], bias: f64) -> f64 {
     let (x, w) = (&x[..n], &w[..n]);
     let whole = n / LANES * LANES;
     let mut lanes = [0.0f64; LANES];
-    match isa.vector() {
+    match supported_vector(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a session only runs an instruction set this CPU supports; both slices hold
-        // `whole` values.
+        // SAFETY: `supported_vector` only returns an instruction set this CPU supports; both
+        // slices hold `whole` values, a multiple of 16.
         Isa::Avx512 => unsafe { simd::lanes_avx512(x.as_ptr(), w.as_ptr(), whole, &mut lanes) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
@@ -205,22 +205,34 @@ pub fn dot_f64(isa: Isa, x: &[f32], w: &[f32], bias: f64) -> f64 {
     bias + sum_lanes(lanes)
 }
 
+/// The vector instruction set of `isa` if this CPU has it, else the portable code (every one
+/// gives the same bits, so a caller's wrong `isa` costs speed, never soundness).
+#[inline(always)]
+fn supported_vector(isa: Isa) -> Isa {
+    let vector = isa.vector();
+    if vector.is_supported() {
+        vector
+    } else {
+        Isa::Portable
+    }
+}
+
 /// Two dot products of the same `x` ([`dot_f64`] with `w1` and with `w2`, the same bits),
 /// reading `x` once: the tile classifier's two rows.
 #[inline(always)]
 pub fn dot2_f64(isa: Isa, x: &[f32], w1: &[f32], w2: &[f32], b1: f64, b2: f64) -> (f64, f64) {
-    let n = x.len().min(w1.len()).min(w2.len());
-    if n != x.len().min(w1.len()) || n != x.len().min(w2.len()) {
+    if x.len().min(w1.len()) != x.len().min(w2.len()) {
         // Rows of different lengths (never in a model): each product over its own length.
         return (dot_f64(isa, x, w1, b1), dot_f64(isa, x, w2, b2));
     }
+    let n = x.len().min(w1.len());
     let (x, w1, w2) = (&x[..n], &w1[..n], &w2[..n]);
     let whole = n / LANES * LANES;
     let (mut l1, mut l2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    match isa.vector() {
+    match supported_vector(isa) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a session only runs an instruction set this CPU supports; the three slices
-        // hold `whole` values.
+        // SAFETY: `supported_vector` only returns an instruction set this CPU supports; the
+        // three slices hold `whole` values, a multiple of 16.
         Isa::Avx512 => unsafe {
             simd::lanes2_avx512(
                 x.as_ptr(),
@@ -264,10 +276,11 @@ pub fn dot2_f64(isa: Isa, x: &[f32], w1: &[f32], w2: &[f32], b1: f64, b2: f64) -
 mod simd {
     use std::arch::x86_64::*;
 
-    /// Adds to `lanes` the products of the first `n` (a multiple of 16) values, lane by lane.
+    /// Writes to `lanes` the sums, lane by lane, of the products of the first `n` values.
     ///
     /// # Safety
-    /// AVX-512F must be available; `x` and `w` must hold `n` readable floats.
+    /// AVX-512F must be available; `n` must be a multiple of 16, and `x` and `w` must hold `n`
+    /// readable floats.
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
     pub(super) unsafe fn lanes_avx512(
@@ -297,7 +310,8 @@ mod simd {
     /// [`lanes_avx512`] for two weight rows at once, each input converted once.
     ///
     /// # Safety
-    /// AVX-512F must be available; `x` and both `w` must hold `n` readable floats.
+    /// AVX-512F must be available; `n` must be a multiple of 16, and `x` and both `w` must hold
+    /// `n` readable floats.
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
     pub(super) unsafe fn lanes2_avx512(
@@ -330,7 +344,8 @@ mod simd {
     /// [`lanes_avx512`] with four 4-lane AVX registers.
     ///
     /// # Safety
-    /// AVX2 must be available; `x` and `w` must hold `n` readable floats.
+    /// AVX2 must be available; `n` must be a multiple of 16, and `x` and `w` must hold `n`
+    /// readable floats.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(super) unsafe fn lanes_avx2(x: *const f32, w: *const f32, n: usize, lanes: &mut [f64; 16]) {
@@ -474,6 +489,15 @@ mod tests {
                     dot_f64(isa, &x, &w1, 0.25).to_bits(),
                     "{isa:?} {n}"
                 );
+                assert_eq!(
+                    b.to_bits(),
+                    dot_f64(isa, &x, &w2, -0.5).to_bits(),
+                    "{isa:?} {n}"
+                );
+                // Rows of different lengths: each product over its own length.
+                let (a, b) = dot2_f64(isa, &x, &w1[..n - 3], &w2, 0.25, -0.5);
+                let short = dot_f64(isa, &x, &w1[..n - 3], 0.25);
+                assert_eq!(a.to_bits(), short.to_bits(), "{isa:?} {n}");
                 assert_eq!(
                     b.to_bits(),
                     dot_f64(isa, &x, &w2, -0.5).to_bits(),
