@@ -179,29 +179,9 @@ fn attention_logit(a: &[f32], gate: Option<&[f32]>, w: &[f32], bias: f32) -> f64
 pub fn dot_f64(isa: Isa, x: &[f32], w: &[f32], bias: f64) -> f64 {
     let n = x.len().min(w.len());
     let (x, w) = (&x[..n], &w[..n]);
-    let whole = n / LANES * LANES;
     let mut lanes = [0.0f64; LANES];
-    match supported_vector(isa) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported_vector` only returns an instruction set this CPU supports; both
-        // slices hold `whole` values, a multiple of 16.
-        Isa::Avx512 => unsafe { simd::lanes_avx512(x.as_ptr(), w.as_ptr(), whole, &mut lanes) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2Fma => unsafe { simd::lanes_avx2(x.as_ptr(), w.as_ptr(), whole, &mut lanes) },
-        _ => {
-            let (xc, _) = x.as_chunks::<LANES>();
-            let (wc, _) = w.as_chunks::<LANES>();
-            for (xc, wc) in xc.iter().zip(wc) {
-                for l in 0..LANES {
-                    lanes[l] += xc[l] as f64 * wc[l] as f64;
-                }
-            }
-        }
-    }
-    for (l, (x, w)) in x[whole..].iter().zip(&w[whole..]).enumerate() {
-        lanes[l] += *x as f64 * *w as f64;
-    }
+    whole_chunk_lanes(supported_vector(isa), x, w, &mut lanes);
+    tail_lanes(x, w, &mut lanes);
     bias + sum_lanes(lanes)
 }
 
@@ -217,57 +197,66 @@ fn supported_vector(isa: Isa) -> Isa {
     }
 }
 
-/// Two dot products of the same `x` ([`dot_f64`] with `w1` and with `w2`, the same bits),
-/// reading `x` once: the tile classifier's two rows.
+/// Sets `lanes` (all zero on entry) to the sums, lane by lane, of the products of the whole
+/// chunks of 16 of `x` and `w` (equal lengths), with `vector` (an instruction set this CPU
+/// supports).
 #[inline(always)]
-pub fn dot2_f64(isa: Isa, x: &[f32], w1: &[f32], w2: &[f32], b1: f64, b2: f64) -> (f64, f64) {
-    if x.len().min(w1.len()) != x.len().min(w2.len()) {
-        // Rows of different lengths (never in a model): each product over its own length.
-        return (dot_f64(isa, x, w1, b1), dot_f64(isa, x, w2, b2));
-    }
-    let n = x.len().min(w1.len());
-    let (x, w1, w2) = (&x[..n], &w1[..n], &w2[..n]);
-    let whole = n / LANES * LANES;
-    let (mut l1, mut l2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    match supported_vector(isa) {
+fn whole_chunk_lanes(vector: Isa, x: &[f32], w: &[f32], lanes: &mut [f64; LANES]) {
+    let whole = x.len().min(w.len()) / LANES * LANES;
+    match vector {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `supported_vector` only returns an instruction set this CPU supports; the
-        // three slices hold `whole` values, a multiple of 16.
-        Isa::Avx512 => unsafe {
-            simd::lanes2_avx512(
-                x.as_ptr(),
-                [w1.as_ptr(), w2.as_ptr()],
-                whole,
-                [&mut l1, &mut l2],
-            )
-        },
+        // SAFETY: the callers pass an instruction set from `supported_vector`, which this CPU
+        // supports; both slices hold `whole` values, a multiple of 16.
+        Isa::Avx512 => unsafe { simd::lanes_avx512(x.as_ptr(), w.as_ptr(), whole, lanes) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2Fma => unsafe {
-            simd::lanes_avx2(x.as_ptr(), w1.as_ptr(), whole, &mut l1);
-            simd::lanes_avx2(x.as_ptr(), w2.as_ptr(), whole, &mut l2);
-        },
+        Isa::Avx2Fma => unsafe { simd::lanes_avx2(x.as_ptr(), w.as_ptr(), whole, lanes) },
         _ => {
             let (xc, _) = x.as_chunks::<LANES>();
-            let (w1c, _) = w1.as_chunks::<LANES>();
-            let (w2c, _) = w2.as_chunks::<LANES>();
-            for ((xc, w1c), w2c) in xc.iter().zip(w1c).zip(w2c) {
+            let (wc, _) = w.as_chunks::<LANES>();
+            for (xc, wc) in xc.iter().zip(wc) {
                 for l in 0..LANES {
-                    l1[l] += xc[l] as f64 * w1c[l] as f64;
-                    l2[l] += xc[l] as f64 * w2c[l] as f64;
+                    lanes[l] += xc[l] as f64 * wc[l] as f64;
                 }
             }
         }
     }
-    for (l, ((x, a), b)) in x[whole..]
-        .iter()
-        .zip(&w1[whole..])
-        .zip(&w2[whole..])
-        .enumerate()
-    {
-        l1[l] += *x as f64 * *a as f64;
-        l2[l] += *x as f64 * *b as f64;
+}
+
+/// Adds to `lanes` the products of the values after the whole chunks of 16 (equal lengths).
+#[inline(always)]
+fn tail_lanes(x: &[f32], w: &[f32], lanes: &mut [f64; LANES]) {
+    let whole = x.len().min(w.len()) / LANES * LANES;
+    for (l, (x, w)) in x[whole..].iter().zip(&w[whole..]).enumerate() {
+        lanes[l] += *x as f64 * *w as f64;
     }
+}
+
+/// Two dot products of the same `x` ([`dot_f64`] with `w1` and with `w2`, the same bits),
+/// reading `x` once with AVX-512: the tile classifier's two rows.
+#[inline(always)]
+pub fn dot2_f64(isa: Isa, x: &[f32], w1: &[f32], w2: &[f32], b1: f64, b2: f64) -> (f64, f64) {
+    let vector = supported_vector(isa);
+    let n = x.len().min(w1.len());
+    if vector != Isa::Avx512 || n != x.len().min(w2.len()) {
+        // One product at a time (also for rows of different lengths, never in a model).
+        return (dot_f64(isa, x, w1, b1), dot_f64(isa, x, w2, b2));
+    }
+    let (x, w1, w2) = (&x[..n], &w1[..n], &w2[..n]);
+    let (mut l1, mut l2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `supported_vector` returned AVX-512, which this CPU supports; the three slices
+    // hold `n / 16 * 16` values, a multiple of 16.
+    unsafe {
+        simd::lanes2_avx512(
+            x.as_ptr(),
+            [w1.as_ptr(), w2.as_ptr()],
+            n / LANES * LANES,
+            [&mut l1, &mut l2],
+        )
+    };
+    tail_lanes(x, w1, &mut l1);
+    tail_lanes(x, w2, &mut l2);
     (b1 + sum_lanes(l1), b2 + sum_lanes(l2))
 }
 
@@ -439,17 +428,27 @@ mod tests {
         }
     }
 
+    /// `n` inputs of the dot-product tests: values whose f64 sums round differently if the
+    /// lanes or their order differed.
+    fn dot_inputs(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.4)
+            .collect()
+    }
+
+    /// `n` weights of the dot-product tests.
+    fn dot_weights(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 104_729) % 997) as f32 * 3e-3 - 1.2)
+            .collect()
+    }
+
     #[test]
     fn dot_products_are_identical_on_every_instruction_set() {
         // Lengths with and without a tail; values whose f64 sums round differently if the
         // lanes or their order differed.
         for n in [16usize, 37, 256, 512, 515] {
-            let x: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.4)
-                .collect();
-            let w: Vec<f32> = (0..n)
-                .map(|i| ((i * 104_729) % 997) as f32 * 3e-3 - 1.2)
-                .collect();
+            let (x, w) = (dot_inputs(n), dot_weights(n));
             let portable = dot_f64(Isa::Portable, &x, &w, 0.25);
             let exact: f64 = 0.25
                 + x.iter()
@@ -473,12 +472,7 @@ mod tests {
     #[test]
     fn paired_dot_products_equal_two_single_ones_on_every_instruction_set() {
         for n in [7usize, 16, 37, 512, 515] {
-            let x: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.4)
-                .collect();
-            let w1: Vec<f32> = (0..n)
-                .map(|i| ((i * 104_729) % 997) as f32 * 3e-3 - 1.2)
-                .collect();
+            let (x, w1) = (dot_inputs(n), dot_weights(n));
             let w2: Vec<f32> = (0..n)
                 .map(|i| ((i * 31) % 211) as f32 * 1e-2 - 1.0)
                 .collect();
