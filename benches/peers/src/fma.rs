@@ -1,6 +1,7 @@
 //! The core's measured fused multiply-add peak, one microbenchmark per vector width, and the
-//! peaks of the int8 dot products (AVX-512 VNNI: `vnni512`; AVX-VNNI: `vnni256`) and of the
-//! AMX bf16 tiles (`amx`), 2 operations per multiply-add.
+//! peaks of the int8 dot products (AVX-512 VNNI: `vnni512`; AVX-VNNI: `vnni256`), of the
+//! AVX-512 BF16 dot products (`bf16dot`, `vdpbf16ps`) and of the AMX bf16 tiles (`amx`), 2
+//! operations per multiply-add.
 //!
 //! Each loop keeps more independent accumulator chains in registers than the FMA latency on
 //! every port needs (2 ports x 4-cycle latency needs 8; 10 ymm, 16 zmm), with no loads, so the
@@ -49,6 +50,11 @@ pub fn fma_peaks_with(iters: usize) -> Vec<(&'static str, f64)> {
             // SAFETY: AVX2 and AVX-VNNI are available (checked just above).
             let rate = best_rate(3, || unsafe { x86::vnni256(iters) });
             peaks.push(("vnni256", rate / 1e9));
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: AVX-512F and AVX-512 BF16 are available (checked just above).
+            let rate = best_rate(3, || unsafe { x86::bf16_dot512(iters) });
+            peaks.push(("bf16dot", rate / 1e9));
         }
         if msclam_engine::kernels::amx_bf16_usable() {
             // SAFETY: this process may use the AMX bf16 tiles (checked just above).
@@ -117,6 +123,26 @@ mod x86 {
         }
         black_box(acc);
         (iters * 16 * 16 * 4 * 2) as f64
+    }
+
+    /// `iters` rounds of 16 independent `vdpbf16ps` (16 lanes x 2 bf16 products each);
+    /// returns the operations done (2 per multiply-add).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16 must be available.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16_dot512(iters: usize) -> f64 {
+        // bf16 pairs (1.0, 1/128) and (1/1024, 1/1024): the sums grow slowly and stay finite.
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(black_box(0x3c00_3f80)));
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(black_box(0x3a80_3a80)));
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbf16_ps(*c, a, b);
+            }
+        }
+        black_box(acc);
+        (iters * 16 * 16 * 2 * 2) as f64
     }
 
     /// `iters` rounds of 12 independent 256-bit `vpdpbusd` (8 lanes x 4 u8 x s8 products

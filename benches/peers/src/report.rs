@@ -178,6 +178,7 @@ impl Report {
             let what = match *width {
                 "vnni512" => "int8 dot-product (AVX-512 VNNI) peak",
                 "vnni256" => "int8 dot-product (AVX-VNNI) peak",
+                "bf16dot" => "bf16 dot-product (AVX-512 BF16) peak",
                 "amx" => "bf16 tile (AMX) peak",
                 _ => "FMA peak",
             };
@@ -240,6 +241,8 @@ impl Report {
                 "vnni256"
             } else if engine.ends_with("int8 tiles") {
                 "amx-int8"
+            } else if engine.ends_with("avx512 bf16 dot") {
+                "bf16dot"
             } else {
                 engine.split_whitespace().nth(1).unwrap_or("")
             };
