@@ -247,7 +247,7 @@ typedef struct {
   // MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
   size_t max_tiles;
   // Threads that score a strip together (default 1, at most 64): the extra threads are
-  // created with the session and parked between pushes; strips of at least 128 tiles per
+  // created with the session and parked between pushes (after polling for up to 0.1 ms); strips of at least 128 tiles per
   // thread use them all. Results are bit-identical for any count. Sessions created in an
   // arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
   uint32_t threads;

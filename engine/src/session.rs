@@ -31,7 +31,8 @@ pub struct SessionOptions {
     /// Instruction set of the kernels (default: the best this CPU has).
     pub isa: Isa,
     /// Threads that score a strip together (default 1). The extra `threads - 1` are created
-    /// with the session and parked between pushes; a push splits its strip into blocks of
+    /// with the session and parked between pushes (each polls for up to 0.1 ms before it
+    /// sleeps, which saves the wake-up of back-to-back pushes); a push splits its strip into blocks of
     /// [`BLOCK_TILES`] tiles across them, so strips of at least `threads * BLOCK_TILES` tiles
     /// use them all. Results are bit-identical for any thread count. One session per core,
     /// each with one thread, is the alternative for scoring several slides at once.
@@ -729,7 +730,12 @@ impl<'m> SlideSession<'m> {
                     result.scalars[slot] = (partial.max_logit, partial.weight_sum);
                 }
             };
-            self.workers.run(&job)?;
+            if used == 1 {
+                // One block: the other threads would only be woken to find nothing to do.
+                job(0);
+            } else {
+                self.workers.run(&job)?;
+            }
             for worker in 0..used {
                 let mine = &scratch[worker * layout.stride..(worker + 1) * layout.stride];
                 let partials = &mine[layout.partials.clone()];

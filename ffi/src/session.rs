@@ -86,7 +86,7 @@ pub struct SessionOptions {
     /// MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
     pub max_tiles: usize,
     /// Threads that score a strip together (default 1, at most 64): the extra threads are
-    /// created with the session and parked between pushes; strips of at least 128 tiles per
+    /// created with the session and parked between pushes (after polling for up to 0.1 ms); strips of at least 128 tiles per
     /// thread use them all. Results are bit-identical for any count. Sessions created in an
     /// arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
     pub threads: u32,
