@@ -326,6 +326,10 @@ fn run(args: &Args) -> Result<(), String> {
         for &strip in &args.strips {
             let tiles = tiles_for(strip, args.tiles);
             let x = &embeddings[..tiles * d];
+            // The peaks of this moment: the engines' share of them pairs with this round.
+            for (width, gflops) in fma::fma_peaks_with(2_000_000) {
+                report.round_peaks.add(width, strip, gflops);
+            }
             for (label, s) in sessions.iter_mut().filter(|(l, _)| is_f32(l)) {
                 let secs = time_engine(s, x, d, strip)?;
                 m.add(label, strip, tiles as f64 / secs);

@@ -88,6 +88,26 @@ impl Measurements {
     }
 }
 
+impl Measurements {
+    /// Paired shares of a peak: in each round, `label`'s tiles/s over the `width` peak
+    /// (GFLOP/s) measured in the same round (`peaks`); median, minimum and maximum over the
+    /// rounds, in tiles per GFLOP. None without a peak for every round.
+    fn paired_share(
+        &self,
+        label: &str,
+        peaks: &Measurements,
+        width: &str,
+        strip: usize,
+    ) -> Option<(f64, f64, f64)> {
+        let ours = self.samples(label, strip)?;
+        let peak = peaks.samples(width, strip)?;
+        (peak.len() == ours.len()).then(|| {
+            let shares: Vec<f64> = ours.iter().zip(peak).map(|(o, p)| o / p).collect();
+            stats(&shares)
+        })
+    }
+}
+
 /// Median, minimum and maximum.
 fn stats(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
@@ -125,6 +145,9 @@ pub struct Report {
     /// One line per 16-bit-weight session: its differences from the f32 engine.
     pub reduced_precision_accuracy: Vec<String>,
     pub measurements: Measurements,
+    /// The peaks (GFLOP/s, labelled by width) measured in each round right before the f32
+    /// engines, per strip: the engines' share of the peak pairs with them.
+    pub round_peaks: Measurements,
     /// Tiles, and seconds of each finalize.
     pub finalize: (usize, Vec<f64>),
 }
@@ -139,6 +162,7 @@ impl Report {
             agreement: Vec::new(),
             reduced_precision_accuracy: Vec::new(),
             measurements: Measurements::default(),
+            round_peaks: Measurements::default(),
             finalize: (0, Vec::new()),
         }
     }
@@ -169,7 +193,9 @@ impl Report {
             "Measured {} by `scripts/bench` (one thread pinned to one core, \
             {} rounds interleaving the implementations; median tiles/s with the range; a ratio \
             to the best peer is the median of each round's ratio to that round's fastest peer, \
-            with its range: the f32 engines run right before the peers).\n",
+            with its range: the f32 engines run right before the peers; a share of a peak is the \
+            median of each round's share of the peak measured right before that round's f32 \
+            engines, with its range).\n",
             today(),
             self.rounds()
         );
@@ -249,9 +275,20 @@ impl Report {
             if let Some((_, peak)) = self.fma_peaks.iter().find(|(w, _)| *w == width) {
                 let cells: Vec<String> = strips
                     .iter()
-                    .map(|st| match self.measurements.median(engine, *st) {
-                        Some(ours) => format!("{:.0} %", 100.0 * ours * flops / (peak * 1e9)),
-                        None => "—".into(),
+                    .map(|st| {
+                        let paired =
+                            self.measurements
+                                .paired_share(engine, &self.round_peaks, width, *st);
+                        match (paired, self.measurements.median(engine, *st)) {
+                            (Some((med, lo, hi)), _) => {
+                                let pct = |g: f64| 100.0 * g * flops / 1e9;
+                                format!("{:.0} % ({:.0}–{:.0})", pct(med), pct(lo), pct(hi))
+                            }
+                            (None, Some(ours)) => {
+                                format!("{:.0} %", 100.0 * ours * flops / (peak * 1e9))
+                            }
+                            (None, None) => "—".into(),
+                        }
                     })
                     .collect();
                 let _ = writeln!(s, "| {engine}, % of {width} peak | {} |", cells.join(" | "));
@@ -407,5 +444,30 @@ mod tests {
             m.paired_ratio("msclam f32", &[&a, &c], 1),
             Some((2.0, 1.5, 2.0))
         );
+    }
+
+    #[test]
+    fn shares_of_the_peak_pair_each_round_with_its_own_peak() {
+        let mut m = Measurements::default();
+        let mut peaks = Measurements::default();
+        // A slow phase halves both the engine and the peak in round 2.
+        for (ours, peak) in [(100.0, 200.0), (50.0, 100.0), (90.0, 200.0)] {
+            m.add("msclam avx512 f32", 64, ours);
+            peaks.add("avx512", 64, peak);
+        }
+        // Shares 0.5, 0.5, 0.45 (the median of the engine over the median peak: 90 / 200).
+        assert_eq!(
+            m.paired_share("msclam avx512 f32", &peaks, "avx512", 64),
+            Some((0.5, 0.45, 0.5))
+        );
+        assert_eq!(
+            m.paired_share("msclam avx512 f32", &peaks, "avx2", 64),
+            None
+        );
+        // A peak missing a round: no pairing.
+        peaks.add("avx2", 64, 1.0);
+        m.add("msclam avx2 f32", 64, 1.0);
+        m.add("msclam avx2 f32", 64, 1.0);
+        assert_eq!(m.paired_share("msclam avx2 f32", &peaks, "avx2", 64), None);
     }
 }
