@@ -744,6 +744,50 @@ fn a_threaded_push_with_a_bad_tile_changes_nothing() {
     .is_err());
 }
 
+/// The threads take a round's blocks as they become free, so a later block may be computed
+/// first: the error must still name the first bad tile of the strip, and the session keep what
+/// it had, in every round of a long strip.
+#[test]
+fn threads_report_the_first_bad_tile_whichever_block_they_computed_first() {
+    let config = ModelConfig::clam_sb(ModelSize::Tiny);
+    let d = config.input_dim;
+    let (_, model) = random_model(config, 25);
+    let n = 3000; // 24 blocks: 3 rounds of 8 blocks with 2 threads, 2 rounds of 12 with 3
+    let (emb, _, _) = synthetic_slide(d, n, 0.1, 26);
+    for threads in [2, 3] {
+        let options = SessionOptions {
+            threads,
+            ..SessionOptions::default()
+        };
+        let mut clean = SlideSession::with_options(model.clone(), n, options).unwrap();
+        clean.push(&emb, None).unwrap();
+        // Bad tiles in a late block of a round and in an earlier one, then in a later round.
+        for (bad_tiles, first_bad) in [
+            (&[900usize, 150][..], 150usize),
+            (&[2990, 1100][..], 1100),
+            (&[2999][..], 2999),
+        ] {
+            let mut strip = emb.clone();
+            for &t in bad_tiles {
+                strip[t * d + 1] = f32::NAN;
+            }
+            let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();
+            let err = s.push(&strip, None).unwrap_err();
+            assert!(
+                matches!(err, Error::NonFiniteInput { tile, feature: 1, .. } if tile == first_bad),
+                "{threads} threads, bad {bad_tiles:?}: {err}"
+            );
+            assert_eq!(s.len(), 0);
+            s.push(&emb, None).unwrap();
+            assert_eq!(s.tile_probabilities(), clean.tile_probabilities());
+            assert_eq!(
+                s.tumor_probability().unwrap().to_bits(),
+                clean.tumor_probability().unwrap().to_bits()
+            );
+        }
+    }
+}
+
 #[test]
 fn reset_starts_a_clean_slide_in_the_same_memory() {
     let config = ModelConfig::clam_sb(ModelSize::Tiny);

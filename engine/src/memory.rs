@@ -11,7 +11,7 @@ use crate::model::Model;
 /// Alignment of the session's memory region and of each buffer in it.
 pub const SESSION_ALIGNMENT: usize = 64;
 
-/// Most blocks one worker computes between two synchronisations of a session's threads.
+/// Blocks per thread in one round of a push: the threads synchronise once per round.
 pub(crate) const BLOCKS_PER_JOB: usize = 4;
 
 /// Byte offsets of one worker's scratch buffers inside its slice of [`Plan::scratch`].
@@ -25,10 +25,6 @@ pub(crate) struct ScratchLayout {
     pub att_b: Range<usize>,
     /// [`PACK_FLOATS`] f32.
     pub pack: Range<usize>,
-    /// [`BLOCKS_PER_JOB`] partial sums of `H` f64 each, `partial_stride` bytes apart.
-    pub partials: Range<usize>,
-    /// Bytes between two partial sums (`8 H` rounded up to 64).
-    pub partial_stride: usize,
     /// Bytes of one worker's scratch, a multiple of [`SESSION_ALIGNMENT`].
     pub stride: usize,
 }
@@ -42,6 +38,11 @@ pub(crate) struct Plan {
     /// One [`ScratchLayout`] per worker thread, `stride` apart.
     pub scratch: Range<usize>,
     pub layout: ScratchLayout,
+    /// `threads x BLOCKS_PER_JOB` partial sums of `H` f64 each, `partial_stride` bytes apart:
+    /// one per block of a round, whichever thread computes it.
+    pub partials: Range<usize>,
+    /// Bytes between two partial sums (`8 H` rounded up to 64).
+    pub partial_stride: usize,
     pub slide_logits: Range<usize>,
     pub slide_probs: Range<usize>,
     // Per tile.
@@ -83,8 +84,6 @@ impl Plan {
                 0
             }))?,
             pack: inner.take(Some(PACK_FLOATS * 4))?,
-            partials: inner.take(Some(BLOCKS_PER_JOB * partial_stride))?,
-            partial_stride,
             stride: inner.0,
         };
         let mut cursor = Cursor(0);
@@ -94,6 +93,12 @@ impl Plan {
             snapshot: cursor.take(Some(h * 8))?,
             scratch: cursor.take(layout.stride.checked_mul(workers.max(1)))?,
             layout,
+            partials: cursor.take(
+                partial_stride
+                    .checked_mul(BLOCKS_PER_JOB)?
+                    .checked_mul(workers.max(1)),
+            )?,
+            partial_stride,
             slide_logits: cursor.take(Some(nc * 4))?,
             slide_probs: cursor.take(Some(nc * 4))?,
             logits: cursor.take(per_tile(4))?,

@@ -8,6 +8,7 @@
 //! provided by the caller ([`SlideSession::in_buffer`], for firmware without a heap).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::ArrayView2;
@@ -603,8 +604,11 @@ impl<'m> SlideSession<'m> {
     /// Runs the network over `n` validated tiles, writing their logits and probabilities after
     /// the current `len` and folding them into the aggregate. Saves the aggregate first.
     ///
-    /// The strip is cut into blocks of [`BLOCK_TILES`]; each round computes one block per
-    /// thread, then folds the round's blocks in slide order on this thread.
+    /// The strip is cut into blocks of [`BLOCK_TILES`], computed in rounds of up to
+    /// [`BLOCKS_PER_JOB`] blocks per thread: the threads take the round's blocks one at a time,
+    /// in slide order, as they become free (a thread slowed down by other work on its core
+    /// takes fewer), and this thread then folds the round's blocks in slide order. Which
+    /// thread computed a block changes nothing in its results.
     fn score_tiles(&mut self, x: &[f32], n: usize, stride: usize) -> Result<()> {
         let model = Arc::clone(&self.model);
         let config = model.config();
@@ -613,12 +617,13 @@ impl<'m> SlideSession<'m> {
         let dims = (config.input_dim, h, config.attention_dim);
         let plan = self.plan.clone();
         let layout = &plan.layout;
-        let [acc, snapshot, scratch, logits, probs] = split_disjoint(
+        let [acc, snapshot, scratch, partials, logits, probs] = split_disjoint(
             self.region.bytes_mut(),
             [
                 &plan.acc,
                 &plan.snapshot,
                 &plan.scratch,
+                &plan.partials,
                 &plan.logits,
                 &plan.probs,
             ],
@@ -633,45 +638,38 @@ impl<'m> SlideSession<'m> {
         let probs: &mut [f32] = bytemuck::cast_slice_mut(probs);
         let threads = self.workers.threads();
         let blocks = n.div_ceil(BLOCK_TILES);
-        let mut results = [WorkerReport::default(); MAX_THREADS];
+        let mut reports = [BlockReport::default(); MAX_THREADS * BLOCKS_PER_JOB];
         let base = self.len;
         let mut first = 0;
         while first < blocks {
-            // Each worker takes `per` consecutive blocks, in slide order.
+            // A round of `count` blocks on `used` threads (at most BLOCKS_PER_JOB each).
             let per = BLOCKS_PER_JOB.min((blocks - first).div_ceil(threads));
             let used = threads.min((blocks - first).div_ceil(per));
-            results[..used].fill(WorkerReport::default());
-            let (scratch_out, logits_out, probs_out) = (
+            let count = (used * per).min(blocks - first);
+            let next = AtomicUsize::new(0);
+            let (scratch_out, partials_out, logits_out, probs_out, reports_out) = (
                 SharedMut(scratch.as_mut_ptr()),
+                SharedMut(partials.as_mut_ptr()),
                 SharedMut(logits.as_mut_ptr()),
                 SharedMut(probs.as_mut_ptr()),
+                SharedMut(reports.as_mut_ptr()),
             );
-            let results_out = SharedMut(results.as_mut_ptr());
             let job = |worker: usize| {
                 if worker >= used {
                     return;
                 }
                 // SAFETY: worker `w < used <= threads` uses only scratch slice `w` (the
-                // scratch region holds `threads` slices) and result slot `w`: disjoint
-                // between workers, and alive until `run` returns.
-                let (mine, result) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(
-                            scratch_out.get().add(worker * layout.stride),
-                            layout.stride,
-                        ),
-                        &mut *results_out.get().add(worker),
+                // scratch region holds `threads` slices): disjoint between workers, and alive
+                // until `run` returns.
+                let mine = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        scratch_out.get().add(worker * layout.stride),
+                        layout.stride,
                     )
                 };
-                let [hidden, att_a, att_b, pack, partials] = split_disjoint(
+                let [hidden, att_a, att_b, pack] = split_disjoint(
                     mine,
-                    [
-                        &layout.hidden,
-                        &layout.att_a,
-                        &layout.att_b,
-                        &layout.pack,
-                        &layout.partials,
-                    ],
+                    [&layout.hidden, &layout.att_a, &layout.att_b, &layout.pack],
                 );
                 let mut block_scratch = BlockScratch {
                     hidden: bytemuck::cast_slice_mut(hidden),
@@ -679,23 +677,34 @@ impl<'m> SlideSession<'m> {
                     att_b: bytemuck::cast_slice_mut(att_b),
                     pack: bytemuck::cast_slice_mut(pack),
                 };
-                let mine_first = first + worker * per;
-                let mine_end = (mine_first + per).min(blocks);
-                for (slot, b) in (mine_first..mine_end).enumerate() {
+                loop {
+                    // Each slot of the round is handed out once, to one thread.
+                    let slot = next.fetch_add(1, Ordering::Relaxed);
+                    if slot >= count {
+                        return;
+                    }
+                    let b = first + slot;
                     let start = b * BLOCK_TILES;
                     let nb = BLOCK_TILES.min(n - start);
-                    // SAFETY: block `b` belongs to this worker alone; its tiles
-                    // `base + start..base + start + nb` are inside the per-tile outputs (the
-                    // push was checked against the capacity), alive until `run` returns.
-                    let (block_logits, block_probs) = unsafe {
+                    // SAFETY: this thread alone holds slot `slot < count <= MAX_THREADS *
+                    // BLOCKS_PER_JOB`, i.e. block `b`: its tiles `base + start..base + start +
+                    // nb` inside the per-tile outputs (the push was checked against the
+                    // capacity), its partial sum `slot` of the partials region (which holds
+                    // `threads * BLOCKS_PER_JOB` of them) and its report; all alive until
+                    // `run` returns.
+                    let (block_logits, block_probs, partial_acc, report) = unsafe {
                         (
                             std::slice::from_raw_parts_mut(logits_out.get().add(base + start), nb),
                             std::slice::from_raw_parts_mut(probs_out.get().add(base + start), nb),
+                            std::slice::from_raw_parts_mut(
+                                partials_out.get().add(slot * plan.partial_stride),
+                                h * 8,
+                            ),
+                            &mut *reports_out.get().add(slot),
                         )
                     };
-                    let at = slot * layout.partial_stride;
                     let mut partial = Partial {
-                        acc: &mut bytemuck::cast_slice_mut(&mut partials[at..at + h * 8])[..],
+                        acc: bytemuck::cast_slice_mut(partial_acc),
                         max_logit: f64::NEG_INFINITY,
                         weight_sum: 0.0,
                     };
@@ -723,46 +732,43 @@ impl<'m> SlideSession<'m> {
                         &mut block_scratch,
                         &mut partial,
                     );
-                    if let Err(e) = done {
-                        result.failure = Some((b, e));
-                        return;
-                    }
-                    result.scalars[slot] = (partial.max_logit, partial.weight_sum);
+                    *report = match done {
+                        Ok(()) => BlockReport {
+                            scalars: (partial.max_logit, partial.weight_sum),
+                            failure: None,
+                        },
+                        Err(e) => BlockReport {
+                            scalars: (0.0, 0.0),
+                            failure: Some(e),
+                        },
+                    };
                 }
             };
             if used == 1 {
-                // One block: the other threads would only be woken to find nothing to do.
+                // One thread: the others would only be woken to find nothing to do.
                 job(0);
             } else {
                 self.workers.run(&job)?;
             }
-            for worker in 0..used {
-                let mine = &scratch[worker * layout.stride..(worker + 1) * layout.stride];
-                let partials = &mine[layout.partials.clone()];
-                let mine_first = first + worker * per;
-                let mine_end = (mine_first + per).min(blocks);
-                let report = &results[worker];
-                for (slot, b) in (mine_first..mine_end).enumerate() {
-                    if let Some((bad, e)) = report.failure {
-                        if bad == b {
-                            let first = b * BLOCK_TILES;
-                            return Err(match e {
-                                BlockError::NonFiniteInput { tile, feature } => {
-                                    non_finite_input(x, stride, first + tile, feature)
-                                }
-                                BlockError::Overflow { tile } => {
-                                    Error::NumericalOverflow { tile: first + tile }
-                                }
-                            });
+            for (slot, report) in reports[..count].iter().enumerate() {
+                let b = first + slot;
+                if let Some(e) = report.failure {
+                    let first = b * BLOCK_TILES;
+                    return Err(match e {
+                        BlockError::NonFiniteInput { tile, feature } => {
+                            non_finite_input(x, stride, first + tile, feature)
                         }
-                    }
-                    let at = slot * layout.partial_stride;
-                    let acc: &[f64] = bytemuck::cast_slice(&partials[at..at + h * 8]);
-                    let (max_logit, weight_sum) = report.scalars[slot];
-                    combine(&mut agg, acc, max_logit, weight_sum);
+                        BlockError::Overflow { tile } => {
+                            Error::NumericalOverflow { tile: first + tile }
+                        }
+                    });
                 }
+                let at = slot * plan.partial_stride;
+                let acc: &[f64] = bytemuck::cast_slice(&partials[at..at + h * 8]);
+                let (max_logit, weight_sum) = report.scalars;
+                combine(&mut agg, acc, max_logit, weight_sum);
             }
-            first = (first + used * per).min(blocks);
+            first += count;
         }
         (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
         if !agg.acc.iter().all(|v| v.is_finite()) {
@@ -877,13 +883,13 @@ impl<'m> SlideSession<'m> {
     }
 }
 
-/// What one worker reports of its blocks in a job.
+/// What a thread reports of one block of a round.
 #[derive(Debug, Clone, Copy, Default)]
-struct WorkerReport {
-    /// Each block's largest attention logit and weight sum (its [`Partial`]'s scalars).
-    scalars: [(f64, f64); BLOCKS_PER_JOB],
-    /// The first of its blocks (in the slide) that failed, and why.
-    failure: Option<(usize, BlockError)>,
+struct BlockReport {
+    /// The block's largest attention logit and weight sum (its [`Partial`]'s scalars).
+    scalars: (f64, f64),
+    /// Why the block failed, if it did.
+    failure: Option<BlockError>,
 }
 
 /// The error for the value at `feature` of tile `tile` (in the push) of `x`.
@@ -906,7 +912,7 @@ impl<T> SharedMut<T> {
     }
 }
 
-// SAFETY: the workers write through these pointers only to disjoint ranges, one per worker
-// (see `score_tiles`), while the session waits for them.
+// SAFETY: the workers write through these pointers only to disjoint ranges, one per worker or
+// per block of a round (see `score_tiles`), while the session waits for them.
 unsafe impl<T> Sync for SharedMut<T> {}
 unsafe impl<T> Send for SharedMut<T> {}
