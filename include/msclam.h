@@ -247,9 +247,10 @@ typedef struct {
   // MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
   size_t max_tiles;
   // Threads that score a strip together (default 1, at most 64): the extra threads are
-  // created with the session and parked between pushes (after polling for up to 0.1 ms); strips of at least 128 tiles per
-  // thread use them all. Results are bit-identical for any count. Sessions created in an
-  // arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
+  // created with the session and parked between pushes (after polling for up to 0.1 ms);
+  // strips of at least 128 tiles per thread use them all. Results are bit-identical for any
+  // count. Sessions created in an arena run on one thread. (Added in 0.1.1: an older,
+  // shorter struct means 1.)
   uint32_t threads;
   // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
   // dot products, which also round inputs to bf16: on the AMX tiles with MSCLAM_ISA_AMX
@@ -550,10 +551,10 @@ msclam_status msclam_session_tumor_probability(const msclam_session *session,
 // Share of the slide's tiles whose embeddings do not look like the model's training data:
 // outside the distance range stored with the model (the 0.1th to 99.9th percentiles, over
 // the training tiles, of a tile's Mahalanobis distance under a PCA model of the training
-// embeddings; docs/FORMAT.md). About 0.002 for
-// slides like the training data; above MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not
-// be trusted (another encoder or dimension order, magnification, stain, or scale). Updated by
-// every push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.
+// embeddings; docs/FORMAT.md). About 0.002 for slides like the training data; above
+// MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not be trusted
+// (another encoder or dimension order, magnification, stain, or scale). Updated by every
+// push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.
 // MSCLAM_STATUS_NOT_FOUND when the model carries no embedding statistics
 // (msclam_model_info.has_embedding_statistics) or the session was created with
 // `check_embeddings` 0, MSCLAM_STATUS_EMPTY_SESSION before the first tile. (Added in 0.1.1.)

@@ -746,7 +746,8 @@ fn a_threaded_push_with_a_bad_tile_changes_nothing() {
 
 /// The threads take a round's blocks as they become free, so a later block may be computed
 /// first: the error must still name the first bad tile of the strip, and the session keep what
-/// it had, in every round of a long strip.
+/// it had, in every round of a long strip. (Which block finishes first depends on timing: the
+/// test cannot force the out-of-order case, only make it likely with bad tiles late in a round.)
 #[test]
 fn threads_report_the_first_bad_tile_whichever_block_they_computed_first() {
     let config = ModelConfig::clam_sb(ModelSize::Tiny);

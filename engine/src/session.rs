@@ -33,10 +33,12 @@ pub struct SessionOptions {
     pub isa: Isa,
     /// Threads that score a strip together (default 1). The extra `threads - 1` are created
     /// with the session and parked between pushes (each polls for up to 0.1 ms before it
-    /// sleeps, which saves the wake-up of back-to-back pushes); a push splits its strip into blocks of
-    /// [`BLOCK_TILES`] tiles across them, so strips of at least `threads * BLOCK_TILES` tiles
-    /// use them all. Results are bit-identical for any thread count. One session per core,
-    /// each with one thread, is the alternative for scoring several slides at once.
+    /// sleeps, which saves most wake-ups between the rounds of a push and between
+    /// back-to-back pushes); a push splits its strip into blocks of [`BLOCK_TILES`] tiles,
+    /// which the threads take as they become free, so strips of at least
+    /// `threads * BLOCK_TILES` tiles use them all. Results are bit-identical for any thread
+    /// count. One session per core, each with one thread, is the alternative for scoring
+    /// several slides at once.
     pub threads: usize,
     /// For a model whose large matrices are bf16: use bf16 dot products (default false),
     /// which also round every input and hidden value to bf16. They run on the AMX tile unit
@@ -214,14 +216,15 @@ impl<'m> SlideSession<'m> {
     /// rollback copy) `+ 512 * (H16 + K16 * g)` (scratch for 128 tiles of hidden and attention
     /// values, `H16`/`K16` rounded up to 16, `g` = 2 if gated else 1) `+ 147,456` (the matrix
     /// kernels' packed inputs, [`crate::kernels::PACK_FLOATS`] floats) `+ 4 * 8 * H` (the f64
-    /// sums of 4 blocks) `+ 8 * C`, each buffer rounded up to 64 bytes. Add 63 bytes for [`SlideSession::in_buffer`] if the buffer is
-    /// not 64-byte aligned.
+    /// sums of 4 blocks) `+ 8 * C`, each buffer rounded up to 64 bytes. Add 63 bytes for
+    /// [`SlideSession::in_buffer`] if the buffer is not 64-byte aligned.
     pub fn memory_bytes(model: &Model, capacity: usize) -> Result<usize> {
         Ok(Self::plan(model, capacity, 1)?.total)
     }
 
     /// [`SlideSession::memory_bytes`] for a session of `threads` threads: each thread beyond
-    /// the first adds its own scratch (`512 * (H16 + K16 * g) + 147,456 + 32 * H` bytes).
+    /// the first adds its own scratch (`512 * (H16 + K16 * g) + 147,456` bytes) and 4 slots
+    /// of the shared partial sums (`32 * H` bytes).
     pub fn memory_bytes_with_threads(
         model: &Model,
         capacity: usize,
@@ -686,12 +689,13 @@ impl<'m> SlideSession<'m> {
                     let b = first + slot;
                     let start = b * BLOCK_TILES;
                     let nb = BLOCK_TILES.min(n - start);
-                    // SAFETY: this thread alone holds slot `slot < count <= MAX_THREADS *
-                    // BLOCKS_PER_JOB`, i.e. block `b`: its tiles `base + start..base + start +
-                    // nb` inside the per-tile outputs (the push was checked against the
-                    // capacity), its partial sum `slot` of the partials region (which holds
-                    // `threads * BLOCKS_PER_JOB` of them) and its report; all alive until
-                    // `run` returns.
+                    // SAFETY: `fetch_add` hands slot `slot` to this thread alone, and distinct
+                    // slots are distinct blocks `b`: its tiles `base + start..base + start +
+                    // nb` lie inside the per-tile outputs (the push was checked against the
+                    // capacity); `slot < count <= used * per <= threads * BLOCKS_PER_JOB`,
+                    // the number of partial sums the plan gives the partials region (built for
+                    // this session's thread count), and `<= MAX_THREADS * BLOCKS_PER_JOB`, the
+                    // length of `reports`. All alive until `run` returns.
                     let (block_logits, block_probs, partial_acc, report) = unsafe {
                         (
                             std::slice::from_raw_parts_mut(logits_out.get().add(base + start), nb),

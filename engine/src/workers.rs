@@ -48,7 +48,7 @@ struct Shared {
 /// machines measured: a C ping-pong of two threads pinned to two cores lost 96-214 µs per
 /// round to the two wake-ups, 5-11 µs when both sides polled for up to 100 µs first. A push of
 /// 256 tiles on 2 threads takes about 2 ms, so that was 5-10 % of it. Polling costs at most
-/// this much of a core per push.
+/// this much of a core per round of a push (a push of many blocks runs several rounds).
 const SPIN: Duration = Duration::from_micros(100);
 
 /// Calls `ready` until it returns true or `limit` has passed; whether it did.

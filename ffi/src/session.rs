@@ -86,9 +86,10 @@ pub struct SessionOptions {
     /// MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
     pub max_tiles: usize,
     /// Threads that score a strip together (default 1, at most 64): the extra threads are
-    /// created with the session and parked between pushes (after polling for up to 0.1 ms); strips of at least 128 tiles per
-    /// thread use them all. Results are bit-identical for any count. Sessions created in an
-    /// arena run on one thread. (Added in 0.1.1: an older, shorter struct means 1.)
+    /// created with the session and parked between pushes (after polling for up to 0.1 ms);
+    /// strips of at least 128 tiles per thread use them all. Results are bit-identical for any
+    /// count. Sessions created in an arena run on one thread. (Added in 0.1.1: an older,
+    /// shorter struct means 1.)
     pub threads: u32,
     /// For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
     /// dot products, which also round inputs to bf16: on the AMX tiles with MSCLAM_ISA_AMX
@@ -582,10 +583,10 @@ pub unsafe extern "C" fn msclam_session_tumor_probability(
 /// Share of the slide's tiles whose embeddings do not look like the model's training data:
 /// outside the distance range stored with the model (the 0.1th to 99.9th percentiles, over
 /// the training tiles, of a tile's Mahalanobis distance under a PCA model of the training
-/// embeddings; docs/FORMAT.md). About 0.002 for
-/// slides like the training data; above MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not
-/// be trusted (another encoder or dimension order, magnification, stain, or scale). Updated by
-/// every push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.
+/// embeddings; docs/FORMAT.md). About 0.002 for slides like the training data; above
+/// MSCLAM_OUT_OF_DISTRIBUTION_UNTRUSTED (0.1) the slide's scores should not be trusted
+/// (another encoder or dimension order, magnification, stain, or scale). Updated by every
+/// push, no allocation. `out_tiles` (may be NULL) receives the number of such tiles.
 /// MSCLAM_STATUS_NOT_FOUND when the model carries no embedding statistics
 /// (msclam_model_info.has_embedding_statistics) or the session was created with
 /// `check_embeddings` 0, MSCLAM_STATUS_EMPTY_SESSION before the first tile. (Added in 0.1.1.)
