@@ -545,12 +545,31 @@ fn min_max_simd(isa: Isa, src: &[f32]) -> (usize, Option<(f32, f32, bool)>) {
                 /// # Safety
                 /// AVX2; `s` has `n` values.
                 unsafe fn run(s: *const f32, n: usize) -> (usize, Option<(f32, f32, bool)>) {
-                    let (mut lo, mut hi, mut nan) = (
-                        _mm256_setzero_ps(),
-                        _mm256_setzero_ps(),
-                        _mm256_setzero_ps(),
+                    // Four independent chains, as for AVX-512, then one.
+                    let (mut lo4, mut hi4, mut nan4) = (
+                        [_mm256_setzero_ps(); 4],
+                        [_mm256_setzero_ps(); 4],
+                        [_mm256_setzero_ps(); 4],
                     );
                     let mut i = 0;
+                    while i + 32 <= n {
+                        for a in 0..4 {
+                            // SAFETY: values i + 8a..i + 8a + 8 are inside `s`.
+                            let v = unsafe { _mm256_loadu_ps(s.add(i + 8 * a)) };
+                            lo4[a] = _mm256_min_ps(lo4[a], v);
+                            hi4[a] = _mm256_max_ps(hi4[a], v);
+                            nan4[a] = _mm256_or_ps(nan4[a], _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                        }
+                        i += 32;
+                    }
+                    let (mut lo, mut hi, mut nan) = (
+                        _mm256_min_ps(_mm256_min_ps(lo4[0], lo4[1]), _mm256_min_ps(lo4[2], lo4[3])),
+                        _mm256_max_ps(_mm256_max_ps(hi4[0], hi4[1]), _mm256_max_ps(hi4[2], hi4[3])),
+                        _mm256_or_ps(
+                            _mm256_or_ps(nan4[0], nan4[1]),
+                            _mm256_or_ps(nan4[2], nan4[3]),
+                        ),
+                    );
                     while i + 8 <= n {
                         // SAFETY: values i..i + 8 are inside `s`.
                         let v = unsafe { _mm256_loadu_ps(s.add(i)) };
@@ -576,9 +595,28 @@ fn min_max_simd(isa: Isa, src: &[f32]) -> (usize, Option<(f32, f32, bool)>) {
                 /// # Safety
                 /// `s` has `n` values (SSE2 is part of x86-64).
                 unsafe fn run(s: *const f32, n: usize) -> (usize, Option<(f32, f32, bool)>) {
-                    let (mut lo, mut hi, mut nan) =
-                        (_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps());
+                    // Four independent chains, as for AVX-512, then one.
+                    let (mut lo4, mut hi4, mut nan4) = (
+                        [_mm_setzero_ps(); 4],
+                        [_mm_setzero_ps(); 4],
+                        [_mm_setzero_ps(); 4],
+                    );
                     let mut i = 0;
+                    while i + 16 <= n {
+                        for a in 0..4 {
+                            // SAFETY: values i + 4a..i + 4a + 4 are inside `s`.
+                            let v = unsafe { _mm_loadu_ps(s.add(i + 4 * a)) };
+                            lo4[a] = _mm_min_ps(lo4[a], v);
+                            hi4[a] = _mm_max_ps(hi4[a], v);
+                            nan4[a] = _mm_or_ps(nan4[a], _mm_cmpunord_ps(v, v));
+                        }
+                        i += 16;
+                    }
+                    let (mut lo, mut hi, mut nan) = (
+                        _mm_min_ps(_mm_min_ps(lo4[0], lo4[1]), _mm_min_ps(lo4[2], lo4[3])),
+                        _mm_max_ps(_mm_max_ps(hi4[0], hi4[1]), _mm_max_ps(hi4[2], hi4[3])),
+                        _mm_or_ps(_mm_or_ps(nan4[0], nan4[1]), _mm_or_ps(nan4[2], nan4[3])),
+                    );
                     while i + 4 <= n {
                         // SAFETY: values i..i + 4 are inside `s`.
                         let v = unsafe { _mm_loadu_ps(s.add(i)) };
