@@ -51,18 +51,16 @@ struct Shared {
 /// this much of a core per round of a push (a push of many blocks runs several rounds).
 const SPIN: Duration = Duration::from_micros(100);
 
-/// Calls `ready` until it returns true or `limit` has passed; whether it did.
-fn spin_until(limit: Duration, ready: impl Fn() -> bool) -> bool {
+/// Calls `ready` until it returns true or `limit` has passed (the caller then checks under
+/// the lock either way).
+fn spin_until(limit: Duration, ready: impl Fn() -> bool) {
     let start = Instant::now();
-    loop {
+    while start.elapsed() < limit {
         for _ in 0..64 {
             if ready() {
-                return true;
+                return;
             }
             std::hint::spin_loop();
-        }
-        if start.elapsed() >= limit {
-            return ready();
         }
     }
 }

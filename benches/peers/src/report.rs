@@ -86,9 +86,7 @@ impl Measurements {
             .collect();
         Some(stats(&ratios))
     }
-}
 
-impl Measurements {
     /// Paired shares of a peak: in each round, `label`'s tiles/s over the `width` peak
     /// (GFLOP/s) measured in the same round (`peaks`); median, minimum and maximum over the
     /// rounds, in tiles per GFLOP. None without a peak for every round.
