@@ -247,10 +247,12 @@ typedef struct {
   // MSCLAM_STATUS_INVALID_ARGUMENT). Memory grows by 21 bytes per tile.
   size_t max_tiles;
   // Threads that score a strip together (default 1, at most 64): the extra threads are
-  // created with the session and parked between pushes (after polling for up to 0.1 ms);
-  // strips of at least 128 tiles per thread use them all. Results are bit-identical for any
-  // count. Sessions created in an arena run on one thread. (Added in 0.1.1: an older,
-  // shorter struct means 1.)
+  // created with the session and parked between pushes (after polling for up to 0.1 ms).
+  // A strip of at most 128 tiles is split between all of them by the layers' outputs (each
+  // thread reads its share of the weights: strips of one tile ran 2-3x faster on 2 cores);
+  // longer strips use them all from 128 tiles per thread. Each thread needs a core of its
+  // own. Results are bit-identical for any count. Sessions created in an arena run on one
+  // thread. (Added in 0.1.1: an older, shorter struct means 1.)
   uint32_t threads;
   // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
   // dot products, which also round inputs to bf16: on the AMX tiles with MSCLAM_ISA_AMX

@@ -417,6 +417,102 @@ fn any_thread_count_gives_bit_identical_results_and_matches_the_reference() {
     }
 }
 
+/// Strips of at most one block are split between the threads by output panels (each thread
+/// computes a share of every layer): for every weight type, instruction set and thread count,
+/// including layers of an odd number of panels and threads left without a share, the results
+/// are the bits of one thread.
+#[test]
+fn strips_split_between_threads_give_the_bits_of_one_thread_for_every_weight_type() {
+    let odd = ModelConfig {
+        input_dim: 37,
+        hidden_dim: 80,    // 5 panels
+        attention_dim: 20, // 2 panels: a third thread gets none
+        attention: AttentionKind::Gated,
+        num_classes: 3,
+        tile_classifier: TileClassifierKind::PerClass,
+        tumor_class: 1,
+        threshold: 0.5,
+    };
+    let plain = ModelConfig {
+        attention: AttentionKind::Plain,
+        ..odd
+    };
+    for config in [ModelConfig::ms_clam(ModelSize::Small), odd, plain] {
+        let d = config.input_dim;
+        let weights = random_weights(config, 41);
+        let n = 400;
+        let (emb, _, _) = synthetic_slide(d, n, 0.1, 42);
+        for (dtype, bf16_dot, _) in common::WEIGHT_VARIANTS {
+            let bytes = msclam_engine::format::ModelWriter::new(&weights)
+                .matrix_dtype(dtype)
+                .to_bytes()
+                .unwrap();
+            let model = Arc::new(Model::from_bytes(&bytes).unwrap());
+            for isa in Isa::all_supported() {
+                let options = SessionOptions {
+                    isa,
+                    bf16_dot,
+                    ..SessionOptions::default()
+                };
+                let mut one = SlideSession::with_options(model.clone(), n, options).unwrap();
+                // Strips on both sides of the 16-bit switch (8, 9 tiles), of the kernels'
+                // few-row path (16, 17) and of one block (128, 129).
+                let sizes = [1, 3, 8, 9, 16, 17, 64, 128, 129, 1, 2];
+                let expected = stream_bits(&mut one, &emb, d, &sizes);
+                for threads in [2, 3, 4] {
+                    let options = SessionOptions { threads, ..options };
+                    let mut many = SlideSession::with_options(model.clone(), n, options).unwrap();
+                    let got = stream_bits(&mut many, &emb, d, &sizes);
+                    assert!(
+                        got == expected,
+                        "{dtype:?} (dot {bf16_dot}) {isa:?}, {threads} threads, h {}",
+                        config.hidden_dim
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A bad tile in a strip split between threads: the error names it, and the session keeps
+/// what it had and goes on to the same results.
+#[test]
+fn a_split_strip_with_a_bad_tile_changes_nothing() {
+    let config = ModelConfig::ms_clam(ModelSize::Small);
+    let d = config.input_dim;
+    let (_, model) = random_model(config, 43);
+    let (emb, _, _) = synthetic_slide(d, 60, 0.1, 44);
+    let options = SessionOptions {
+        threads: 2,
+        ..SessionOptions::default()
+    };
+    let mut clean = SlideSession::with_options(model.clone(), 60, options).unwrap();
+    clean.push(&emb[..10 * d], None).unwrap();
+    clean.push(&emb[10 * d..], None).unwrap();
+    let mut s = SlideSession::with_options(model, 60, options).unwrap();
+    s.push(&emb[..10 * d], None).unwrap();
+    for (tile, value) in [
+        (13usize, f32::NAN),
+        (59, f32::INFINITY),
+        (10, f32::NEG_INFINITY),
+    ] {
+        let mut strip = emb[10 * d..].to_vec();
+        strip[(tile - 10) * d + 5] = value;
+        let err = s.push(&strip, None).unwrap_err();
+        assert!(
+            matches!(err, Error::NonFiniteInput { tile: t, feature: 5, .. } if t == tile - 10),
+            "{err}"
+        );
+        assert_eq!(s.len(), 10);
+    }
+    s.push(&emb[10 * d..], None).unwrap();
+    assert_eq!(s.tile_probabilities(), clean.tile_probabilities());
+    assert_eq!(
+        s.tumor_probability().unwrap().to_bits(),
+        clean.tumor_probability().unwrap().to_bits()
+    );
+}
+
 /// `v` rounded to the nearest bf16 (ties to even), as f32.
 fn round_bf16(v: f32) -> f32 {
     let bits = v.to_bits();

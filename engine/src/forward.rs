@@ -11,8 +11,15 @@
 //! compiled once per instruction set, so the row-wise activations vectorise as widely as the
 //! matrix kernels.
 
-use crate::kernels::{dense, padded_rows, rows, Isa, KernelPlan, PanelOrder};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::kernels::{
+    dense, padded_rows, rows, Isa, KernelPlan, PanelOrder, PACK_FLOATS, PANEL_WIDTH,
+};
+use crate::memory::ScratchLayout;
 use crate::model::{MatrixWeights, WeightViews};
+use crate::workers::Arrivals;
 
 /// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
 pub const BLOCK_TILES: usize = 128;
@@ -132,6 +139,24 @@ dispatch_by_isa! {
     ) -> Result<(), BlockError> = compute_body
 }
 
+dispatch_by_isa! {
+    /// Thread `share.part`'s share of a block split between the threads of `share.split`
+    /// ([`SplitBlock`]), called by every one of them at once: its [`panel_share`] of the
+    /// hidden layer, then of the attention products. Thread 0 then gathers the other shares
+    /// and runs the row-wise end of the pass, as [`compute_block`] does: into `block`'s
+    /// outputs and `partial` (the other threads' are not touched and may be empty), with the
+    /// same errors. Every output is computed by the same operations as in [`compute_block`],
+    /// so the results are the same bits.
+    fn compute_block_share(
+        plan: &KernelPlan,
+        w: &WeightViews<'_>,
+        dims: (usize, usize, usize),
+        block: Block<'_>,
+        share: SplitPart<'_>,
+        partial: &mut Partial<'_>
+    ) -> Result<(), BlockError> = compute_share_body
+}
+
 /// Adds a block's partial sum (`acc`, relative to `max_logit`, with `weight_sum`) to the
 /// slide's aggregate: an online softmax over blocks.
 pub(crate) fn combine(agg: &mut Aggregate<'_>, acc: &[f64], max_logit: f64, weight_sum: f64) {
@@ -248,11 +273,59 @@ fn compute_body<'a>(
             order,
         );
     }
+    let outputs = BlockOutputs {
+        logits,
+        probs,
+        partial,
+    };
+    finish_body(
+        isa,
+        w,
+        (h, k),
+        n,
+        hidden,
+        scratch.att_a,
+        scratch.att_b,
+        outputs,
+    )
+}
+
+/// A block's per-tile outputs and its partial sum.
+pub(crate) struct BlockOutputs<'o, 'p> {
+    /// Attention logit of each tile (`n` values).
+    pub logits: &'o mut [f32],
+    /// Tumor probability of each tile (`n` values).
+    pub probs: &'o mut [f32],
+    /// The block's attention-weighted sum.
+    pub partial: &'o mut Partial<'p>,
+}
+
+/// The row-wise end of a block's pass, from its hidden layer and attention pre-activations
+/// (`att_a` is overwritten with the attention terms): the tiles' attention logits and tumor
+/// probabilities, then the block's [`Partial`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn finish_body(
+    isa: Isa,
+    w: &WeightViews<'_>,
+    (h, k): (usize, usize),
+    n: usize,
+    hidden: &[f32],
+    att_a: &mut [f32],
+    att_b: &[f32],
+    outputs: BlockOutputs<'_, '_>,
+) -> Result<(), BlockError> {
+    let (h16, k16) = (padded_rows(h), padded_rows(k));
+    let BlockOutputs {
+        logits,
+        probs,
+        partial,
+    } = outputs;
     let mut block_max = f64::NEG_INFINITY;
     for r in 0..n {
         let hr = &hidden[r * h16..r * h16 + h];
-        let terms = &mut scratch.att_a[r * k16..r * k16 + k];
-        let gate = w.attention_b.map(|_| &scratch.att_b[r * k16..r * k16 + k]);
+        let terms = &mut att_a[r * k16..r * k16 + k];
+        let gate = w.attention_b.map(|_| &att_b[r * k16..r * k16 + k]);
         rows::attention_terms(terms, gate);
         let s = rows::dot_f64(isa, terms, w.attention_c_weight, w.attention_c_bias as f64);
         let (tumor, not_tumor) = rows::dot2_f64(
@@ -281,4 +354,285 @@ fn compute_body<'a>(
         rows::axpy_f64(partial.acc, weight, &hidden[r * h16..r * h16 + h]);
     }
     Ok(())
+}
+
+/// The output panels, out of `panels`, that thread `part` of `parts` computes when a block is
+/// split between threads: contiguous ranges of whole pairs of panels, in thread order (every
+/// panel once; a range may be empty).
+pub(crate) fn panel_share(panels: usize, part: usize, parts: usize) -> Range<usize> {
+    let pairs = panels.div_ceil(2);
+    let at = |t: usize| (pairs * t / parts * 2).min(panels);
+    at(part)..at(part + 1)
+}
+
+/// One thread's scratch buffers, as raw pointers (see [`SplitBlock`]).
+#[derive(Clone, Copy)]
+struct ScratchPointers {
+    hidden: *mut f32,
+    att_a: *mut f32,
+    att_b: *mut f32,
+    pack: *mut f32,
+}
+
+/// What the threads splitting one block share: every thread's scratch (each writes its own;
+/// the others read it only after the point that says it is written) and those points.
+///
+/// The protocol of [`compute_block_share`]: each thread writes its share of the hidden layer
+/// into its own `hidden` and arrives at `hidden_done`; once all have, each copies the others'
+/// shares into its own `hidden` (reading only their shares' columns, which no thread writes
+/// any more), then writes its share of the attention products into its own `att_a`/`att_b`
+/// and arrives at `attention_done`, after which only thread 0 reads them. A thread that
+/// panics still arrives ([`Attendance`]), so the others never wait forever.
+pub(crate) struct SplitBlock<'s> {
+    parts: usize,
+    scratch: *mut u8,
+    layout: &'s ScratchLayout,
+    hidden_done: Arrivals,
+    attention_done: Arrivals,
+    /// Whether a thread's share of the hidden layer has a non-finite value.
+    flagged: AtomicBool,
+}
+
+// SAFETY: the threads reach the scratch behind `scratch` only as the protocol above says:
+// each writes its own buffers, and reads another's only where the arrivals say that no
+// thread writes any more; the counters and the flag are atomics.
+unsafe impl Sync for SplitBlock<'_> {}
+
+impl<'s> SplitBlock<'s> {
+    /// A block split between `parts` threads, whose scratch slices start at `scratch`,
+    /// `layout.stride` bytes apart.
+    ///
+    /// # Safety
+    /// `scratch` must be valid for reads and writes of `parts * layout.stride` bytes, aligned
+    /// to 4, and not accessed otherwise while the returned value is used.
+    pub unsafe fn new(scratch: *mut u8, layout: &'s ScratchLayout, parts: usize) -> Self {
+        SplitBlock {
+            parts,
+            scratch,
+            layout,
+            hidden_done: Arrivals::new(),
+            attention_done: Arrivals::new(),
+            flagged: AtomicBool::new(false),
+        }
+    }
+
+    /// Thread `part`'s buffers.
+    fn buffers(&self, part: usize) -> ScratchPointers {
+        assert!(part < self.parts);
+        let l = self.layout;
+        // SAFETY: `part < parts`, so the slice starts inside the scratch (`new`'s contract),
+        // and its layout's ranges lie inside its `stride` bytes.
+        let at = |start: usize| unsafe { self.scratch.add(part * l.stride + start).cast() };
+        ScratchPointers {
+            hidden: at(l.hidden.start),
+            att_a: at(l.att_a.start),
+            att_b: at(l.att_b.start),
+            pack: at(l.pack.start),
+        }
+    }
+}
+
+/// One thread's part in a [`SplitBlock`].
+#[derive(Clone, Copy)]
+pub(crate) struct SplitPart<'a> {
+    pub split: &'a SplitBlock<'a>,
+    /// The thread's index, `0..parts`.
+    pub part: usize,
+}
+
+/// Which points of a split block this thread has arrived at; arrives at the rest when
+/// dropped, so that a panic does not leave the other threads waiting.
+struct Attendance<'a> {
+    split: &'a SplitBlock<'a>,
+    hidden: bool,
+    attention: bool,
+}
+
+impl Attendance<'_> {
+    fn hidden_done(&mut self) {
+        self.hidden = true;
+        self.split.hidden_done.arrive();
+    }
+    fn attention_done(&mut self) {
+        self.attention = true;
+        self.split.attention_done.arrive();
+    }
+}
+
+impl Drop for Attendance<'_> {
+    fn drop(&mut self) {
+        if !self.hidden {
+            self.hidden_done();
+        }
+        if !self.attention {
+            self.attention_done();
+        }
+    }
+}
+
+/// Copies, for rows `0..n` of `width`-float rows, columns `cols` from `from` to `to`.
+///
+/// # Safety
+/// Both must be valid for those columns of those rows; nothing writes `from`'s or reads `to`'s
+/// columns meanwhile.
+unsafe fn copy_columns(from: *const f32, to: *mut f32, n: usize, width: usize, cols: Range<usize>) {
+    for r in 0..n {
+        let at = r * width + cols.start;
+        // SAFETY: the caller's contract; the ranges are in distinct threads' buffers.
+        unsafe { std::ptr::copy_nonoverlapping(from.add(at), to.add(at), cols.len()) };
+    }
+}
+
+/// [`compute_block_share`]'s body, inlined into each instruction set's wrapper.
+#[inline(always)]
+fn compute_share_body<'a>(
+    plan: &KernelPlan,
+    w: &WeightViews<'a>,
+    (d, h, k): (usize, usize, usize),
+    block: Block<'_>,
+    share: SplitPart<'_>,
+    partial: &mut Partial<'_>,
+) -> Result<(), BlockError> {
+    let SplitPart { split, part } = share;
+    let (h16, k16, isa, parts) = (padded_rows(h), padded_rows(k), plan.isa, split.parts);
+    let Block {
+        x,
+        n,
+        stride,
+        logits,
+        probs,
+        order,
+    } = block;
+    let mut attendance = Attendance {
+        split,
+        hidden: false,
+        attention: false,
+    };
+    let mine = split.buffers(part);
+    let (hidden_len, att_len) = (BLOCK_TILES * h16, BLOCK_TILES * k16);
+    // SAFETY: this thread's packing buffer, which no other thread touches.
+    let pack = unsafe { std::slice::from_raw_parts_mut(mine.pack, PACK_FLOATS) };
+    let pick = |m: MatrixWeights<'a>, widened: &'a [f32]| {
+        if n >= wide_rows(isa) && !widened.is_empty() {
+            MatrixWeights::F32(widened)
+        } else {
+            m
+        }
+    };
+    let cut = |m: MatrixWeights<'a>, inputs: usize, panels: &Range<usize>| {
+        m.panels(inputs, panels.clone())
+            .expect("the model's matrices hold every panel of their output")
+    };
+    // The hidden layer: this thread's panels, into its own buffer.
+    let share = panel_share(h16 / PANEL_WIDTH, part, parts);
+    let cols = share.start * PANEL_WIDTH..(share.end * PANEL_WIDTH).min(h);
+    if !share.is_empty() {
+        // SAFETY: this thread's hidden buffer; no other thread reads it before it arrives
+        // at `hidden_done`, after this reference's last use.
+        let hidden = unsafe { std::slice::from_raw_parts_mut(mine.hidden, hidden_len) };
+        let w1 = cut(pick(w.fc_weight, w.widened[0]), d, &share);
+        let (b1, out) = (&w.fc_bias[cols.start..], &mut hidden[cols.start..]);
+        dense(
+            plan,
+            x,
+            n,
+            d,
+            stride,
+            w1,
+            cols.len(),
+            b1,
+            out,
+            h16,
+            pack,
+            order,
+        );
+        let mut flagged = false;
+        for r in 0..n {
+            let row = &mut hidden[r * h16..r * h16 + h];
+            flagged |= !rows::relu_in_place_finite(&mut row[cols.clone()]);
+        }
+        if flagged {
+            split.flagged.store(true, Ordering::Relaxed);
+        }
+    }
+    attendance.hidden_done();
+    split.hidden_done.wait_for(parts);
+    for other in (0..parts).filter(|&t| t != part) {
+        let share = panel_share(h16 / PANEL_WIDTH, other, parts);
+        let cols = share.start * PANEL_WIDTH..share.end * PANEL_WIDTH;
+        // SAFETY: the other thread has arrived at `hidden_done`: it no longer writes its
+        // share's columns, and nothing else writes them; this thread alone writes those
+        // columns of its own buffer. Both lie inside `n <= BLOCK_TILES` rows of `h16` floats.
+        unsafe { copy_columns(split.buffers(other).hidden, mine.hidden, n, h16, cols) };
+    }
+    // SAFETY: complete now; other threads only read this buffer from here on.
+    let hidden = unsafe { std::slice::from_raw_parts(mine.hidden, hidden_len) };
+    // The attention products: this thread's panels of each.
+    let share = panel_share(k16 / PANEL_WIDTH, part, parts);
+    let cols = share.start * PANEL_WIDTH..(share.end * PANEL_WIDTH).min(k);
+    let gated = w.attention_b.is_some();
+    let mut products = [(
+        w.attention_a_weight,
+        w.attention_a_bias,
+        w.widened[1],
+        mine.att_a,
+    )]
+    .into_iter()
+    .chain(w.attention_b.map(|(m, b)| (m, b, w.widened[2], mine.att_b)));
+    if !share.is_empty() {
+        for (m, bias, widened, out) in &mut products {
+            // SAFETY: this thread's buffer; only thread 0 reads it, after `attention_done`.
+            let out = unsafe { std::slice::from_raw_parts_mut(out, att_len) };
+            let m = cut(pick(m, widened), h, &share);
+            let (bias, out) = (&bias[cols.start..], &mut out[cols.start..]);
+            dense(
+                plan,
+                hidden,
+                n,
+                h,
+                h16,
+                m,
+                cols.len(),
+                bias,
+                out,
+                k16,
+                pack,
+                order,
+            );
+        }
+    }
+    attendance.attention_done();
+    if part != 0 {
+        return Ok(());
+    }
+    split.attention_done.wait_for(parts);
+    for other in 1..parts {
+        let share = panel_share(k16 / PANEL_WIDTH, other, parts);
+        let cols = share.start * PANEL_WIDTH..share.end * PANEL_WIDTH;
+        let theirs = split.buffers(other);
+        let pairs = [(theirs.att_a, mine.att_a), (theirs.att_b, mine.att_b)];
+        for (from, to) in &pairs[..1 + gated as usize] {
+            // SAFETY: every thread has arrived at `attention_done` and writes nothing more;
+            // within `n` rows of `k16` floats of both buffers.
+            unsafe { copy_columns(*from, *to, n, k16, cols.clone()) };
+        }
+    }
+    if split.flagged.load(Ordering::Relaxed) {
+        if let Some((tile, feature)) = find_non_finite_body(x, n, stride, d) {
+            return Err(BlockError::NonFiniteInput { tile, feature });
+        }
+    }
+    // SAFETY: thread 0's own buffers, which no other thread touches any more.
+    let (att_a, att_b) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(mine.att_a, att_len),
+            std::slice::from_raw_parts(mine.att_b, if gated { att_len } else { 0 }),
+        )
+    };
+    let outputs = BlockOutputs {
+        logits,
+        probs,
+        partial,
+    };
+    finish_body(isa, w, (h, k), n, hidden, att_a, att_b, outputs)
 }

@@ -43,6 +43,7 @@ mod model;
 pub mod reference;
 mod session;
 pub mod statistics;
+mod strip;
 mod weights;
 mod workers;
 

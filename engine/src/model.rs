@@ -179,6 +179,35 @@ pub enum MatrixWeights<'a> {
     Int8(Int8Weights<'a>),
 }
 
+impl<'a> MatrixWeights<'a> {
+    /// The output panels `panels` (of [`crate::kernels::PANEL_WIDTH`] outputs each) of a
+    /// matrix of `in_dim` inputs: the weights of those outputs alone, which a kernel computes
+    /// with the same operations as within the whole matrix. Each layout stores a panel's
+    /// weights contiguously, panel after panel. `None` if the range lies outside the weights.
+    pub fn panels(self, in_dim: usize, panels: Range<usize>) -> Option<Self> {
+        use crate::kernels::PANEL_WIDTH;
+        let cut = |per_panel: usize| {
+            Some(panels.start.checked_mul(per_panel)?..panels.end.checked_mul(per_panel)?)
+        };
+        Some(match self {
+            MatrixWeights::F32(w) => MatrixWeights::F32(w.get(cut(PANEL_WIDTH * in_dim)?)?),
+            MatrixWeights::Bf16(w) => MatrixWeights::Bf16(w.get(cut(PANEL_WIDTH * in_dim)?)?),
+            MatrixWeights::F16(w) => MatrixWeights::F16(w.get(cut(PANEL_WIDTH * in_dim)?)?),
+            MatrixWeights::Bf16Pairs(w) => {
+                MatrixWeights::Bf16Pairs(w.get(cut(PANEL_WIDTH * in_dim.div_ceil(2))?)?)
+            }
+            MatrixWeights::Int8(w) => {
+                let quads = PANEL_WIDTH * in_dim.div_ceil(crate::kernels::QUAD) * 4;
+                MatrixWeights::Int8(Int8Weights {
+                    quads: w.quads.get(cut(quads)?)?,
+                    weight_sums: w.weight_sums.get(cut(PANEL_WIDTH)?)?,
+                    scales: w.scales.get(cut(PANEL_WIDTH)?)?,
+                })
+            }
+        })
+    }
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")

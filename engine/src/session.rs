@@ -8,20 +8,17 @@
 //! provided by the caller ([`SlideSession::in_buffer`], for firmware without a heap).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ndarray::ArrayView2;
 
 use crate::config::MAX_CLASSES;
 use crate::error::{Error, Result};
-use crate::forward::{
-    combine, compute_block, find_non_finite, Aggregate, Block, BlockError, BlockScratch, Partial,
-    BLOCK_TILES,
-};
-use crate::kernels::{Isa, KernelPlan, PanelOrder};
-use crate::memory::{split_disjoint, Block64, Plan, Region, BLOCKS_PER_JOB, SESSION_ALIGNMENT};
+use crate::forward::{combine, find_non_finite, Aggregate, BlockError};
+use crate::kernels::{Isa, KernelPlan};
+use crate::memory::{split_disjoint, Block64, Plan, Region, SESSION_ALIGNMENT};
 use crate::model::Model;
+use crate::strip::{score_strip, Strip, StripBuffers};
 use crate::workers::Workers;
 /// Largest number of threads of one session.
 pub const MAX_THREADS: usize = 64;
@@ -34,11 +31,15 @@ pub struct SessionOptions {
     /// Threads that score a strip together (default 1). The extra `threads - 1` are created
     /// with the session and parked between pushes (each polls for up to 0.1 ms before it
     /// sleeps, which saves most wake-ups between the rounds of a push and between
-    /// back-to-back pushes); a push splits its strip into blocks of [`BLOCK_TILES`] tiles,
-    /// which the threads take as they become free, so strips of at least
-    /// `threads * BLOCK_TILES` tiles use them all. Results are bit-identical for any thread
-    /// count. One session per core, each with one thread, is the alternative for scoring
-    /// several slides at once.
+    /// back-to-back pushes). A strip of at most [`BLOCK_TILES`](crate::BLOCK_TILES) tiles is split between all
+    /// the threads by the layers' outputs: each computes its share of every layer and reads
+    /// only that share of the weights, which can stay in its core's L2 cache (a strip of one
+    /// tile is bound by reading the weights). A longer strip is cut into blocks of
+    /// [`BLOCK_TILES`](crate::BLOCK_TILES) tiles, which the threads take as they become free, so strips of at
+    /// least `threads * BLOCK_TILES` tiles use them all. Results are bit-identical for any
+    /// thread count. A split strip waits for every thread, so each needs a core of its own:
+    /// on a core shared with other work, fewer threads are faster. One session per core,
+    /// each with one thread, is the alternative for scoring several slides at once.
     pub threads: usize,
     /// For a model whose large matrices are bf16: use bf16 dot products (default false),
     /// which also round every input and hidden value to bf16. They run on the AMX tile unit
@@ -607,19 +608,13 @@ impl<'m> SlideSession<'m> {
     /// Runs the network over `n` validated tiles, writing their logits and probabilities after
     /// the current `len` and folding them into the aggregate. Saves the aggregate first.
     ///
-    /// The strip is cut into blocks of [`BLOCK_TILES`], computed in rounds of up to
-    /// [`BLOCKS_PER_JOB`] blocks per thread: the threads take the round's blocks one at a time,
-    /// in slide order, as they become free (a thread slowed down by other work on its core
-    /// takes fewer), and this thread then folds the round's blocks in slide order. Which
-    /// thread computed a block changes nothing in its results.
+    /// The threads compute the strip's blocks ([`score_strip`]); this thread folds their
+    /// partial sums into the aggregate in slide order, so which thread computed a block
+    /// changes nothing in the results.
     fn score_tiles(&mut self, x: &[f32], n: usize, stride: usize) -> Result<()> {
         let model = Arc::clone(&self.model);
         let config = model.config();
-        let weights = model.weights(self.kernels.isa, self.bf16_pairs);
-        let (h, isa, kernels) = (config.hidden_dim, self.kernels.isa, self.kernels);
-        let dims = (config.input_dim, h, config.attention_dim);
         let plan = self.plan.clone();
-        let layout = &plan.layout;
         let [acc, snapshot, scratch, partials, logits, probs] = split_disjoint(
             self.region.bytes_mut(),
             [
@@ -637,143 +632,38 @@ impl<'m> SlideSession<'m> {
             max_logit: self.max_logit,
             weight_sum: self.weight_sum,
         };
-        let logits: &mut [f32] = bytemuck::cast_slice_mut(logits);
-        let probs: &mut [f32] = bytemuck::cast_slice_mut(probs);
-        let threads = self.workers.threads();
-        let blocks = n.div_ceil(BLOCK_TILES);
-        let mut reports = [BlockReport::default(); MAX_THREADS * BLOCKS_PER_JOB];
-        let base = self.len;
-        let mut first = 0;
-        while first < blocks {
-            // A round of `count` blocks on `used` threads (at most BLOCKS_PER_JOB each).
-            let per = BLOCKS_PER_JOB.min((blocks - first).div_ceil(threads));
-            let used = threads.min((blocks - first).div_ceil(per));
-            let count = (used * per).min(blocks - first);
-            let next = AtomicUsize::new(0);
-            let (scratch_out, partials_out, logits_out, probs_out, reports_out) = (
-                SharedMut(scratch.as_mut_ptr()),
-                SharedMut(partials.as_mut_ptr()),
-                SharedMut(logits.as_mut_ptr()),
-                SharedMut(probs.as_mut_ptr()),
-                SharedMut(reports.as_mut_ptr()),
-            );
-            let job = |worker: usize| {
-                if worker >= used {
-                    return;
+        let strip = Strip {
+            kernels: self.kernels,
+            weights: model.weights(self.kernels.isa, self.bf16_pairs),
+            dims: (config.input_dim, config.hidden_dim, config.attention_dim),
+            x,
+            n,
+            stride,
+            base: self.len,
+        };
+        let buffers = StripBuffers {
+            scratch,
+            layout: &plan.layout,
+            partials,
+            partial_stride: plan.partial_stride,
+            logits: bytemuck::cast_slice_mut(logits),
+            probs: bytemuck::cast_slice_mut(probs),
+        };
+        score_strip(&mut self.workers, &strip, buffers, |block| {
+            let first = block.first_tile;
+            match block.partial {
+                Ok((acc, max_logit, weight_sum)) => {
+                    combine(&mut agg, acc, max_logit, weight_sum);
+                    Ok(())
                 }
-                // SAFETY: worker `w < used <= threads` uses only scratch slice `w` (the
-                // scratch region holds `threads` slices): disjoint between workers, and alive
-                // until `run` returns.
-                let mine = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        scratch_out.get().add(worker * layout.stride),
-                        layout.stride,
-                    )
-                };
-                let [hidden, att_a, att_b, pack] = split_disjoint(
-                    mine,
-                    [&layout.hidden, &layout.att_a, &layout.att_b, &layout.pack],
-                );
-                let mut block_scratch = BlockScratch {
-                    hidden: bytemuck::cast_slice_mut(hidden),
-                    att_a: bytemuck::cast_slice_mut(att_a),
-                    att_b: bytemuck::cast_slice_mut(att_b),
-                    pack: bytemuck::cast_slice_mut(pack),
-                };
-                loop {
-                    // Each slot of the round is handed out once, to one thread.
-                    let slot = next.fetch_add(1, Ordering::Relaxed);
-                    if slot >= count {
-                        return;
-                    }
-                    let b = first + slot;
-                    let start = b * BLOCK_TILES;
-                    let nb = BLOCK_TILES.min(n - start);
-                    // SAFETY: `fetch_add` hands slot `slot` to this thread alone, and distinct
-                    // slots are distinct blocks `b`: its tiles `base + start..base + start +
-                    // nb` lie inside the per-tile outputs (the push was checked against the
-                    // capacity); `slot < count <= used * per <= threads * BLOCKS_PER_JOB`,
-                    // the number of partial sums the plan gives the partials region (built for
-                    // this session's thread count), and `<= MAX_THREADS * BLOCKS_PER_JOB`, the
-                    // length of `reports`. All alive until `run` returns.
-                    let (block_logits, block_probs, partial_acc, report) = unsafe {
-                        (
-                            std::slice::from_raw_parts_mut(logits_out.get().add(base + start), nb),
-                            std::slice::from_raw_parts_mut(probs_out.get().add(base + start), nb),
-                            std::slice::from_raw_parts_mut(
-                                partials_out.get().add(slot * plan.partial_stride),
-                                h * 8,
-                            ),
-                            &mut *reports_out.get().add(slot),
-                        )
-                    };
-                    let mut partial = Partial {
-                        acc: bytemuck::cast_slice_mut(partial_acc),
-                        max_logit: f64::NEG_INFINITY,
-                        weight_sum: 0.0,
-                    };
-                    // Consecutive blocks of the slide walk the weights in turn forward and
-                    // backward (for strips of one tile: every other push).
-                    let order = if ((base + start) / nb).is_multiple_of(2) {
-                        PanelOrder::Forward
-                    } else {
-                        PanelOrder::Backward
-                    };
-                    let block = Block {
-                        x: &x[start * stride..],
-                        n: nb,
-                        stride,
-                        logits: block_logits,
-                        probs: block_probs,
-                        order,
-                    };
-                    let done = compute_block(
-                        isa,
-                        &kernels,
-                        &weights,
-                        dims,
-                        block,
-                        &mut block_scratch,
-                        &mut partial,
-                    );
-                    *report = match done {
-                        Ok(()) => BlockReport {
-                            scalars: (partial.max_logit, partial.weight_sum),
-                            failure: None,
-                        },
-                        Err(e) => BlockReport {
-                            scalars: (0.0, 0.0),
-                            failure: Some(e),
-                        },
-                    };
+                Err(BlockError::NonFiniteInput { tile, feature }) => {
+                    Err(non_finite_input(x, stride, first + tile, feature))
                 }
-            };
-            if used == 1 {
-                // One thread: the others would only be woken to find nothing to do.
-                job(0);
-            } else {
-                self.workers.run(&job)?;
+                Err(BlockError::Overflow { tile }) => {
+                    Err(Error::NumericalOverflow { tile: first + tile })
+                }
             }
-            for (slot, report) in reports[..count].iter().enumerate() {
-                let b = first + slot;
-                if let Some(e) = report.failure {
-                    let first = b * BLOCK_TILES;
-                    return Err(match e {
-                        BlockError::NonFiniteInput { tile, feature } => {
-                            non_finite_input(x, stride, first + tile, feature)
-                        }
-                        BlockError::Overflow { tile } => {
-                            Error::NumericalOverflow { tile: first + tile }
-                        }
-                    });
-                }
-                let at = slot * plan.partial_stride;
-                let acc: &[f64] = bytemuck::cast_slice(&partials[at..at + h * 8]);
-                let (max_logit, weight_sum) = report.scalars;
-                combine(&mut agg, acc, max_logit, weight_sum);
-            }
-            first += count;
-        }
+        })?;
         (self.max_logit, self.weight_sum) = (agg.max_logit, agg.weight_sum);
         if !agg.acc.iter().all(|v| v.is_finite()) {
             return Err(Error::NumericalOverflow { tile: n - 1 });
@@ -887,15 +777,6 @@ impl<'m> SlideSession<'m> {
     }
 }
 
-/// What a thread reports of one block of a round.
-#[derive(Debug, Clone, Copy, Default)]
-struct BlockReport {
-    /// The block's largest attention logit and weight sum (its [`Partial`]'s scalars).
-    scalars: (f64, f64),
-    /// Why the block failed, if it did.
-    failure: Option<BlockError>,
-}
-
 /// The error for the value at `feature` of tile `tile` (in the push) of `x`.
 fn non_finite_input(x: &[f32], stride: usize, tile: usize, feature: usize) -> Error {
     Error::NonFiniteInput {
@@ -904,19 +785,3 @@ fn non_finite_input(x: &[f32], stride: usize, tile: usize, feature: usize) -> Er
         value: x[tile * stride + feature],
     }
 }
-
-/// A raw pointer shared with the worker threads for the duration of one job.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-
-impl<T> SharedMut<T> {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
-// SAFETY: the workers write through these pointers only to disjoint ranges, one per worker or
-// per block of a round (see `score_tiles`), while the session waits for them.
-unsafe impl<T> Sync for SharedMut<T> {}
-unsafe impl<T> Send for SharedMut<T> {}

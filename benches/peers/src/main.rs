@@ -63,7 +63,7 @@ struct Args {
     #[arg(long)]
     write_doc: Option<PathBuf>,
     /// Only measure intra-slide threads: the engine with 1 and with this many threads,
-    /// interleaved, at strips of 256 and more (run it on that many cores).
+    /// interleaved, at every strip size (run it on that many cores).
     #[arg(long)]
     threads: Option<usize>,
     /// Only time the matrix kernels (GFLOP/s per instruction set and input block), not the
@@ -371,7 +371,7 @@ fn threads_report(args: &Args, threads: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let model = Arc::new(Model::from_bytes(&bytes).map_err(|e| e.to_string())?);
     let d = config.input_dim;
-    let strips: Vec<usize> = args.strips.iter().copied().filter(|s| *s >= 256).collect();
+    let strips = args.strips.clone();
     let most = strips.iter().copied().max().unwrap_or(256).max(args.tiles);
     let (embeddings, _, _) = synthetic_slide(d, most, 0.1, 7);
     let mut sessions = Vec::new();

@@ -17,7 +17,9 @@ pub mod rows;
 
 pub use cpu::{amx_bf16_usable, amx_int8_usable, CpuCaches};
 pub use dense::{dense, PanelOrder, MAX_K_BLOCK, MAX_TILE_K_BLOCK, PACK_FLOATS, PACK_ROWS};
-pub use int8::{avx_vnni_supported, quad_panels, quad_weight_sums, vnni_supported, Int8Weights};
+pub use int8::{
+    avx_vnni_supported, quad_panels, quad_weight_sums, vnni_supported, Int8Weights, QUAD,
+};
 
 /// Width (output rows) of one panel in the [`crate::format::Layout::Panel16`] layout.
 pub const PANEL_WIDTH: usize = 16;
