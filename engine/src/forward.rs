@@ -7,9 +7,11 @@
 //! with `m_b` the block's largest logit (a [`Partial`], in f64). [`combine`] then adds the
 //! partials to the slide's aggregate in slide order (an online softmax over blocks). Blocks may
 //! be computed on several threads; the partials are combined in the same order whatever the
-//! thread count, so the result does not depend on it. Every function here is
-//! compiled once per instruction set, so the row-wise activations vectorise as widely as the
-//! matrix kernels.
+//! thread count, so the result does not depend on it. One block may also be split between
+//! threads by the layers' outputs ([`compute_block_share`], [`SplitBlock`]): each computes its
+//! share of every layer with the same kernels, thread 0 gathers the shares and ends the pass.
+//! Every function here is compiled once per instruction set, so the row-wise activations
+//! vectorise as widely as the matrix kernels.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +21,7 @@ use crate::kernels::{
 };
 use crate::memory::ScratchLayout;
 use crate::model::{MatrixWeights, WeightViews};
+use crate::session::MAX_THREADS;
 use crate::workers::Arrivals;
 
 /// Tiles processed together by the matrix kernels (the scratch buffers hold this many rows).
@@ -140,7 +143,7 @@ dispatch_by_isa! {
 }
 
 dispatch_by_isa! {
-    /// Thread `share.part`'s share of a block split between the threads of `share.split`
+    /// Thread `joined.part`'s share of a block split between the threads of `joined.split`
     /// ([`SplitBlock`]), called by every one of them at once: its [`panel_share`] of the
     /// hidden layer, then of the attention products. Thread 0 then gathers the other shares
     /// and runs the row-wise end of the pass, as [`compute_block`] does: into `block`'s
@@ -152,7 +155,7 @@ dispatch_by_isa! {
         w: &WeightViews<'_>,
         dims: (usize, usize, usize),
         block: Block<'_>,
-        share: SplitPart<'_>,
+        joined: SplitPart<'_>,
         partial: &mut Partial<'_>
     ) -> Result<(), BlockError> = compute_share_body
 }
@@ -291,13 +294,13 @@ fn compute_body<'a>(
 }
 
 /// A block's per-tile outputs and its partial sum.
-pub(crate) struct BlockOutputs<'o, 'p> {
+struct BlockOutputs<'o, 'p> {
     /// Attention logit of each tile (`n` values).
-    pub logits: &'o mut [f32],
+    logits: &'o mut [f32],
     /// Tumor probability of each tile (`n` values).
-    pub probs: &'o mut [f32],
+    probs: &'o mut [f32],
     /// The block's attention-weighted sum.
-    pub partial: &'o mut Partial<'p>,
+    partial: &'o mut Partial<'p>,
 }
 
 /// The row-wise end of a block's pass, from its hidden layer and attention pre-activations
@@ -381,8 +384,9 @@ struct ScratchPointers {
 /// into its own `hidden` and arrives at `hidden_done`; once all have, each copies the others'
 /// shares into its own `hidden` (reading only their shares' columns, which no thread writes
 /// any more), then writes its share of the attention products into its own `att_a`/`att_b`
-/// and arrives at `attention_done`, after which only thread 0 reads them. A thread that
-/// panics still arrives ([`Attendance`]), so the others never wait forever.
+/// and arrives at `attention_done`, after which only thread 0 reads them. Each thread takes
+/// its part once ([`SplitBlock::join`]); a thread that panics still arrives (when its
+/// [`SplitPart`] is dropped), so the others never wait forever.
 pub(crate) struct SplitBlock<'s> {
     parts: usize,
     scratch: *mut u8,
@@ -391,6 +395,8 @@ pub(crate) struct SplitBlock<'s> {
     attention_done: Arrivals,
     /// Whether a thread's share of the hidden layer has a non-finite value.
     flagged: AtomicBool,
+    /// Which parts were taken.
+    joined: [AtomicBool; MAX_THREADS],
 }
 
 // SAFETY: the threads reach the scratch behind `scratch` only as the protocol above says:
@@ -406,6 +412,7 @@ impl<'s> SplitBlock<'s> {
     /// `scratch` must be valid for reads and writes of `parts * layout.stride` bytes, aligned
     /// to 4, and not accessed otherwise while the returned value is used.
     pub unsafe fn new(scratch: *mut u8, layout: &'s ScratchLayout, parts: usize) -> Self {
+        assert!((1..=MAX_THREADS).contains(&parts));
         SplitBlock {
             parts,
             scratch,
@@ -413,7 +420,40 @@ impl<'s> SplitBlock<'s> {
             hidden_done: Arrivals::new(),
             attention_done: Arrivals::new(),
             flagged: AtomicBool::new(false),
+            joined: [const { AtomicBool::new(false) }; MAX_THREADS],
         }
+    }
+
+    /// Thread `part`'s part of the block; each part is taken once. Take it before anything
+    /// else, so that even a panic lets the other threads go on.
+    pub fn join(&'s self, part: usize) -> SplitPart<'s> {
+        assert!(
+            part < self.parts && !self.joined[part].swap(true, Ordering::Relaxed),
+            "part {part} of a block split {} ways, taken once",
+            self.parts
+        );
+        SplitPart {
+            split: self,
+            part,
+            hidden: false,
+            attention: false,
+        }
+    }
+
+    /// Whether each thread's scratch holds a block of a model with `h` hidden and `k`
+    /// attention outputs.
+    fn fits(&self, h: usize, k: usize, gated: bool) -> bool {
+        let l = self.layout;
+        let floats = |r: &Range<usize>| r.len() / 4;
+        floats(&l.hidden) >= BLOCK_TILES * padded_rows(h)
+            && floats(&l.att_a) >= BLOCK_TILES * padded_rows(k)
+            && floats(&l.att_b)
+                >= if gated {
+                    BLOCK_TILES * padded_rows(k)
+                } else {
+                    0
+                }
+            && floats(&l.pack) >= PACK_FLOATS
     }
 
     /// Thread `part`'s buffers.
@@ -432,23 +472,17 @@ impl<'s> SplitBlock<'s> {
     }
 }
 
-/// One thread's part in a [`SplitBlock`].
-#[derive(Clone, Copy)]
+/// One thread's part in a [`SplitBlock`] ([`SplitBlock::join`]): which points it has arrived
+/// at. Dropped, it arrives at the rest, so that a panic does not leave the others waiting.
 pub(crate) struct SplitPart<'a> {
-    pub split: &'a SplitBlock<'a>,
-    /// The thread's index, `0..parts`.
-    pub part: usize,
-}
-
-/// Which points of a split block this thread has arrived at; arrives at the rest when
-/// dropped, so that a panic does not leave the other threads waiting.
-struct Attendance<'a> {
     split: &'a SplitBlock<'a>,
+    /// The thread's index, `0..parts`.
+    part: usize,
     hidden: bool,
     attention: bool,
 }
 
-impl Attendance<'_> {
+impl SplitPart<'_> {
     fn hidden_done(&mut self) {
         self.hidden = true;
         self.split.hidden_done.arrive();
@@ -459,7 +493,7 @@ impl Attendance<'_> {
     }
 }
 
-impl Drop for Attendance<'_> {
+impl Drop for SplitPart<'_> {
     fn drop(&mut self) {
         if !self.hidden {
             self.hidden_done();
@@ -490,10 +524,10 @@ fn compute_share_body<'a>(
     w: &WeightViews<'a>,
     (d, h, k): (usize, usize, usize),
     block: Block<'_>,
-    share: SplitPart<'_>,
+    mut joined: SplitPart<'_>,
     partial: &mut Partial<'_>,
 ) -> Result<(), BlockError> {
-    let SplitPart { split, part } = share;
+    let (split, part) = (joined.split, joined.part);
     let (h16, k16, isa, parts) = (padded_rows(h), padded_rows(k), plan.isa, split.parts);
     let Block {
         x,
@@ -503,11 +537,9 @@ fn compute_share_body<'a>(
         probs,
         order,
     } = block;
-    let mut attendance = Attendance {
-        split,
-        hidden: false,
-        attention: false,
-    };
+    let gated = w.attention_b.is_some();
+    // The raw accesses below stay inside each thread's buffers.
+    assert!(n <= BLOCK_TILES && split.fits(h, k, gated));
     let mine = split.buffers(part);
     let (hidden_len, att_len) = (BLOCK_TILES * h16, BLOCK_TILES * k16);
     // SAFETY: this thread's packing buffer, which no other thread touches.
@@ -555,7 +587,7 @@ fn compute_share_body<'a>(
             split.flagged.store(true, Ordering::Relaxed);
         }
     }
-    attendance.hidden_done();
+    joined.hidden_done();
     split.hidden_done.wait_for(parts);
     for other in (0..parts).filter(|&t| t != part) {
         let share = panel_share(h16 / PANEL_WIDTH, other, parts);
@@ -570,7 +602,6 @@ fn compute_share_body<'a>(
     // The attention products: this thread's panels of each.
     let share = panel_share(k16 / PANEL_WIDTH, part, parts);
     let cols = share.start * PANEL_WIDTH..(share.end * PANEL_WIDTH).min(k);
-    let gated = w.attention_b.is_some();
     let mut products = [(
         w.attention_a_weight,
         w.attention_a_bias,
@@ -601,7 +632,7 @@ fn compute_share_body<'a>(
             );
         }
     }
-    attendance.attention_done();
+    joined.attention_done();
     if part != 0 {
         return Ok(());
     }

@@ -11,8 +11,9 @@ use crate::model::Model;
 /// Alignment of the session's memory region and of each buffer in it.
 pub const SESSION_ALIGNMENT: usize = 64;
 
-/// Blocks per thread in one round of a push: the threads synchronise once per round.
-pub(crate) const BLOCKS_PER_JOB: usize = 4;
+/// Blocks per thread in one round of a push: the threads synchronise once per round. (One
+/// under Miri, so that its small tests run several rounds.)
+pub(crate) const BLOCKS_PER_JOB: usize = if cfg!(miri) { 1 } else { 4 };
 
 /// Byte offsets of one worker's scratch buffers inside its slice of [`Plan::scratch`].
 #[derive(Debug, Clone)]

@@ -1,7 +1,9 @@
 //! A session's worker threads: created with the session, parked between pushes, and handed
 //! one job at a time. Running a job allocates nothing and creates no thread: the job is a
 //! borrowed closure, published under a mutex and awaited on condition variables, after a
-//! short poll ([`SPIN`]) that saves the wake-up when the next job or the last worker is near.
+//! short poll ([`SPIN`]) that saves the wake-up when the next job or the last worker is near;
+//! a thread waiting inside a job (the caller for the workers, [`Arrivals`]) also yields its
+//! core for a while ([`YIELD`]) before it sleeps.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,9 +88,9 @@ fn poll_then_yield(ready: impl Fn() -> bool) {
 }
 
 /// A count of the threads of a job that have reached a point in it, for others to wait on:
-/// [`Arrivals::wait_for`] polls for up to [`SPIN`], then sleeps until the count is reached, so
-/// a thread waiting on one that was descheduled gives its core back. Allocation-free (it
-/// lives on the stack of the push that uses it).
+/// [`Arrivals::wait_for`] polls for up to [`SPIN`], yields its core for up to [`YIELD`], then
+/// sleeps until the count is reached, so a thread waiting on one that was descheduled gives
+/// its core back. Allocation-free (it lives on the stack of the push that uses it).
 pub(crate) struct Arrivals {
     count: AtomicUsize,
     /// Threads asleep in [`Arrivals::wait_for`]: an arrival takes the lock and wakes them

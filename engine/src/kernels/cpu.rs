@@ -21,7 +21,8 @@ impl CpuCaches {
     /// This CPU's cache sizes (Intel's CPUID leaf 4, AMD's leaf 0x8000_001D), or
     /// [`CpuCaches::FALLBACK`] for any size the CPU does not report.
     pub fn detect() -> CpuCaches {
-        #[cfg(target_arch = "x86_64")]
+        // Miri cannot run CPUID (inline assembly).
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
             let (l1d, l2) = x86::cache_sizes();
             CpuCaches {
@@ -29,7 +30,7 @@ impl CpuCaches {
                 l2_bytes: l2.unwrap_or(Self::FALLBACK.l2_bytes),
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(any(not(target_arch = "x86_64"), miri))]
         Self::FALLBACK
     }
 }
