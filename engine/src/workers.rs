@@ -72,9 +72,9 @@ fn spin_until(limit: Duration, ready: impl Fn() -> bool) {
 /// polling for [`SPIN`], before it sleeps. Sleeping there is what hurts: the woken thread is
 /// often placed on its waker's core, where it waits behind the waker while the other core
 /// idles, and every later wait then outlasts the poll. Measured on a 2-core virtual machine,
-/// strips of 1 tile split between 2 threads, the variants interleaved in one process (30
-/// rounds): the mean push took 32-100 µs (median of rounds) when sleeping after the poll, 31-39
-/// µs with 2 ms of yielding first, 32-59 µs with 0.3 ms.
+/// strips of 1 tile split between 2 threads, the variants alternated in one process (the mean
+/// push, median of 20-30 rounds, three runs): 169, 100 and 32 µs when sleeping after the poll,
+/// 48, 39 and 31 µs with 2 ms of yielding first (one thread: 92-97 µs).
 const YIELD: Duration = Duration::from_millis(2);
 
 /// Polls `ready` for up to [`SPIN`], then yields the core between calls up to [`YIELD`]
