@@ -4,7 +4,7 @@ mod common;
 
 use common::random_model;
 use msclam::synthetic_slide;
-use msclam_engine::{Error, Model, ModelConfig, ModelSize, SlideSession};
+use msclam_engine::{Error, Model, ModelConfig, ModelSize, SessionOptions, SlideSession};
 
 type Snapshot = (usize, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
@@ -138,15 +138,27 @@ fn overflowing_arithmetic_is_rejected_and_rolled_back() {
         .for_each(|w| *w = w.abs() * 1e30); // finite weights...
     let model = common::model_of(&weights);
     let d = config.input_dim;
-    let mut s = SlideSession::new(model, 10).unwrap();
-    let small = vec![1e-35f32; d]; // ...that stay finite on tiny inputs
-    s.push(&small, None).unwrap();
-    let before = snapshot(&s);
-    let err = s.push(&vec![1e10f32; 3 * d], None).unwrap_err(); // and overflow on large ones
-    assert!(matches!(err, Error::NumericalOverflow { .. }), "{err}");
-    assert_eq!(snapshot(&s), before);
-    s.push(&small, None).unwrap();
-    assert_eq!(s.len(), 2);
+    // One thread, and strips split between 2 and 3 threads: the same tile is reported.
+    for threads in [1, 2, 3] {
+        let options = SessionOptions {
+            threads,
+            ..SessionOptions::default()
+        };
+        let mut s = SlideSession::with_options(model.clone(), 10, options).unwrap();
+        let small = vec![1e-35f32; d]; // ...that stay finite on tiny inputs
+        s.push(&small, None).unwrap();
+        let before = snapshot(&s);
+        let mut strip = small.repeat(3);
+        strip[d..2 * d].fill(1e10); // and overflow on large ones
+        let err = s.push(&strip, None).unwrap_err();
+        assert!(
+            matches!(err, Error::NumericalOverflow { tile: 1 }),
+            "{threads} threads: {err}"
+        );
+        assert_eq!(snapshot(&s), before);
+        s.push(&small, None).unwrap();
+        assert_eq!(s.len(), 2);
+    }
 }
 
 #[test]
