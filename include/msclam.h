@@ -249,9 +249,10 @@ typedef struct {
   // Threads that score a strip together (default 1, at most 64): the extra threads are
   // created with the session and parked between pushes (after polling for up to 0.1 ms).
   // A strip of at most 128 tiles is split between all of them by the layers' outputs (each
-  // thread reads its share of the weights: strips of one tile ran 2.4-2.8x faster on 2 cores);
-  // longer strips use them all from 128 tiles per thread. Each thread needs a core of its
-  // own. Results are bit-identical for any count. Sessions created in an arena run on one
+  // thread reads its share of the weights: strips of one tile ran 2.3-2.8x faster on 2
+  // cores) when pushes come back to back; after a pause of more than 0.1 ms it runs on the
+  // calling thread, as waking a thread can take longer. Longer strips use them all from 128
+  // tiles per thread. Each thread needs a core of its own. Results are bit-identical for any count. Sessions created in an arena run on one
   // thread. (Added in 0.1.1: an older, shorter struct means 1.)
   uint32_t threads;
   // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16

@@ -142,6 +142,7 @@ fn overflowing_arithmetic_is_rejected_and_rolled_back() {
     for threads in [1, 2, 3] {
         let options = SessionOptions {
             threads,
+            always_split_small_strips: true,
             ..SessionOptions::default()
         };
         let mut s = SlideSession::with_options(model.clone(), 10, options).unwrap();

@@ -460,7 +460,11 @@ fn strips_split_between_threads_give_the_bits_of_one_thread_for_every_weight_typ
                 let sizes = [1, 3, 8, 9, 16, 17, 64, 128, 129, 1, 2];
                 let expected = stream_bits(&mut one, &emb, d, &sizes);
                 for threads in [2, 3, 4] {
-                    let options = SessionOptions { threads, ..options };
+                    let options = SessionOptions {
+                        threads,
+                        always_split_small_strips: true,
+                        ..options
+                    };
                     let mut many = SlideSession::with_options(model.clone(), n, options).unwrap();
                     let got = stream_bits(&mut many, &emb, d, &sizes);
                     assert!(
@@ -484,6 +488,7 @@ fn a_split_strip_with_a_bad_tile_changes_nothing() {
     let (emb, _, _) = synthetic_slide(d, 60, 0.1, 44);
     let options = SessionOptions {
         threads: 2,
+        always_split_small_strips: true,
         ..SessionOptions::default()
     };
     let mut clean = SlideSession::with_options(model.clone(), 60, options).unwrap();

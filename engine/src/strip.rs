@@ -3,7 +3,8 @@
 //!
 //! - A strip of one block ([`BLOCK_TILES`] tiles or fewer) on several threads is split by the
 //!   layers' output panels ([`compute_block_share`]): every thread computes its share of every
-//!   layer, reading only that share of the weights.
+//!   layer, reading only that share of the weights (while the workers are awake; see
+//!   [`score_strip`]).
 //! - A longer strip is cut into blocks, computed in rounds of up to [`BLOCKS_PER_JOB`] blocks
 //!   per thread: the threads take the round's blocks one at a time, in slide order, as they
 //!   become free (a thread slowed down by other work on its core takes fewer).
@@ -88,16 +89,24 @@ pub(crate) struct BlockResult<'a> {
 /// Computes the strip on `workers` and calls `fold` with each block's result, in slide order.
 /// Stops at the first error `fold` returns (a failed block is reported to `fold` like any
 /// other; the blocks after it may have been computed, and their outputs written).
+///
+/// A strip of one block is split between the threads if the pushes come `back_to_back` (this
+/// one started less than [`crate::workers::SPIN`] after the last ended), if the workers are
+/// polling for work anyway, or always with `always_split`. Otherwise it runs on this thread: a
+/// split block waits for every thread, and waking a sleeping one took 0.2-0.3 ms on the
+/// virtual machines measured, longer than a strip of one tile takes on one thread.
 pub(crate) fn score_strip(
     workers: &mut Workers,
     strip: &Strip<'_>,
     buffers: StripBuffers<'_>,
+    (always_split, back_to_back): (bool, bool),
     mut fold: impl FnMut(BlockResult<'_>) -> Result<()>,
 ) -> Result<()> {
     let threads = workers.threads();
     let n = strip.n;
     let h = strip.dims.1;
     let blocks = n.div_ceil(BLOCK_TILES);
+    let split = blocks == 1 && threads > 1 && (always_split || back_to_back || workers.polling());
     let mut reports = [BlockReport::default(); MAX_THREADS * BLOCKS_PER_JOB];
     let StripBuffers {
         scratch,
@@ -120,7 +129,7 @@ pub(crate) fn score_strip(
             probs: SharedMut(probs.as_mut_ptr()),
             reports: SharedMut(reports.as_mut_ptr()),
         };
-        let count = if blocks == 1 && threads > 1 {
+        let count = if split {
             // SAFETY: the scratch region holds `threads` slices laid out by `layout` (the plan
             // was made for this session's thread count), 64-byte aligned, and nothing else
             // reaches it until `run` returns, after the split block's last use.
@@ -404,6 +413,7 @@ mod tests {
             let options = SessionOptions {
                 isa: Isa::Portable,
                 threads,
+                always_split_small_strips: true,
                 ..SessionOptions::default()
             };
             let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();

@@ -43,6 +43,8 @@ struct Shared {
     generation: AtomicU64,
     /// `state.pending`, for waiting without the lock (set under it).
     pending: AtomicUsize,
+    /// Workers polling for the next job (not running one, not asleep).
+    polling: AtomicUsize,
 }
 
 /// How long a worker waiting for the next job, and the caller waiting for the workers, poll
@@ -51,7 +53,7 @@ struct Shared {
 /// round to the two wake-ups, 5-11 µs when both sides polled for up to 100 µs first. A push of
 /// 256 tiles on 2 threads takes about 2 ms, so that was 5-10 % of it. Polling costs at most
 /// this much of a core per round of a push (a push of many blocks runs several rounds).
-const SPIN: Duration = Duration::from_micros(100);
+pub(crate) const SPIN: Duration = Duration::from_micros(100);
 
 /// Calls `ready` until it returns true or `limit` has passed (the caller then checks under
 /// the lock either way).
@@ -174,6 +176,7 @@ impl Workers {
             done: Condvar::new(),
             generation: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
+            polling: AtomicUsize::new(0),
         });
         let mut workers = Workers {
             shared: Some(Arc::clone(&shared)),
@@ -198,6 +201,15 @@ impl Workers {
     /// Number of threads a job runs on, the caller's included.
     pub fn threads(&self) -> usize {
         self.handles.len() + 1
+    }
+
+    /// Whether every worker is polling for the next job right now (it finished its last one
+    /// less than [`SPIN`] ago): a job started now reaches them without a wake-up. False with
+    /// one thread.
+    pub fn polling(&self) -> bool {
+        self.shared.as_ref().is_some_and(|shared| {
+            shared.polling.load(Ordering::Acquire) == self.handles.len() && !self.handles.is_empty()
+        })
     }
 
     /// Calls `job(i)` for every worker `i` at once (`i = 0` on this thread) and returns when
@@ -249,7 +261,9 @@ impl Workers {
 fn worker_loop(shared: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
+        shared.polling.fetch_add(1, Ordering::AcqRel);
         spin_until(SPIN, || shared.generation.load(Ordering::Acquire) != seen);
+        shared.polling.fetch_sub(1, Ordering::AcqRel);
         let job = {
             let mut state = shared.lock();
             while state.generation == seen && !state.shutdown {

@@ -88,9 +88,10 @@ pub struct SessionOptions {
     /// Threads that score a strip together (default 1, at most 64): the extra threads are
     /// created with the session and parked between pushes (after polling for up to 0.1 ms).
     /// A strip of at most 128 tiles is split between all of them by the layers' outputs (each
-    /// thread reads its share of the weights: strips of one tile ran 2.4-2.8x faster on 2 cores);
-    /// longer strips use them all from 128 tiles per thread. Each thread needs a core of its
-    /// own. Results are bit-identical for any count. Sessions created in an arena run on one
+    /// thread reads its share of the weights: strips of one tile ran 2.3-2.8x faster on 2
+    /// cores) when pushes come back to back; after a pause of more than 0.1 ms it runs on the
+    /// calling thread, as waking a thread can take longer. Longer strips use them all from 128
+    /// tiles per thread. Each thread needs a core of its own. Results are bit-identical for any count. Sessions created in an arena run on one
     /// thread. (Added in 0.1.1: an older, shorter struct means 1.)
     pub threads: u32,
     /// For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
@@ -283,6 +284,7 @@ pub unsafe extern "C" fn msclam_session_create(
             threads: o.threads,
             bf16_dot: o.bf16_dot,
             embedding_check: o.embedding_check,
+            ..EngineOptions::default()
         };
         let inner = SlideSession::with_options(model.inner.clone(), o.max_tiles, options)?;
         *out = Box::into_raw(Box::new(Session {
@@ -388,6 +390,7 @@ pub unsafe extern "C" fn msclam_session_create_in_arena(
             threads: 1,
             bf16_dot: o.bf16_dot,
             embedding_check: o.embedding_check,
+            ..EngineOptions::default()
         };
         let inner =
             SlideSession::in_buffer_with_options(model.inner.clone(), max_tiles, region, options)?;
