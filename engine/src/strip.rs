@@ -196,52 +196,41 @@ impl Outputs<'_> {
         // Taken first: from here on, a panic still lets the other threads go on.
         let part = split.join(worker);
         let (n, h) = (strip.n, strip.dims.1);
-        let mut block = Block {
+        // Only worker 0 writes the block's results; the others compute their share of the
+        // layers into their own scratch.
+        let (logits, probs, acc, report): (&mut [f32], &mut [f32], &mut [f64], _) = if worker == 0 {
+            // SAFETY: only worker 0 writes the strip's outputs `base..base + n` (inside the
+            // capacity, checked before the push), the first partial sum (the plan holds at
+            // least one) and the first report; all alive until the job returns.
+            unsafe {
+                (
+                    std::slice::from_raw_parts_mut(self.logits.get().add(strip.base), n),
+                    std::slice::from_raw_parts_mut(self.probs.get().add(strip.base), n),
+                    bytemuck::cast_slice_mut(std::slice::from_raw_parts_mut(
+                        self.partials.get(),
+                        h * 8,
+                    )),
+                    Some(&mut *self.reports.get()),
+                )
+            }
+        } else {
+            (&mut [], &mut [], &mut [], None)
+        };
+        let block = Block {
             x: strip.x,
             n,
             stride: strip.stride,
-            logits: &mut [],
-            probs: &mut [],
+            logits,
+            probs,
             order: panel_order(strip.base, n),
         };
-        let isa = strip.kernels.isa;
-        if worker != 0 {
-            let mut none = Partial {
-                acc: &mut [],
-                max_logit: f64::NEG_INFINITY,
-                weight_sum: 0.0,
-            };
-            // Its share of the layers; worker 0 reports the block's errors.
-            let _ = compute_block_share(
-                isa,
-                &strip.kernels,
-                &strip.weights,
-                strip.dims,
-                block,
-                part,
-                &mut none,
-            );
-            return;
-        }
-        // SAFETY: only worker 0 writes the strip's outputs `base..base + n` (inside the
-        // capacity, checked before the push), the first partial sum (the plan holds at least
-        // one) and the first report; all alive until the job returns.
-        let (logits, probs, acc, report) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.logits.get().add(strip.base), n),
-                std::slice::from_raw_parts_mut(self.probs.get().add(strip.base), n),
-                std::slice::from_raw_parts_mut(self.partials.get(), h * 8),
-                &mut *self.reports.get(),
-            )
-        };
-        (block.logits, block.probs) = (logits, probs);
         let mut partial = Partial {
-            acc: bytemuck::cast_slice_mut(acc),
+            acc,
             max_logit: f64::NEG_INFINITY,
             weight_sum: 0.0,
         };
         let done = compute_block_share(
-            isa,
+            strip.kernels.isa,
             &strip.kernels,
             &strip.weights,
             strip.dims,
@@ -249,7 +238,9 @@ impl Outputs<'_> {
             part,
             &mut partial,
         );
-        *report = BlockReport::of(done, &partial);
+        if let Some(report) = report {
+            *report = BlockReport::of(done, &partial);
+        }
     }
 
     /// Worker `worker`'s part of a round of blocks `first..first + count`: takes the round's
