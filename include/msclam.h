@@ -116,6 +116,22 @@
 // The default where available. (Added in 0.1.1.)
 #define MSCLAM_ISA_AMX 4
 
+// `msclam_session_options.small_strips`: split a strip of at most 128 tiles between the
+// threads when pushes come back to back (one starts within 0.1 ms of the last one's end) or
+// the threads still poll for work; after a pause run it on the calling thread, as waking a
+// sleeping thread can take longer than the strip. Measured on a 2-core virtual machine,
+// strips of one tile every 1-5 ms: 0.11 ms a push (as with one thread); back to back 2.3x
+// faster than one thread. (Added in 0.1.1.)
+#define MSCLAM_SMALL_STRIPS_BACK_TO_BACK 0
+
+// `msclam_session_options.small_strips`: always split such strips, waking the threads if
+// they sleep (0.33 ms a push in the measurement above). (Added in 0.1.1.)
+#define MSCLAM_SMALL_STRIPS_ALWAYS 1
+
+// `msclam_session_options.small_strips`: never split them: they run on the calling thread,
+// and the other threads score only the blocks of longer strips. (Added in 0.1.1.)
+#define MSCLAM_SMALL_STRIPS_NEVER 2
+
 // Alignment, in bytes, that msclam_session_create_in_arena() requires of its arena.
 #define MSCLAM_ARENA_ALIGNMENT 64
 
@@ -237,7 +253,8 @@ typedef struct {
 // `struct_size` lets later versions add fields without breaking programs built today: the
 // library reads only the whole fields within it (it must hold at least `struct_size` and
 // `isa`: 8 bytes), and the fields a shorter, older struct lacks take their defaults
-// (`max_tiles` 100000, `threads` 1, `bf16_dot` 0, `check_embeddings` 1).
+// (`max_tiles` 100000, `threads` 1, `bf16_dot` 0, `check_embeddings` 1, `small_strips`
+// MSCLAM_SMALL_STRIPS_BACK_TO_BACK).
 typedef struct {
   // sizeof(msclam_session_options), set by msclam_session_options_default().
   uint32_t struct_size;
@@ -250,10 +267,10 @@ typedef struct {
   // created with the session and parked between pushes (after polling for up to 0.1 ms).
   // A strip of at most 128 tiles is split between all of them by the layers' outputs (each
   // thread reads its share of the weights: strips of one tile ran 2.3-2.8x faster on 2
-  // cores) when pushes come back to back; after a pause of more than 0.1 ms it runs on the
-  // calling thread, as waking a thread can take longer. Longer strips use them all from 128
-  // tiles per thread. Each thread needs a core of its own. Results are bit-identical for any count. Sessions created in an arena run on one
-  // thread. (Added in 0.1.1: an older, shorter struct means 1.)
+  // cores), as `small_strips` says. Longer strips are cut into blocks of 128 tiles, which
+  // the threads take as they become free. Each thread needs a core of its own. Results are
+  // bit-identical for any count. Sessions created in an arena run on one thread. (Added in
+  // 0.1.1: an older, shorter struct means 1.)
   uint32_t threads;
   // For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
   // dot products, which also round inputs to bf16: on the AMX tiles with MSCLAM_ISA_AMX
@@ -266,6 +283,9 @@ typedef struct {
   // (msclam_session_out_of_distribution()), 0 to skip it (about 5 % faster at large strips).
   // (Added in 0.1.1.)
   uint32_t check_embeddings;
+  // With `threads` > 1, when a strip of at most 128 tiles is split between the threads:
+  // MSCLAM_SMALL_STRIPS_BACK_TO_BACK (default), _ALWAYS or _NEVER. (Added in 0.1.1.)
+  uint32_t small_strips;
 } msclam_session_options;
 
 // Results of a slide from msclam_session_finalize(). Set `struct_size` (use

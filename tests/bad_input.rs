@@ -4,7 +4,9 @@ mod common;
 
 use common::random_model;
 use msclam::synthetic_slide;
-use msclam_engine::{Error, Model, ModelConfig, ModelSize, SessionOptions, SlideSession};
+use msclam_engine::{
+    Error, Model, ModelConfig, ModelSize, SessionOptions, SlideSession, SmallStripSplit,
+};
 
 type Snapshot = (usize, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
@@ -142,7 +144,7 @@ fn overflowing_arithmetic_is_rejected_and_rolled_back() {
     for threads in [1, 2, 3] {
         let options = SessionOptions {
             threads,
-            always_split_small_strips: true,
+            small_strips: SmallStripSplit::Always,
             ..SessionOptions::default()
         };
         let mut s = SlideSession::with_options(model.clone(), 10, options).unwrap();

@@ -10,7 +10,7 @@ use common::{assert_rel, model_of, random_model, strips};
 use msclam::{random_weights, synthetic_slide};
 use msclam_engine::{
     reference, AttentionKind, Error, Isa, Model, ModelConfig, ModelSize, SessionOptions,
-    SlideSession, TileClassifierKind,
+    SlideSession, SmallStripSplit, TileClassifierKind,
 };
 use proptest::prelude::*;
 
@@ -459,17 +459,25 @@ fn strips_split_between_threads_give_the_bits_of_one_thread_for_every_weight_typ
                 // few-row path (16, 17) and of one block (128, 129).
                 let sizes = [1, 3, 8, 9, 16, 17, 64, 128, 129, 1, 2];
                 let expected = stream_bits(&mut one, &emb, d, &sizes);
-                for threads in [2, 3, 4] {
+                // Split always, or never (one-block strips on the calling thread, blocks of
+                // longer ones on the workers).
+                for (threads, small_strips) in [
+                    (2, SmallStripSplit::Always),
+                    (3, SmallStripSplit::Always),
+                    (4, SmallStripSplit::Always),
+                    (2, SmallStripSplit::Never),
+                ] {
                     let options = SessionOptions {
                         threads,
-                        always_split_small_strips: true,
+                        small_strips,
                         ..options
                     };
                     let mut many = SlideSession::with_options(model.clone(), n, options).unwrap();
                     let got = stream_bits(&mut many, &emb, d, &sizes);
                     assert!(
                         got == expected,
-                        "{dtype:?} (dot {bf16_dot}) {isa:?}, {threads} threads, h {}",
+                        "{dtype:?} (dot {bf16_dot}) {isa:?}, {threads} threads {small_strips:?}, \
+                         h {}",
                         config.hidden_dim
                     );
                 }
@@ -488,7 +496,7 @@ fn a_split_strip_with_a_bad_tile_changes_nothing() {
     let (emb, _, _) = synthetic_slide(d, 60, 0.1, 44);
     let options = SessionOptions {
         threads: 2,
-        always_split_small_strips: true,
+        small_strips: SmallStripSplit::Always,
         ..SessionOptions::default()
     };
     let mut clean = SlideSession::with_options(model.clone(), 60, options).unwrap();

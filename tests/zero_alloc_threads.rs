@@ -12,6 +12,7 @@ use msclam::{random_weights, synthetic_slide};
 use msclam_engine::statistics::EmbeddingStatistics;
 use msclam_engine::{
     format::ModelWriter, Isa, Model, ModelConfig, ModelSize, SessionOptions, SlideSession,
+    SmallStripSplit,
 };
 
 struct CountingAllocator;
@@ -69,17 +70,21 @@ fn streaming_with_worker_threads_allocates_nothing_in_any_thread() {
             writer = writer.embedding_statistics(statistics.clone());
         }
         let model = Arc::new(Model::from_bytes(&writer.to_bytes().unwrap()).unwrap());
-        // Small strips split always, or only while the workers poll (else run on the caller's
-        // thread after waking them).
-        for (isa, always_split) in Isa::all_supported()
+        // Small strips split always, only back to back or while the workers poll, or never.
+        let modes = [
+            SmallStripSplit::Always,
+            SmallStripSplit::WhenBackToBack,
+            SmallStripSplit::Never,
+        ];
+        for (isa, small_strips) in Isa::all_supported()
             .into_iter()
-            .flat_map(|isa| [(isa, true), (isa, false)])
+            .flat_map(|isa| modes.map(|mode| (isa, mode)))
         {
             let options = SessionOptions {
                 isa,
                 threads: 3,
                 bf16_dot,
-                always_split_small_strips: always_split,
+                small_strips,
                 ..SessionOptions::default()
             };
             let mut session = SlideSession::with_options(model.clone(), total, options).unwrap();
@@ -102,8 +107,8 @@ fn streaming_with_worker_threads_allocates_nothing_in_any_thread() {
             let calls = CALLS.swap(0, Ordering::SeqCst);
             assert_eq!(
                 calls, 0,
-                "{isa:?}, {dtype:?} (dot {bf16_dot}, statistics {with_statistics}, always split \
-                 {always_split}): {calls} allocator calls while streaming"
+                "{isa:?}, {dtype:?} (dot {bf16_dot}, statistics {with_statistics}, small strips \
+                 {small_strips:?}): {calls} allocator calls while streaming"
             );
             assert!(checksum.is_finite());
         }

@@ -54,6 +54,7 @@ pub use kernels::{Isa, KernelPlan};
 pub use memory::SESSION_ALIGNMENT;
 pub use model::{MatrixWeights, Metadata, Model, ModelMemory};
 pub use session::{
-    PushSummary, SessionOptions, SlideResult, SlideSession, MAX_CAPACITY, MAX_THREADS,
+    PushSummary, SessionOptions, SlideResult, SlideSession, SmallStripSplit, MAX_CAPACITY,
+    MAX_THREADS,
 };
 pub use weights::ModelWeights;

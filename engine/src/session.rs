@@ -43,15 +43,12 @@ pub struct SessionOptions {
     /// come back to back (a push starts within 0.1 ms of the last one's end) or the workers
     /// are still polling; a push after a pause runs on the calling thread, since waking a
     /// sleeping thread can take longer than the strip (see
-    /// [`SessionOptions::always_split_small_strips`]). One session per
+    /// [`SessionOptions::small_strips`]). One session per
     /// core, each with one thread, is the alternative for scoring several slides at once.
     pub threads: usize,
-    /// With several threads: split every strip of at most [`BLOCK_TILES`](crate::BLOCK_TILES)
-    /// tiles between them, waking the workers if they sleep (default false: see
-    /// [`SessionOptions::threads`]). Measured on a 2-core virtual machine, strips of one tile
-    /// pushed every 1-5 ms: 0.33 ms a push (median) when always split, which pays a wake-up
-    /// each time, against 0.11 ms by default (on the calling thread, as with one thread).
-    pub always_split_small_strips: bool,
+    /// With several threads: when a strip of at most [`BLOCK_TILES`](crate::BLOCK_TILES)
+    /// tiles is split between them (default [`SmallStripSplit::WhenBackToBack`]).
+    pub small_strips: SmallStripSplit,
     /// For a model whose large matrices are bf16: use bf16 dot products (default false),
     /// which also round every input and hidden value to bf16. They run on the AMX tile unit
     /// with [`Isa::Amx`] and on AVX-512 BF16 with [`Isa::Avx512`] (where the CPU has them;
@@ -74,7 +71,7 @@ impl Default for SessionOptions {
         SessionOptions {
             isa: Isa::detect(),
             threads: 1,
-            always_split_small_strips: false,
+            small_strips: SmallStripSplit::WhenBackToBack,
             bf16_dot: false,
             embedding_check: true,
         }
@@ -89,6 +86,28 @@ impl SessionOptions {
             ..SessionOptions::default()
         }
     }
+}
+
+/// When a session with several threads splits a strip of at most
+/// [`BLOCK_TILES`](crate::BLOCK_TILES) tiles between them (longer strips are cut into blocks,
+/// which the threads take as they become free, whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmallStripSplit {
+    /// When pushes come back to back (a push starts within 0.1 ms of the last one's end) or
+    /// the workers are still polling; after a pause on the calling thread, since waking a
+    /// sleeping thread can take longer than the strip. Measured on a 2-core virtual machine,
+    /// strips of one tile pushed every 1-5 ms: 0.11 ms a push (median), as with one thread,
+    /// and 2.3x faster than one thread back to back.
+    #[default]
+    WhenBackToBack,
+    /// Always, waking the workers if they sleep: 0.33 ms a push in the measurement above,
+    /// which pays a wake-up each time. For pushes that come while the workers poll anyway,
+    /// and for tests that must reach the split path whatever the timing.
+    Always,
+    /// Never: strips of at most one block run on the calling thread, and the workers take
+    /// only the blocks of longer strips (keeps the other cores free for the caller's work
+    /// between large strips).
+    Never,
 }
 
 /// Largest tile capacity of a session (2^32 tiles, far beyond any slide; it keeps every
@@ -161,8 +180,8 @@ pub struct SlideSession<'m> {
     bf16_pairs: bool,
     /// Whether pushes count out-of-distribution tiles (options and model allow it).
     embedding_check: bool,
-    /// [`SessionOptions::always_split_small_strips`].
-    always_split: bool,
+    /// [`SessionOptions::small_strips`].
+    small_strips: SmallStripSplit,
     /// When the last push of a session with threads ended.
     last_push_end: Option<Instant>,
     workers: Workers,
@@ -342,7 +361,7 @@ impl<'m> SlideSession<'m> {
             kernels: KernelPlan::for_isa(isa),
             bf16_pairs,
             embedding_check,
-            always_split: options.always_split_small_strips,
+            small_strips: options.small_strips,
             last_push_end: None,
             workers: Workers::start(options.threads)?,
             capacity,
@@ -673,7 +692,7 @@ impl<'m> SlideSession<'m> {
             &mut self.workers,
             &strip,
             buffers,
-            (self.always_split, back_to_back),
+            (self.small_strips, back_to_back),
             |block| {
                 let first = block.first_tile;
                 match block.partial {

@@ -22,7 +22,7 @@ use crate::forward::{
 use crate::kernels::{KernelPlan, PanelOrder};
 use crate::memory::{split_disjoint, ScratchLayout, BLOCKS_PER_JOB};
 use crate::model::WeightViews;
-use crate::session::MAX_THREADS;
+use crate::session::{SmallStripSplit, MAX_THREADS};
 use crate::workers::Workers;
 
 /// The network and the tiles of one push.
@@ -90,23 +90,30 @@ pub(crate) struct BlockResult<'a> {
 /// Stops at the first error `fold` returns (a failed block is reported to `fold` like any
 /// other; the blocks after it may have been computed, and their outputs written).
 ///
-/// A strip of one block is split between the threads if the pushes come `back_to_back` (this
-/// one started less than [`crate::workers::SPIN`] after the last ended), if the workers are
-/// polling for work anyway, or always with `always_split`. Otherwise it runs on this thread: a
+/// A strip of one block is split between the threads as `small_strips` says: with
+/// [`SmallStripSplit::WhenBackToBack`], if the pushes come `back_to_back` (this one started
+/// less than [`crate::workers::SPIN`] after the last ended) or the workers are polling for
+/// work anyway. Otherwise it runs on this thread: a
 /// split block waits for every thread, and waking a sleeping one took 0.2-0.3 ms on the
 /// virtual machines measured, longer than a strip of one tile takes on one thread.
 pub(crate) fn score_strip(
     workers: &mut Workers,
     strip: &Strip<'_>,
     buffers: StripBuffers<'_>,
-    (always_split, back_to_back): (bool, bool),
+    (small_strips, back_to_back): (SmallStripSplit, bool),
     mut fold: impl FnMut(BlockResult<'_>) -> Result<()>,
 ) -> Result<()> {
     let threads = workers.threads();
     let n = strip.n;
     let h = strip.dims.1;
     let blocks = n.div_ceil(BLOCK_TILES);
-    let split = blocks == 1 && threads > 1 && (always_split || back_to_back || workers.polling());
+    let split = blocks == 1
+        && threads > 1
+        && match small_strips {
+            SmallStripSplit::WhenBackToBack => back_to_back || workers.polling(),
+            SmallStripSplit::Always => true,
+            SmallStripSplit::Never => false,
+        };
     let mut reports = [BlockReport::default(); MAX_THREADS * BLOCKS_PER_JOB];
     let StripBuffers {
         scratch,
@@ -366,7 +373,7 @@ mod tests {
     use crate::format::ModelWriter;
     use crate::{
         AttentionKind, Isa, Model, ModelConfig, ModelWeights, SessionOptions, SlideSession,
-        TileClassifierKind,
+        SmallStripSplit, TileClassifierKind,
     };
 
     /// Small enough for Miri (`cargo +nightly miri test -p msclam-engine --lib strip`), which
@@ -404,7 +411,7 @@ mod tests {
             let options = SessionOptions {
                 isa: Isa::Portable,
                 threads,
-                always_split_small_strips: true,
+                small_strips: SmallStripSplit::Always,
                 ..SessionOptions::default()
             };
             let mut s = SlideSession::with_options(model.clone(), n, options).unwrap();

@@ -1,6 +1,8 @@
 //! Session handles: creation (heap or caller arena), pushing strips, reading results.
 
-use msclam_engine::{Isa, SessionOptions as EngineOptions, SlideSession, SESSION_ALIGNMENT};
+use msclam_engine::{
+    Isa, SessionOptions as EngineOptions, SlideSession, SmallStripSplit, SESSION_ALIGNMENT,
+};
 
 use crate::boundary::{
     guard, reference, reference_mut, slice_in, slice_out, write_optional, FfiError,
@@ -67,6 +69,19 @@ pub const MSCLAM_ISA_AVX512: u32 = 3;
 /// the AMX tile unit (Intel Xeon from Sapphire Rapids on; error if the CPU or the OS lacks it).
 /// The default where available. (Added in 0.1.1.)
 pub const MSCLAM_ISA_AMX: u32 = 4;
+/// `msclam_session_options.small_strips`: split a strip of at most 128 tiles between the
+/// threads when pushes come back to back (one starts within 0.1 ms of the last one's end) or
+/// the threads still poll for work; after a pause run it on the calling thread, as waking a
+/// sleeping thread can take longer than the strip. Measured on a 2-core virtual machine,
+/// strips of one tile every 1-5 ms: 0.11 ms a push (as with one thread); back to back 2.3x
+/// faster than one thread. (Added in 0.1.1.)
+pub const MSCLAM_SMALL_STRIPS_BACK_TO_BACK: u32 = 0;
+/// `msclam_session_options.small_strips`: always split such strips, waking the threads if
+/// they sleep (0.33 ms a push in the measurement above). (Added in 0.1.1.)
+pub const MSCLAM_SMALL_STRIPS_ALWAYS: u32 = 1;
+/// `msclam_session_options.small_strips`: never split them: they run on the calling thread,
+/// and the other threads score only the blocks of longer strips. (Added in 0.1.1.)
+pub const MSCLAM_SMALL_STRIPS_NEVER: u32 = 2;
 /// Alignment, in bytes, that msclam_session_create_in_arena() requires of its arena.
 pub const MSCLAM_ARENA_ALIGNMENT: usize = 64;
 
@@ -74,7 +89,8 @@ pub const MSCLAM_ARENA_ALIGNMENT: usize = 64;
 /// `struct_size` lets later versions add fields without breaking programs built today: the
 /// library reads only the whole fields within it (it must hold at least `struct_size` and
 /// `isa`: 8 bytes), and the fields a shorter, older struct lacks take their defaults
-/// (`max_tiles` 100000, `threads` 1, `bf16_dot` 0, `check_embeddings` 1).
+/// (`max_tiles` 100000, `threads` 1, `bf16_dot` 0, `check_embeddings` 1, `small_strips`
+/// MSCLAM_SMALL_STRIPS_BACK_TO_BACK).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -89,10 +105,10 @@ pub struct SessionOptions {
     /// created with the session and parked between pushes (after polling for up to 0.1 ms).
     /// A strip of at most 128 tiles is split between all of them by the layers' outputs (each
     /// thread reads its share of the weights: strips of one tile ran 2.3-2.8x faster on 2
-    /// cores) when pushes come back to back; after a pause of more than 0.1 ms it runs on the
-    /// calling thread, as waking a thread can take longer. Longer strips use them all from 128
-    /// tiles per thread. Each thread needs a core of its own. Results are bit-identical for any count. Sessions created in an arena run on one
-    /// thread. (Added in 0.1.1: an older, shorter struct means 1.)
+    /// cores), as `small_strips` says. Longer strips are cut into blocks of 128 tiles, which
+    /// the threads take as they become free. Each thread needs a core of its own. Results are
+    /// bit-identical for any count. Sessions created in an arena run on one thread. (Added in
+    /// 0.1.1: an older, shorter struct means 1.)
     pub threads: u32,
     /// For a bf16 model (msclam_model_info.weight_dtype == MSCLAM_DTYPE_BF16): 1 to use bf16
     /// dot products, which also round inputs to bf16: on the AMX tiles with MSCLAM_ISA_AMX
@@ -105,6 +121,9 @@ pub struct SessionOptions {
     /// (msclam_session_out_of_distribution()), 0 to skip it (about 5 % faster at large strips).
     /// (Added in 0.1.1.)
     pub check_embeddings: u32,
+    /// With `threads` > 1, when a strip of at most 128 tiles is split between the threads:
+    /// MSCLAM_SMALL_STRIPS_BACK_TO_BACK (default), _ALWAYS or _NEVER. (Added in 0.1.1.)
+    pub small_strips: u32,
 }
 versioned!(SessionOptions {
     struct_size,
@@ -113,6 +132,7 @@ versioned!(SessionOptions {
     threads,
     bf16_dot,
     check_embeddings,
+    small_strips,
 });
 
 /// Default session options: automatic kernels, 100000 tiles per slide, one thread.
@@ -125,6 +145,7 @@ pub extern "C" fn msclam_session_options_default() -> SessionOptions {
         threads: 1,
         bf16_dot: 0,
         check_embeddings: 1,
+        small_strips: MSCLAM_SMALL_STRIPS_BACK_TO_BACK,
     }
 }
 
@@ -224,10 +245,21 @@ unsafe fn read_options(options: *const SessionOptions) -> Result<ReadOptions, Ff
             "options->check_embeddings must be 0 or 1",
         ));
     }
+    let small_strips = match opts.small_strips {
+        MSCLAM_SMALL_STRIPS_BACK_TO_BACK => SmallStripSplit::WhenBackToBack,
+        MSCLAM_SMALL_STRIPS_ALWAYS => SmallStripSplit::Always,
+        MSCLAM_SMALL_STRIPS_NEVER => SmallStripSplit::Never,
+        _ => {
+            return Err(FfiError::Invalid(
+                "options->small_strips is not one of the MSCLAM_SMALL_STRIPS_* values",
+            ))
+        }
+    };
     Ok(ReadOptions {
         max_tiles: opts.max_tiles,
         isa,
         threads: opts.threads as usize,
+        small_strips,
         bf16_dot: opts.bf16_dot == 1,
         embedding_check: opts.check_embeddings == 1,
     })
@@ -238,6 +270,7 @@ struct ReadOptions {
     max_tiles: usize,
     isa: Isa,
     threads: usize,
+    small_strips: SmallStripSplit,
     bf16_dot: bool,
     embedding_check: bool,
 }
@@ -282,9 +315,9 @@ pub unsafe extern "C" fn msclam_session_create(
         let options = EngineOptions {
             isa: o.isa,
             threads: o.threads,
+            small_strips: o.small_strips,
             bf16_dot: o.bf16_dot,
             embedding_check: o.embedding_check,
-            ..EngineOptions::default()
         };
         let inner = SlideSession::with_options(model.inner.clone(), o.max_tiles, options)?;
         *out = Box::into_raw(Box::new(Session {

@@ -256,6 +256,29 @@ static void test_streaming(const fixture *fx, msclam_model *model) {
     CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
     opts.threads = 65;
     CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    /* Strips of one block split always, never, or when pushes come back to back (default):
+     * the same bits each way. */
+    CHECK(msclam_session_options_default().small_strips == MSCLAM_SMALL_STRIPS_BACK_TO_BACK,
+          "small strips split back to back by default");
+    const uint32_t modes[] = {MSCLAM_SMALL_STRIPS_ALWAYS, MSCLAM_SMALL_STRIPS_NEVER};
+    for (size_t m = 0; m < 2; m++) {
+        opts.threads = 2;
+        opts.small_strips = modes[m];
+        CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+        stream_and_compare(s, fx, 1);
+        finalize_and_compare(s, fx);
+        msclam_session_free(s);
+    }
+    opts.small_strips = 3;
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
+    /* An options struct from before `small_strips` existed splits them back to back. */
+    opts.struct_size = (uint32_t)offsetof(msclam_session_options, small_strips);
+    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
+    stream_and_compare(s, fx, 1);
+    msclam_session_free(s);
+    opts.struct_size = (uint32_t)sizeof opts;
+    opts.small_strips = MSCLAM_SMALL_STRIPS_BACK_TO_BACK;
+    opts.threads = 3;
     /* An options struct from before `threads` existed means one thread. */
     opts.struct_size = (uint32_t)offsetof(msclam_session_options, threads);
     CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
