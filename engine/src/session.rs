@@ -39,12 +39,9 @@ pub struct SessionOptions {
     /// [`BLOCK_TILES`](crate::BLOCK_TILES) tiles, which the threads take as they become free, so strips of at
     /// least `threads * BLOCK_TILES` tiles use them all. Results are bit-identical for any
     /// thread count. A split strip waits for every thread, so each needs a core of its own:
-    /// on a core shared with other work, fewer threads are faster. It is split when pushes
-    /// come back to back (a push starts within 0.1 ms of the last one's end) or the workers
-    /// are still polling; a push after a pause runs on the calling thread, since waking a
-    /// sleeping thread can take longer than the strip (see
-    /// [`SessionOptions::small_strips`]). One session per
-    /// core, each with one thread, is the alternative for scoring several slides at once.
+    /// on a core shared with other work, fewer threads are faster. When a strip is split:
+    /// [`SessionOptions::small_strips`]. One session per core, each with one thread, is the
+    /// alternative for scoring several slides at once.
     pub threads: usize,
     /// With several threads: when a strip of at most [`BLOCK_TILES`](crate::BLOCK_TILES)
     /// tiles is split between them (default [`SmallStripSplit::WhenBackToBack`]).

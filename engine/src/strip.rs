@@ -93,9 +93,9 @@ pub(crate) struct BlockResult<'a> {
 /// A strip of one block is split between the threads as `small_strips` says: with
 /// [`SmallStripSplit::WhenBackToBack`], if the pushes come `back_to_back` (this one started
 /// less than [`crate::workers::SPIN`] after the last ended) or the workers are polling for
-/// work anyway. Otherwise it runs on this thread: a
-/// split block waits for every thread, and waking a sleeping one took 0.2-0.3 ms on the
-/// virtual machines measured, longer than a strip of one tile takes on one thread.
+/// work anyway. Otherwise it runs on this thread: a split block waits for every thread, and
+/// waking a sleeping one took 0.2-0.3 ms on the virtual machines measured, longer than a
+/// strip of one tile takes on one thread.
 pub(crate) fn score_strip(
     workers: &mut Workers,
     strip: &Strip<'_>,

@@ -225,6 +225,16 @@ static void test_model_loading_and_metadata(const fixture *fx) {
     msclam_model_free(NULL);
 }
 
+/* A session with `opts` streams the fixture and finalizes to the exact bits of the portable
+ * reference. */
+static void stream_exactly(msclam_model *model, const msclam_session_options *opts, const fixture *fx) {
+    msclam_session *s = NULL;
+    CHECK_STATUS(msclam_session_create(model, opts, &s), MSCLAM_STATUS_OK);
+    stream_and_compare(s, fx, 1);
+    finalize_and_compare(s, fx);
+    msclam_session_free(s);
+}
+
 static void test_streaming(const fixture *fx, msclam_model *model) {
     msclam_session_options opts = msclam_session_options_default();
     opts.max_tiles = fx->tiles;
@@ -248,10 +258,7 @@ static void test_streaming(const fixture *fx, msclam_model *model) {
     /* Worker threads: bit-identical to one thread (checked exactly on the portable kernels). */
     CHECK(msclam_session_options_default().threads == 1, "one thread by default");
     opts.threads = 3;
-    CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
-    stream_and_compare(s, fx, 1);
-    finalize_and_compare(s, fx);
-    msclam_session_free(s);
+    stream_exactly(model, &opts, fx);
     opts.threads = 0;
     CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
     opts.threads = 65;
@@ -261,13 +268,10 @@ static void test_streaming(const fixture *fx, msclam_model *model) {
     CHECK(msclam_session_options_default().small_strips == MSCLAM_SMALL_STRIPS_BACK_TO_BACK,
           "small strips split back to back by default");
     const uint32_t modes[] = {MSCLAM_SMALL_STRIPS_ALWAYS, MSCLAM_SMALL_STRIPS_NEVER};
+    opts.threads = 2;
     for (size_t m = 0; m < 2; m++) {
-        opts.threads = 2;
         opts.small_strips = modes[m];
-        CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
-        stream_and_compare(s, fx, 1);
-        finalize_and_compare(s, fx);
-        msclam_session_free(s);
+        stream_exactly(model, &opts, fx);
     }
     opts.small_strips = 3;
     CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_INVALID_ARGUMENT);
@@ -278,7 +282,6 @@ static void test_streaming(const fixture *fx, msclam_model *model) {
     msclam_session_free(s);
     opts.struct_size = (uint32_t)sizeof opts;
     opts.small_strips = MSCLAM_SMALL_STRIPS_BACK_TO_BACK;
-    opts.threads = 3;
     /* An options struct from before `threads` existed means one thread. */
     opts.struct_size = (uint32_t)offsetof(msclam_session_options, threads);
     CHECK_STATUS(msclam_session_create(model, &opts, &s), MSCLAM_STATUS_OK);
